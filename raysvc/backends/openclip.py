@@ -1,0 +1,98 @@
+"""open_clip models: any architecture, weights by pretrained tag, local file or random."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from raysvc.backends.base import PromptEncoder, VLMBackend
+from raysvc.errors import ConfigError
+
+
+class CLIPPromptEncoder(PromptEncoder):
+    """CoOp's text side: "X X .. X <class name>." with the X embeddings learnable."""
+
+    def __init__(self, model, tokenizer, classnames: Sequence[str], n_ctx: int):
+        super().__init__()
+        self.model = model
+        self.n_ctx = n_ctx
+        self.token_dim = model.token_embedding.weight.shape[1]
+        tokens = tokenizer([" ".join(["X"] * n_ctx) + f" {name}." for name in classnames])
+        self.register_buffer("tokens", tokens, persistent=False)
+
+    def forward(self, ctx: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        cast = model.transformer.get_cast_dtype()
+        words = model.token_embedding(self.tokens).to(cast)
+        ctx = ctx.expand(words.shape[0], -1, -1) if ctx.dim() == 2 else ctx
+        x = torch.cat([words[:, :1], ctx.to(cast), words[:, 1 + self.n_ctx :]], dim=1)
+        x = x + model.positional_embedding.to(cast)
+        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+        # the end-of-text token has the largest id in CLIP's vocabulary
+        x = x[torch.arange(x.shape[0], device=x.device), self.tokens.argmax(dim=-1)]
+        projection = model.text_projection
+        x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
+        return F.normalize(x, dim=-1)
+
+
+def _weights_id(weights: str) -> str:
+    path = Path(weights).expanduser()
+    if path.is_file():
+        stat = path.stat()
+        return "file-" + hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return weights
+
+
+class OpenCLIPBackend(VLMBackend):
+    """``weights`` is an open_clip pretrained tag, a checkpoint file path, or "random"."""
+
+    def __init__(self, model_name: str, weights: str = "random"):
+        import open_clip
+
+        if model_name not in open_clip.list_models():
+            raise ConfigError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
+        path = Path(weights).expanduser()
+        if weights == "random":
+            pretrained = None
+        elif path.is_file():
+            pretrained = str(path)
+        elif weights in open_clip.list_pretrained_tags_by_model(model_name):
+            pretrained = weights  # downloaded by open_clip: needs the hub, as on clusters
+        else:
+            raise ConfigError(f"weights {weights!r} for {model_name} are neither a file, 'random' nor a pretrained tag")
+        model, _, self._transform = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
+        self.model = model.eval()
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.model_id = f"open_clip-{model_name}-{_weights_id(weights)}"
+        self.embed_dim = self.model.text_projection.shape[1] if not isinstance(
+            self.model.text_projection, nn.Linear) else self.model.text_projection.out_features
+        self.logit_scale = float(self.model.logit_scale.detach().exp())
+        self.image_size = self.model.visual.image_size[0] if isinstance(
+            self.model.visual.image_size, (tuple, list)) else int(self.model.visual.image_size)
+        self.device = torch.device("cpu")
+
+    def modules(self) -> list[nn.Module]:
+        return [self.model]
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.stack([self._transform(im.convert("RGB")) for im in images])
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.encode_image(pixels.to(self.device)), dim=-1)
+
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        return F.normalize(self.model.encode_text(self.tokenizer(list(prompts)).to(self.device)), dim=-1)
+
+    def prompt_encoder(self, classnames: Sequence[str], n_ctx: int) -> PromptEncoder:
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        return CLIPPromptEncoder(self.model, self.tokenizer, classnames, n_ctx).to(self.device)
+
+    def last_conv_layer(self) -> nn.Module | None:
+        return getattr(self.model.visual, "layer4", None)  # ModifiedResNet towers

@@ -1,0 +1,32 @@
+"""Errors a user can act on. The CLI prints them as one line and exits non-zero."""
+
+
+class RaysvcError(Exception):
+    """Base for errors caused by the user's input or environment, not by a bug."""
+
+
+class ConfigError(RaysvcError, ValueError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A dataset, strategy, backbone, learner or student name is not registered."""
+
+    def __init__(self, kind: str, name: str, known):
+        self.kind, self.name, self.known = kind, name, sorted(known)
+        super().__init__(f"unknown {kind} {name!r}; known: {', '.join(self.known)}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class PoolExhaustedError(RaysvcError):
+    """The budget asks for more images than the unlabeled pool still holds."""
+
+
+class DatasetError(RaysvcError):
+    """A dataset cannot be read: empty folder, class with no image, corrupt image."""
+
+
+class StorageError(RaysvcError):
+    """Results cannot be written to, or read from, their destination."""

@@ -1,0 +1,91 @@
+"""The learner contract: fit on the labeled pool each round, predict pool and test.
+
+A learner turns one round's labeled set into a payload and a pure training function;
+a :class:`TrainRunner` executes that function, in this process (:class:`LocalRunner`)
+or on Ray Train workers, so the loop is the same in a test, a Tune trial and a job.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from raysvc.datasets import ImageDataset
+from raysvc.features import EncodedDataset
+
+TrainFn = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class TrainRunner(Protocol):
+    def run(self, fn: TrainFn, payload: dict[str, Any]) -> dict[str, Any]:
+        """Run ``fn(payload)`` somewhere and return its result."""
+
+
+class LocalRunner:
+    """Train in the calling process."""
+
+    def run(self, fn: TrainFn, payload: dict[str, Any]) -> dict[str, Any]:
+        return fn(payload)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """What a learner may read: the dataset, its cached embeddings and the split.
+
+    pool, test: dataset indices. ``backbone`` and ``image_size`` name the VLM so a
+    worker process can load the same one.
+    """
+
+    dataset: ImageDataset
+    encoded: EncodedDataset
+    backbone: str
+    image_size: int | None
+    pool: np.ndarray
+    test: np.ndarray
+
+    @property
+    def pool_labels(self) -> np.ndarray:
+        return self.dataset.labels[self.pool]
+
+    @property
+    def test_labels(self) -> np.ndarray:
+        return self.dataset.labels[self.test]
+
+
+class Learner(abc.ABC):
+    """Trained anew every round on the labeled pool positions and their labels."""
+
+    name: ClassVar[str]
+
+    def __init__(self, experiment: Experiment):
+        self.experiment = experiment
+
+    @abc.abstractmethod
+    def fit(self, labeled: np.ndarray, labels: np.ndarray, seed: int, runner: TrainRunner) -> None:
+        """Train on pool positions ``labeled`` with ``labels`` (oracle or pseudo)."""
+
+    @abc.abstractmethod
+    def predict_proba(self, split: str) -> np.ndarray:
+        """Class probabilities on "pool" or "test"; before any fit, the zero-shot prior."""
+
+    @abc.abstractmethod
+    def get_state(self) -> dict[str, np.ndarray]:
+        """What :meth:`set_state` needs to predict as now (checkpoints of completed rounds)."""
+
+    @abc.abstractmethod
+    def set_state(self, state: dict[str, np.ndarray]) -> None: ...
+
+    def pool_embeddings(self) -> np.ndarray | None:
+        """The learner's own penultimate features of the pool, if it has any."""
+        return None
+
+    def teacher_accuracy(self) -> float:
+        """Test accuracy of the teacher being distilled; NaN for learners without one."""
+        return float("nan")
+
+    def rows(self, split: str) -> np.ndarray:
+        return self.experiment.pool if split == "pool" else self.experiment.test

@@ -1,0 +1,130 @@
+"""The query-strategy contract shared by every strategy.
+
+A strategy is a pure, seeded function of arrays: it reads a :class:`Pool` (features,
+probabilities, labeled mask, known labels) and returns a :class:`Selection`: the
+indices to send to the oracle and, for selective querying, indices that receive a
+free pseudo-label. Strategies do no I/O and keep no state between rounds; whatever
+they need across rounds (the round number, the labels known so far) is in the pool.
+
+Each strategy declares the pool fields it reads in ``requires`` so callers (and the
+Ray layer) know what to compute before selecting.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import ClassVar
+
+import numpy as np
+
+from raysvc.errors import ConfigError, PoolExhaustedError
+
+POOL_FIELDS = frozenset({"features", "probs", "text_features", "embeddings"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+    """Everything a strategy may read about the pool in one round.
+
+    features: (N, D) L2-normalised image embeddings from the VLM backbone.
+    probs: (N, C) class probabilities of the current model (zero-shot before any training).
+    labeled: (N,) bool, True for images that already carry a label (oracle or pseudo).
+    labels: (N,) int, the known label of labeled images, -1 elsewhere.
+    text_features: (C, D) L2-normalised class text embeddings, or None.
+    embeddings: (N, E) penultimate features of the current model (student learners), or None.
+    round: 1-based index of the round being selected for.
+    """
+
+    features: np.ndarray
+    probs: np.ndarray
+    labeled: np.ndarray
+    labels: np.ndarray
+    text_features: np.ndarray | None = None
+    embeddings: np.ndarray | None = None
+    round: int = 1
+
+    def __post_init__(self):
+        n = len(self.labeled)
+        if self.labeled.dtype != bool:
+            raise ConfigError("pool.labeled must be a boolean mask")
+        for name in ("features", "probs", "labels"):
+            if len(getattr(self, name)) != n:
+                raise ConfigError(f"pool.{name} has {len(getattr(self, name))} rows, expected {n}")
+        if self.embeddings is not None and len(self.embeddings) != n:
+            raise ConfigError(f"pool.embeddings has {len(self.embeddings)} rows, expected {n}")
+        if self.text_features is not None and len(self.text_features) != self.probs.shape[1]:
+            raise ConfigError("pool.text_features must have one row per class")
+        if self.round < 1:
+            raise ConfigError("pool.round is 1-based")
+
+    @property
+    def n_classes(self) -> int:
+        return self.probs.shape[1]
+
+    @property
+    def unlabeled_indices(self) -> np.ndarray:
+        return np.flatnonzero(~self.labeled)
+
+    @property
+    def labeled_indices(self) -> np.ndarray:
+        return np.flatnonzero(self.labeled)
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The outcome of one selection: oracle queries and free pseudo-labels."""
+
+    query: np.ndarray
+    pseudo: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    pseudo_labels: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+    def __post_init__(self):
+        object.__setattr__(self, "query", np.asarray(self.query, dtype=np.int64))
+        object.__setattr__(self, "pseudo", np.asarray(self.pseudo, dtype=np.int64))
+        object.__setattr__(self, "pseudo_labels", np.asarray(self.pseudo_labels, dtype=np.int64))
+        if len(self.pseudo) != len(self.pseudo_labels):
+            raise ValueError("one pseudo-label per pseudo-labeled index")
+        chosen = np.concatenate([self.query, self.pseudo])
+        if len(np.unique(chosen)) != len(chosen):
+            raise ValueError("a selection names an index twice")
+
+
+class Strategy(abc.ABC):
+    """Base of every query strategy.
+
+    Subclasses set ``name`` (registry key) and ``requires`` (the :data:`POOL_FIELDS`
+    they read), validate their parameters in ``__init__`` and implement
+    :meth:`_select`. :meth:`select` checks the pool and budget once for all of them.
+    """
+
+    name: ClassVar[str]
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def select(self, pool: Pool, budget: int, seed: int) -> Selection:
+        """Choose ``budget`` unlabeled images to query (pseudo-labels come on top)."""
+        if not isinstance(budget, (int, np.integer)) or budget < 1:
+            raise ConfigError(f"budget must be a positive integer, got {budget!r}")
+        n_unlabeled = int((~pool.labeled).sum())
+        if budget > n_unlabeled:
+            raise PoolExhaustedError(
+                f"budget {budget} exceeds the {n_unlabeled} unlabeled images left in the pool"
+            )
+        for field in self.requires:
+            if getattr(pool, field) is None:
+                raise ConfigError(f"strategy {self.name!r} needs pool.{field}")
+        selection = self._select(pool, int(budget), np.random.default_rng(seed))
+        if len(selection.query) > budget:
+            raise AssertionError(f"{self.name} queried {len(selection.query)} > budget {budget}")
+        touched = np.concatenate([selection.query, selection.pseudo])
+        if pool.labeled[touched].any():
+            raise AssertionError(f"{self.name} selected an already labeled image")
+        return selection
+
+    @abc.abstractmethod
+    def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
+        """Return the selection; ``budget`` is valid and the pool has what ``requires`` names."""
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({params})"
