@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export RAY_AUTH_MODE ?= disabled
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup test demo bench clean-cache
+
+setup: $(STAMP)
+
+# torch first, on its own: any other spec would pull the CUDA build; the constraints file
+# then pins torch and torchvision for everything else
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	# its loader imports tensorflow; raysvc reads its pickles directly
+	$(PY) -m pip install -q --no-deps animal-mnist==0.4
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/raysvc run --dataset animal-mnist --strategy cbsq --rounds 8 --epochs 50 --out results/demo
+
+bench: $(STAMP)
+	$(PY) -m bench.selection
+
+clean-cache:
+	rm -rf ~/.cache/raysvc

@@ -1,0 +1,130 @@
+"""BADGE k-means++ seeding (Ash et al., ICLR 2020) on factorised gradient embeddings.
+
+The last-layer gradient embedding of image i is g_i = a_i outer h_i with
+a = p - onehot(argmax p) and h the penultimate features. It is never materialised
+(1000 classes x 1024 features would be 1M floats per image):
+
+    ||g_i - g_j||^2 = ||a_i||^2 ||h_i||^2 + ||a_j||^2 ||h_j||^2 - 2 (a_i . a_j)(h_i . h_j).
+
+Embeddings made of several heads' gradients concatenated (dual-head BADGE of ActiveKD)
+are given as a list of (a, h) pairs; their squared distances add up. Seeding keeps each
+candidate's squared distance to its nearest centre and folds in only the newest centre:
+O(pool x (C + D)) work and O(pool) extra memory per pick.
+
+The ``*_reference`` functions materialise the embeddings; tests use them to show the
+factorised seeding picks the same indices with the same seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from raysvc.strategies._kcenter import Backend, array_backend
+
+Pair = tuple[np.ndarray, np.ndarray]
+
+
+def gradient_factor(probs: np.ndarray) -> np.ndarray:
+    """a = p - onehot(argmax p), the class factor of the last-layer gradient embedding."""
+    a = np.array(probs, dtype=np.result_type(probs.dtype, np.float32))
+    a[np.arange(len(a)), np.argmax(probs, axis=1)] -= 1.0
+    return a
+
+
+def _check(pairs: Sequence[Pair], n: int | None = None) -> int:
+    if not pairs:
+        raise ValueError("BADGE needs at least one (a, h) pair")
+    n = len(pairs[0][0]) if n is None else n
+    for a, h in pairs:
+        if a.ndim != 2 or h.ndim != 2 or len(a) != n or len(h) != n:
+            raise ValueError(f"each (a, h) pair must be two 2-D arrays with {n} rows")
+    return n
+
+
+def _factors(pairs: Sequence[Pair], rows: np.ndarray, be: Backend):
+    fac = [(be.put(a[rows]), be.put(h[rows])) for a, h in pairs]
+    norms = sum((a * a).sum(1) * (h * h).sum(1) for a, h in fac)
+    return fac, norms
+
+
+def _sq_dist(fac, norms, j: int):
+    cross = sum((a @ a[j]) * (h @ h[j]) for a, h in fac)
+    return (norms + norms[j] - 2 * cross).clip(min=0)
+
+
+def gradient_sq_distances(pairs: Sequence[Pair], index: int) -> np.ndarray:
+    """Squared distances from every image's gradient embedding to image ``index``'s."""
+    n = _check(pairs)
+    be = array_backend()
+    fac, norms = _factors(pairs, np.arange(n), be)
+    return np.asarray(be.get(_sq_dist(fac, norms, index)), dtype=np.float64)
+
+
+def _sample_d2(weights: np.ndarray, chosen: np.ndarray, rng: np.random.Generator) -> int:
+    weights = np.where(chosen, 0.0, weights)
+    total = weights.sum()
+    if total <= 0:  # every candidate left coincides with a centre
+        return int(rng.choice(np.flatnonzero(~chosen)))
+    return int(rng.choice(len(weights), p=weights / total))
+
+
+def _check_budget(labeled: np.ndarray, budget: int) -> np.ndarray:
+    candidates = np.flatnonzero(~labeled)
+    if not 1 <= budget <= len(candidates):
+        raise ValueError(f"budget {budget} not in [1, {len(candidates)}] unlabeled points")
+    return candidates
+
+
+def badge_select(
+    pairs: Sequence[Pair], labeled: np.ndarray, budget: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Pool indices of ``budget`` unlabeled images chosen by k-means++ seeding, in pick order.
+
+    ``pairs`` holds one (a, h) per head, a = :func:`gradient_factor` of that head's
+    probabilities. The first centre is the image of largest gradient norm (lowest index
+    on ties), as in the official BADGE code; each next one is drawn with ``rng``
+    proportionally to its squared distance to the nearest centre. As in BADGE, labeled
+    images are excluded and are not centres.
+    """
+    _check(pairs, len(labeled))
+    candidates = _check_budget(labeled, budget)
+    be = array_backend()
+    fac, norms = _factors(pairs, candidates, be)
+    first = int(norms.argmax())
+    chosen = np.zeros(len(candidates), dtype=bool)
+    chosen[first] = True
+    picks = [first]
+    min_d = _sq_dist(fac, norms, first)
+    while len(picks) < budget:
+        j = _sample_d2(np.asarray(be.get(min_d), dtype=np.float64), chosen, rng)
+        chosen[j] = True
+        picks.append(j)
+        be.xp.minimum(min_d, _sq_dist(fac, norms, j), out=min_d)
+    return candidates[np.array(picks, dtype=np.int64)]
+
+
+def badge_embeddings_reference(probs: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Materialised (N, C * D) embeddings (p - onehot(argmax p)) outer h, row-major per class."""
+    a = gradient_factor(np.asarray(probs, dtype=np.float64))
+    return (a[:, :, None] * np.asarray(h, dtype=np.float64)[:, None, :]).reshape(len(a), -1)
+
+
+def badge_select_reference(
+    embeddings: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random.Generator
+) -> np.ndarray:
+    """:func:`badge_select` on materialised embeddings, recomputing all distances each step."""
+    candidates = _check_budget(labeled, budget)
+    g = np.asarray(embeddings, dtype=np.float64)[candidates]
+    chosen = np.zeros(len(candidates), dtype=bool)
+    chosen[int(np.linalg.norm(g, axis=1).argmax())] = True
+    order = list(np.flatnonzero(chosen))
+    while len(order) < budget:
+        centres = g[chosen]
+        sq_dist = (g**2).sum(1)[:, None] + (centres**2).sum(1)[None, :] - 2 * g @ centres.T
+        sq_dist = sq_dist.clip(min=0).min(1)
+        j = _sample_d2(sq_dist, chosen, rng)
+        chosen[j] = True
+        order.append(j)
+    return candidates[np.array(order, dtype=np.int64)]

@@ -1,0 +1,70 @@
+"""PCB (Bang et al., CVPR 2024, "Active Prompt Learning in Vision Language Models").
+
+BADGE proposes a candidate set larger than the budget; PCB then draws from it class by
+class so the pseudo-labeled classes of the labeled set stay balanced.
+"""
+
+import math
+
+import numpy as np
+
+from raysvc.errors import ConfigError
+from raysvc.strategies._badge import badge_select, gradient_factor
+from raysvc.strategies.base import Pool, Selection, Strategy
+from raysvc.strategies.registry import register
+
+
+def balance_classes(
+    candidates: np.ndarray,
+    classes: np.ndarray,
+    counts: np.ndarray,
+    budget: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Take ``budget`` of ``candidates`` (in preference order, class ``classes[i]`` each).
+
+    Repeatedly the class with the fewest images so far (``counts``, then one more per
+    pick; ties at random) gives up its most preferred remaining candidate; classes
+    without candidates are skipped.
+    """
+    if budget > len(candidates):
+        raise ValueError(f"budget {budget} exceeds the {len(candidates)} candidates")
+    counts = np.array(counts, dtype=np.int64)
+    queues = [candidates[classes == c] for c in range(len(counts))]
+    taken = np.zeros(len(counts), dtype=np.int64)
+    open_ = np.array([len(q) > 0 for q in queues])
+    picks = []
+    while len(picks) < budget:
+        fewest = np.flatnonzero(open_ & (counts == counts[open_].min()))
+        c = int(rng.choice(fewest))
+        picks.append(queues[c][taken[c]])
+        taken[c] += 1
+        counts[c] += 1
+        open_[c] = taken[c] < len(queues[c])
+    return np.array(picks, dtype=np.int64)
+
+
+@register
+class PCB(Strategy):
+    """BADGE candidates (``candidate_factor`` x budget, at most the unlabeled pool), then
+    class-balanced by pseudo-label (argmax probs); labeled images count with their known label."""
+
+    name = "pcb"
+    requires = frozenset({"probs", "features"})
+
+    def __init__(self, candidate_factor: float = 10):
+        if isinstance(candidate_factor, bool) or not isinstance(candidate_factor, (int, float)):
+            raise ConfigError(f"pcb candidate_factor must be a number, got {candidate_factor!r}")
+        if not candidate_factor >= 1:
+            raise ConfigError(f"pcb candidate_factor must be >= 1, got {candidate_factor!r}")
+        self.candidate_factor = candidate_factor
+
+    def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
+        h = pool.embeddings if pool.embeddings is not None else pool.features
+        n_candidates = min(math.ceil(self.candidate_factor * budget), len(pool.unlabeled_indices))
+        pairs = [(gradient_factor(pool.probs), h)]
+        candidates = badge_select(pairs, pool.labeled, n_candidates, rng)
+        known = pool.labels[pool.labeled & (pool.labels >= 0)]
+        counts = np.bincount(known, minlength=pool.n_classes)
+        classes = pool.probs[candidates].argmax(1)
+        return Selection(query=balance_classes(candidates, classes, counts, budget, rng))

@@ -1,0 +1,258 @@
+"""k-center (coreset, pcoreset), BADGE, PCB and class-balanced selection on cases with known answers."""
+
+import numpy as np
+import pytest
+
+from raysvc.errors import ConfigError, PoolExhaustedError
+from raysvc.strategies import Pool, make_strategy
+from raysvc.strategies import _badge, _kcenter
+from raysvc.strategies._badge import (
+    badge_embeddings_reference,
+    badge_select,
+    badge_select_reference,
+    gradient_factor,
+    gradient_sq_distances,
+)
+from raysvc.strategies._kcenter import Backend, kcenter_greedy, kcenter_greedy_reference
+from raysvc.strategies.classbalanced import inverse_frequency_allocation
+from raysvc.strategies.pcb import balance_classes
+
+
+def make_pool(features, probs=None, labeled=(), labels=None, embeddings=None):
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim == 1:
+        features = features[:, None]
+    n = len(features)
+    mask = np.zeros(n, dtype=bool)
+    mask[list(labeled)] = True
+    if probs is None:
+        probs = np.full((n, 2), 0.5)
+    if labels is None:
+        labels = np.where(mask, 0, -1)
+    return Pool(
+        features=features,
+        probs=np.asarray(probs, dtype=np.float64),
+        labeled=mask,
+        labels=np.asarray(labels),
+        embeddings=embeddings,
+    )
+
+
+def random_probs(rng, n, c, sharpness=3.0):
+    logits = sharpness * rng.standard_normal((n, c))
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+@pytest.fixture(params=["default", "torch"])
+def backend(request, monkeypatch):
+    """Run with the default backend (numpy here) and with torch on CPU, the GPU code path."""
+    if request.param == "torch":
+        torch = pytest.importorskip("torch")
+        be = Backend(torch, lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32), lambda x: x.numpy())
+        monkeypatch.setattr(_kcenter, "array_backend", lambda: be)
+        monkeypatch.setattr(_badge, "array_backend", lambda: be)
+    return request.param
+
+
+# --- k-center -------------------------------------------------------------------------
+
+
+def test_coreset_picks_farthest_point_in_1d(backend):
+    pool = make_pool([0.0, 1.0, 2.0, 10.0, 4.0], labeled=[0])
+    assert list(make_strategy("coreset").select(pool, 1, seed=0).query) == [3]
+    # then 4.0 (4 from 0, 6 from 10) beats 2.0 (2 from 0)
+    assert list(make_strategy("coreset").select(pool, 2, seed=0).query) == [3, 4]
+
+
+def test_coreset_2d_never_picks_labeled_and_ties_go_to_lowest_index(backend):
+    # (3, 0) and (-3, 0) tie at distance 3 from the labeled origin; a labeled far point
+    # at (0, 9) would win if labeled points were candidates
+    pts = [[0, 0], [0, 9], [3, 0], [-3, 0], [1, 1]]
+    pool = make_pool(pts, labeled=[0, 1])
+    query = make_strategy("coreset").select(pool, 2, seed=0).query
+    assert list(query) == [2, 3]
+
+
+def test_coreset_uses_embeddings_when_given():
+    feats = [[0.0], [1.0], [5.0]]
+    emb = np.array([[0.0], [7.0], [1.0]])
+    pool = make_pool(feats, labeled=[0], embeddings=emb)
+    assert list(make_strategy("coreset").select(pool, 1, seed=0).query) == [1]
+
+
+def test_kcenter_duplicates_are_not_picked_twice(backend):
+    pts = np.zeros((4, 2))
+    picks = kcenter_greedy(pts, np.array([True, False, False, False]), 3, np.random.default_rng(0))
+    assert list(picks) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("n_labeled", [0, 5])
+def test_kcenter_incremental_equals_reference(backend, seed, n_labeled):
+    rng = np.random.default_rng(seed)
+    pts = rng.standard_normal((300, 8))
+    labeled = np.zeros(300, dtype=bool)
+    labeled[rng.choice(300, n_labeled, replace=False)] = True
+    fast = kcenter_greedy(pts, labeled, 25, np.random.default_rng(seed))
+    ref = kcenter_greedy_reference(pts, labeled, 25, np.random.default_rng(seed))
+    assert not labeled[fast].any()
+    np.testing.assert_array_equal(fast, ref)
+
+
+def test_kcenter_labeled_centres_are_folded_in_chunks(monkeypatch):
+    rng = np.random.default_rng(7)
+    pts = rng.standard_normal((200, 4))
+    labeled = np.zeros(200, dtype=bool)
+    labeled[:50] = True
+    monkeypatch.setattr(_kcenter, "CHUNK_ELEMENTS", 300)  # two centres per block
+    fast = kcenter_greedy(pts, labeled, 10, np.random.default_rng(0))
+    np.testing.assert_array_equal(fast, kcenter_greedy_reference(pts, labeled, 10, np.random.default_rng(0)))
+
+
+def test_pcoreset_picks_farthest_probability_vector():
+    probs = [[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 0.0, 1.0], [0.5, 0.5, 0.0]]
+    # features say the opposite, so a pick of 2 proves the distance is on probs
+    feats = [[0.0], [9.0], [0.1], [0.2]]
+    pool = make_pool(feats, probs=probs, labeled=[0])
+    assert list(make_strategy("pcoreset").select(pool, 1, seed=0).query) == [2]
+    assert list(make_strategy("coreset").select(pool, 1, seed=0).query) == [1]
+
+
+def test_budget_beyond_unlabeled_raises():
+    pool = make_pool([0.0, 1.0, 2.0], labeled=[0])
+    for name in ("coreset", "pcoreset", "badge", "pcb", "classbalanced"):
+        with pytest.raises(PoolExhaustedError):
+            make_strategy(name).select(pool, 3, seed=0)
+
+
+# --- BADGE ----------------------------------------------------------------------------
+
+
+def test_gradient_embeddings_are_p_minus_onehot_outer_h():
+    rng = np.random.default_rng(0)
+    probs, h = random_probs(rng, 6, 4), rng.standard_normal((6, 3))
+    g = badge_embeddings_reference(probs, h)
+    for i in range(6):
+        a = probs[i].copy()
+        a[probs[i].argmax()] -= 1.0
+        np.testing.assert_allclose(g[i], np.outer(a, h[i]).ravel())
+    np.testing.assert_allclose(gradient_factor(probs), probs - np.eye(4)[probs.argmax(1)])
+
+
+def test_factorised_distance_equals_materialised(backend):
+    rng = np.random.default_rng(1)
+    probs, h = random_probs(rng, 40, 7), rng.standard_normal((40, 5))
+    g = badge_embeddings_reference(probs, h)
+    for j in (0, 13, 39):
+        expected = ((g - g[j]) ** 2).sum(1)
+        got = gradient_sq_distances([(gradient_factor(probs), h)], j)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_factorised_seeding_equals_materialised(backend, seed):
+    rng = np.random.default_rng(100 + seed)
+    probs, h = random_probs(rng, 200, 10), rng.standard_normal((200, 6))
+    labeled = np.zeros(200, dtype=bool)
+    labeled[:20] = True
+    fast = badge_select([(gradient_factor(probs), h)], labeled, 15, np.random.default_rng(seed))
+    ref = badge_select_reference(badge_embeddings_reference(probs, h), labeled, 15, np.random.default_rng(seed))
+    assert not labeled[fast].any()
+    np.testing.assert_array_equal(fast, ref)
+
+
+def test_badge_first_centre_has_largest_gradient_norm():
+    rng = np.random.default_rng(2)
+    probs, h = random_probs(rng, 50, 5), rng.standard_normal((50, 4))
+    h[17] *= 10
+    assert badge_select([(gradient_factor(probs), h)], np.zeros(50, bool), 1, rng)[0] == 17
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dual_head_equals_concatenated_embeddings(backend, seed):
+    rng = np.random.default_rng(200 + seed)
+    p1, p2 = random_probs(rng, 150, 6), random_probs(rng, 150, 6)
+    h1, h2 = rng.standard_normal((150, 5)), rng.standard_normal((150, 3))
+    labeled = np.zeros(150, dtype=bool)
+    pairs = [(gradient_factor(p1), h1), (gradient_factor(p2), h2)]
+    fast = badge_select(pairs, labeled, 12, np.random.default_rng(seed))
+    g = np.concatenate([badge_embeddings_reference(p1, h1), badge_embeddings_reference(p2, h2)], axis=1)
+    ref = badge_select_reference(g, labeled, 12, np.random.default_rng(seed))
+    np.testing.assert_array_equal(fast, ref)
+    single = badge_select(pairs[:1], labeled, 12, np.random.default_rng(seed))
+    assert list(single) != list(fast)  # the second head does change the selection
+
+
+def test_badge_strategy_matches_badge_select_on_embeddings():
+    rng = np.random.default_rng(3)
+    probs, feats, emb = random_probs(rng, 80, 4), rng.standard_normal((80, 3)), rng.standard_normal((80, 6))
+    pool = make_pool(feats, probs=probs, labeled=[0, 1], labels=[0, 1] + [-1] * 78, embeddings=emb)
+    got = make_strategy("badge").select(pool, 5, seed=9).query
+    expected = badge_select([(gradient_factor(probs), emb)], pool.labeled, 5, np.random.default_rng(9))
+    np.testing.assert_array_equal(got, expected)
+
+
+# --- PCB ------------------------------------------------------------------------------
+
+
+def test_balance_classes_fills_the_rarest_class_first():
+    # class 0 already has 3 labeled, class 1 has 1, class 2 none; class 2 has one candidate
+    candidates = np.array([10, 11, 12, 13, 14, 15, 16])
+    classes = np.array([0, 0, 0, 1, 1, 1, 2])
+    picks = balance_classes(candidates, classes, np.array([3, 1, 0]), 4, np.random.default_rng(0))
+    # 2 (count 0) -> 1 (1) -> 1 (2) ; then 0 and 1 tie at 3 and class 2 is exhausted
+    assert list(picks[:3]) == [16, 13, 14]
+    assert picks[3] in (10, 15)
+
+
+def test_pcb_balances_pseudo_classes():
+    rng = np.random.default_rng(4)
+    n = 120
+    # 100 images look like class 0, 10 like class 1, 10 like class 2
+    cls = np.array([0] * 100 + [1] * 10 + [2] * 10)
+    probs = np.full((n, 3), 0.05)
+    probs[np.arange(n), cls] = 0.9
+    feats = rng.standard_normal((n, 4))
+    pool = make_pool(feats, probs=probs)
+    query = make_strategy("pcb", candidate_factor=12).select(pool, 12, seed=0).query
+    np.testing.assert_array_equal(np.bincount(cls[query], minlength=3), [4, 4, 4])
+
+
+def test_pcb_rejects_bad_candidate_factor():
+    with pytest.raises(ConfigError):
+        make_strategy("pcb", candidate_factor=0.5)
+    with pytest.raises(ConfigError):
+        make_strategy("pcb", candidate_factor="10")
+
+
+# --- class-balanced -------------------------------------------------------------------
+
+
+def test_inverse_frequency_allocation_by_hand():
+    # n = (0, 1, 3) -> w = (1, 1/2, 1/4), sum 7/4
+    counts = np.array([0, 1, 3])
+    room = np.array([100, 100, 100])
+    # budget 7: exact shares 4, 2, 1
+    assert list(inverse_frequency_allocation(counts, room, 7)) == [4, 2, 1]
+    # budget 10: 5.71, 2.86, 1.43 -> floors 5, 2, 1; two left go to remainders .86 then .71
+    assert list(inverse_frequency_allocation(counts, room, 10)) == [6, 3, 1]
+    # class 0 has room for 2: the other 8 split 1/2 : 1/4 -> 5.33, 2.67 -> 5, 3
+    assert list(inverse_frequency_allocation(counts, np.array([2, 100, 100]), 10)) == [2, 5, 3]
+
+
+def test_classbalanced_draws_per_allocation():
+    n_classes, rng = 3, np.random.default_rng(5)
+    pseudo = rng.integers(0, n_classes, 300)
+    probs = np.full((300, n_classes), 0.1)
+    probs[np.arange(300), pseudo] = 0.8
+    labeled = np.arange(30)
+    labels = np.full(300, -1)
+    labels[labeled] = np.repeat([0, 1, 2], [20, 9, 1])  # n = (20, 9, 1) -> w = 1/21, 1/10, 1/2
+    pool = make_pool(rng.standard_normal((300, 2)), probs=probs, labeled=labeled, labels=labels)
+    query = make_strategy("classbalanced").select(pool, 13, seed=1).query
+    counts = np.bincount(pseudo[query], minlength=3)
+    expected = inverse_frequency_allocation([20, 9, 1], np.bincount(pseudo[30:], minlength=3), 13)
+    np.testing.assert_array_equal(counts, expected)
+    # 13 * (1/21, 1/10, 1/2) / 0.6476 = 0.96, 2.01, 10.04 -> 0 + 2 + 10, one more to .96
+    assert list(expected) == [1, 2, 10]
