@@ -50,11 +50,23 @@ def load_data(config: RunConfig) -> ImageDataset:
     return dataset
 
 
+def check_budget(config: RunConfig, n_pool: int, n_classes: int) -> int:
+    """The per-round budget; refused when the rounds would need more images than the pool has."""
+    budget = config.budget or n_classes
+    if budget * config.rounds > n_pool:
+        raise PoolExhaustedError(
+            f"{config.rounds} rounds of budget {budget} need {budget * config.rounds} images; the pool has {n_pool}"
+        )
+    return budget
+
+
 def load_experiment(config: RunConfig, encode: Encode) -> Experiment:
+    """The dataset, its split and its embeddings; the budget is checked before any encoding."""
     dataset = load_data(config)
+    pool, test = pool_test_split(dataset, config.test_fraction, config.split_seed)
+    check_budget(config, len(pool), dataset.n_classes)
     image_size = default_image_size(config, dataset)
     encoded = encode(dataset, config.backbone, image_size)
-    pool, test = pool_test_split(dataset, config.test_fraction, config.split_seed)
     return Experiment(dataset, encoded, config.backbone, image_size, pool, test)
 
 
@@ -94,11 +106,7 @@ def run_loop(
     strategy = make_strategy(config.strategy, **config.strategy_params)
     learner: Learner = make_learner(config.learner, experiment, config.learner_params)
     n_pool = len(experiment.pool)
-    budget = config.budget or experiment.dataset.n_classes
-    if budget * config.rounds > n_pool:
-        raise PoolExhaustedError(
-            f"{config.rounds} rounds of budget {budget} need {budget * config.rounds} images; the pool has {n_pool}"
-        )
+    budget = check_budget(config, n_pool, experiment.dataset.n_classes)
     state = state or LoopState.fresh(n_pool)
     if state.learner_state:
         learner.set_state(state.learner_state)

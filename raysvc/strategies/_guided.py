@@ -1,0 +1,73 @@
+"""Class-guided features (Kim et al. 2024, eq. 5-7) and the feature choice of cluster selectors.
+
+A class-guided feature joins what an image looks like with what the current model
+thinks it is: ``z = [f(x) ; sum_c p(c|x) t_c]`` with ``f(x)`` the image embedding and
+``t_c`` the class text embeddings. Clustering on ``z`` separates images that look
+alike but belong to different classes once the model can tell them apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from raysvc.errors import ConfigError
+from raysvc.strategies._faiss import as_f32
+from raysvc.strategies.base import Pool
+
+FEATURE_KINDS = ("image", "guided")
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def class_guided_features(features: np.ndarray, probs: np.ndarray, text_features: np.ndarray) -> np.ndarray:
+    """(N, 2D) class-guided features of (N, D) image features, (N, C) probs, (C, D) text features.
+
+    Each half is L2-normalised so both weigh equally, and the result is divided by
+    sqrt(2) so it is unit-norm like image features: a radius or distance then means
+    the same on either kind (K-means, kNN and their argmins are unchanged by the scale).
+    """
+    image = _unit_rows(as_f32(features))
+    text = _unit_rows(as_f32(text_features))
+    mixed = _unit_rows(as_f32(probs) @ text)
+    return as_f32(np.concatenate([image, mixed], axis=1) / np.sqrt(2.0))
+
+
+def check_kind(kind: str) -> str:
+    if kind not in FEATURE_KINDS:
+        raise ConfigError(f"features must be one of {', '.join(FEATURE_KINDS)}, got {kind!r}")
+    return kind
+
+
+def kind_requires(kind: str) -> frozenset[str]:
+    """The pool fields that :func:`pool_features` reads for ``kind``."""
+    if check_kind(kind) == "guided":
+        return frozenset({"features", "probs", "text_features"})
+    return frozenset({"features"})
+
+
+def pool_features(pool: Pool, kind: str) -> np.ndarray:
+    """The features a cluster-based selector works on: ``"image"`` or ``"guided"``."""
+    if check_kind(kind) == "image":
+        return as_f32(pool.features)
+    if pool.text_features is None:
+        raise ConfigError("class-guided features need pool.text_features")
+    return class_guided_features(pool.features, pool.probs, pool.text_features)
+
+
+class FeatureRequires:
+    """A strategy's ``requires`` that follows its ``features`` parameter.
+
+    Read on the class it names what ``default_kind`` needs; read on an instance,
+    what that instance's kind needs. ``extra`` fields are needed either way.
+    """
+
+    def __init__(self, default_kind: str, extra: frozenset[str] = frozenset()):
+        self.default_kind = check_kind(default_kind)
+        self.extra = frozenset(extra)
+
+    def __get__(self, obj, owner=None) -> frozenset[str]:
+        kind = self.default_kind if obj is None else obj.features
+        return kind_requires(kind) | self.extra

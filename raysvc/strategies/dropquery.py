@@ -1,0 +1,68 @@
+"""DropQuery (Gupta et al. 2023): images whose prediction is fragile under feature dropout, spread by K-means."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from raysvc.errors import ConfigError
+from raysvc.strategies._faiss import as_f32, kmeans
+from raysvc.strategies._guided import FeatureRequires, check_kind, pool_features
+from raysvc.strategies.base import Pool, Selection, Strategy
+from raysvc.strategies.cb import cluster_order
+from raysvc.strategies.registry import register
+
+_CHUNK = 4096
+
+
+def dropout_flips(
+    features: np.ndarray, text_features: np.ndarray, n_dropouts: int, rate: float, rng: np.random.Generator
+) -> np.ndarray:
+    """(N,) how many of ``n_dropouts`` feature dropouts change the zero-shot prediction.
+
+    Rescaling the kept features by 1 / (1 - rate) would not change an argmax, so it is skipped.
+    """
+    features, text_features = as_f32(features), as_f32(text_features)
+    flips = np.zeros(len(features), dtype=np.int64)
+    for start in range(0, len(features), _CHUNK):
+        chunk = features[start : start + _CHUNK]
+        predicted = (chunk @ text_features.T).argmax(axis=1)
+        for _ in range(n_dropouts):
+            kept = chunk * (rng.random(chunk.shape, dtype=np.float32) >= rate)
+            flips[start : start + _CHUNK] += (kept @ text_features.T).argmax(axis=1) != predicted
+    return flips
+
+
+@register
+class DropQuery(Strategy):
+    """Candidates: unlabeled images whose text-head prediction changes under at least
+    half of ``n_dropouts`` dropouts of rate ``rate``. K-means (K = budget) on the
+    candidates' ``features`` ("image" or "guided"); query the candidate nearest each
+    centroid. Too few candidates: all of them, then random unlabeled images.
+    """
+
+    name = "dropquery"
+    requires = FeatureRequires("image", extra={"text_features"})
+
+    def __init__(self, features: str = "image", n_dropouts: int = 3, rate: float = 0.75):
+        if not isinstance(n_dropouts, (int, np.integer)) or n_dropouts < 1:
+            raise ConfigError(f"n_dropouts must be a positive integer, got {n_dropouts!r}")
+        if not isinstance(rate, (int, float, np.number)) or not 0 < rate < 1:
+            raise ConfigError(f"rate must be in (0, 1), got {rate!r}")
+        self.features = check_kind(features)
+        self.n_dropouts = int(n_dropouts)
+        self.rate = float(rate)
+
+    def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
+        unlabeled = pool.unlabeled_indices
+        flips = dropout_flips(pool.features[unlabeled], pool.text_features, self.n_dropouts, self.rate, rng)
+        candidates = unlabeled[2 * flips >= self.n_dropouts]
+        if len(candidates) <= budget:
+            rest = np.setdiff1d(unlabeled, candidates)
+            fill = rng.choice(rest, size=budget - len(candidates), replace=False)
+            return Selection(query=np.concatenate([candidates, fill]))
+        x = pool_features(pool, self.features)[candidates]
+        centroids, assignment, _ = kmeans(x, budget, seed=int(rng.integers(2**31)))
+        # the first pass of this order is each cluster's nearest member; it goes on
+        # round robin should K-means leave a cluster empty
+        order = cluster_order(x, centroids, assignment, np.ones(len(candidates), dtype=bool), rng)
+        return Selection(query=candidates[order[:budget]])

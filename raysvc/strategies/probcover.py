@@ -1,0 +1,82 @@
+"""ProbCover (Yehuda et al. 2022): greedy maximum coverage of delta-balls."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from raysvc.errors import ConfigError
+from raysvc.strategies._faiss import knn
+from raysvc.strategies._guided import FeatureRequires, check_kind, pool_features
+from raysvc.strategies.base import Pool, Selection, Strategy
+from raysvc.strategies.registry import register
+
+
+def ball_graph(x: np.ndarray, delta: float, max_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+    """Edges (source, target) for every target within L2 distance ``delta`` of source.
+
+    Balls are capped at the ``max_neighbors`` nearest points, which bounds the graph
+    at N x max_neighbors edges instead of N x N; a point always lies in its own ball.
+    """
+    dist, idx = knn(x, max_neighbors)
+    inside = dist < delta
+    sources = np.repeat(np.arange(len(x)), inside.sum(axis=1))
+    targets = idx[inside]
+    missing_self = np.flatnonzero(~(inside & (idx == np.arange(len(x))[:, None])).any(axis=1))
+    return np.concatenate([sources, missing_self]), np.concatenate([targets, missing_self])
+
+
+@register
+class ProbCover(Strategy):
+    """Repeatedly query the unlabeled image whose delta-ball holds the most uncovered images.
+
+    Images in the ball of a labeled image start covered. Ties go at random; once
+    everything is covered the rest of the budget is drawn at random. The default
+    ``delta`` (L2 distance, 0.6 ~ cosine 0.82) suits unit-norm features; guided
+    features are unit-norm too.
+    """
+
+    name = "probcover"
+    requires = FeatureRequires("image")
+
+    def __init__(self, features: str = "image", delta: float = 0.6, max_neighbors: int = 256):
+        if not isinstance(delta, (int, float, np.number)) or not 0 < delta <= 2:
+            raise ConfigError(f"delta must be in (0, 2] (L2 distance of unit vectors), got {delta!r}")
+        if not isinstance(max_neighbors, (int, np.integer)) or max_neighbors < 1:
+            raise ConfigError(f"max_neighbors must be a positive integer, got {max_neighbors!r}")
+        self.features = check_kind(features)
+        self.delta = float(delta)
+        self.max_neighbors = int(max_neighbors)
+
+    def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
+        n = len(pool.labeled)
+        sources, targets = ball_graph(pool_features(pool, self.features), self.delta, self.max_neighbors)
+        ball_order = np.argsort(sources, kind="stable")
+        ball_start = np.searchsorted(sources[ball_order], np.arange(n + 1))
+        balls_of_order = np.argsort(targets, kind="stable")
+        balls_of_start = np.searchsorted(targets[balls_of_order], np.arange(n + 1))
+
+        def ball(i):
+            return targets[ball_order[ball_start[i] : ball_start[i + 1]]]
+
+        def balls_holding(points):
+            return np.concatenate([sources[balls_of_order[balls_of_start[p] : balls_of_start[p + 1]]] for p in points])
+
+        covered = np.zeros(n, dtype=bool)
+        covered[targets[pool.labeled[sources]]] = True
+        degree = np.bincount(sources[~covered[targets]], minlength=n)
+        candidate = ~pool.labeled
+        picks: list[int] = []
+        while len(picks) < budget:
+            best = degree[candidate].max()
+            if best == 0:
+                rest = rng.choice(np.flatnonzero(candidate), size=budget - len(picks), replace=False)
+                picks.extend(int(i) for i in rest)
+                break
+            pick = int(rng.choice(np.flatnonzero(candidate & (degree == best))))
+            newly = ball(pick)
+            newly = newly[~covered[newly]]
+            covered[newly] = True
+            degree -= np.bincount(balls_holding(newly), minlength=n)
+            candidate[pick] = False
+            picks.append(pick)
+        return Selection(query=np.array(picks))

@@ -1,0 +1,80 @@
+"""TypiClust (Hacohen et al. 2022): the most typical image of the largest uncovered clusters."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from raysvc.errors import ConfigError
+from raysvc.strategies._faiss import kmeans, knn
+from raysvc.strategies._guided import FeatureRequires, check_kind, pool_features
+from raysvc.strategies.base import Pool, Selection, Strategy
+from raysvc.strategies.registry import register
+
+
+def _positive_int(name: str, value) -> int:
+    if not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def most_typical(x: np.ndarray, n_neighbors: int) -> int:
+    """Row of ``x`` with the highest typicality, 1 / mean distance to its nearest neighbours.
+
+    As in the authors' code, a small set uses half its size as the neighbourhood.
+    """
+    if len(x) == 1:
+        return 0
+    k = min(n_neighbors, len(x) // 2)
+    dist, _ = knn(x, k + 1)
+    # column 0 is the point itself; the lowest mean distance is the highest typicality
+    return int(dist[:, 1:].mean(axis=1).argmin())
+
+
+@register
+class TypiClust(Strategy):
+    """K = n_labeled + budget clusters (at most ``max_clusters``); from each cluster
+    without labels, largest first, query its most typical unlabeled image.
+
+    Typicality uses the ``n_neighbors`` nearest unlabeled images within the cluster.
+    Clusters of at most ``min_cluster_size`` images (outliers, which the authors
+    drop) and clusters that hold labels are visited only after the others; the
+    visit is round robin, so the budget is always filled.
+    """
+
+    name = "typiclust"
+    requires = FeatureRequires("image")
+
+    def __init__(
+        self, features: str = "image", max_clusters: int = 500, n_neighbors: int = 20, min_cluster_size: int = 5
+    ):
+        self.features = check_kind(features)
+        self.max_clusters = _positive_int("max_clusters", max_clusters)
+        self.n_neighbors = _positive_int("n_neighbors", n_neighbors)
+        if not isinstance(min_cluster_size, (int, np.integer)) or min_cluster_size < 0:
+            raise ConfigError(f"min_cluster_size must be a non-negative integer, got {min_cluster_size!r}")
+        self.min_cluster_size = int(min_cluster_size)
+
+    def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
+        x = pool_features(pool, self.features)
+        k = min(int(pool.labeled.sum()) + budget, self.max_clusters)
+        centroids, assignment, _ = kmeans(x, k, seed=int(rng.integers(2**31)))
+        k = len(centroids)
+        sizes = np.bincount(assignment, minlength=k)
+        n_labeled = np.bincount(assignment[pool.labeled], minlength=k)
+        tiebreak = rng.permutation(k)
+        visit = np.lexsort((tiebreak, -sizes, n_labeled, sizes <= self.min_cluster_size))
+        by_cluster = np.argsort(assignment, kind="stable")
+        groups = np.split(by_cluster, np.cumsum(sizes)[:-1])
+        available = ~pool.labeled
+        picks: list[int] = []
+        while len(picks) < budget:
+            for c in visit:
+                members = groups[c][available[groups[c]]]
+                if len(members) == 0:
+                    continue
+                pick = int(members[most_typical(x[members], self.n_neighbors)])
+                picks.append(pick)
+                available[pick] = False
+                if len(picks) == budget:
+                    break
+        return Selection(query=np.array(picks))

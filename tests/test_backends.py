@@ -1,0 +1,86 @@
+"""VLM backends: the ConSE formula, and prompt encoders that reproduce plain text encoding."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raysvc.backends import load_backend, validate_backbone
+from raysvc.errors import ConfigError, UnknownNameError
+
+
+def _images(n=3):
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_conse_embedding_is_weighted_sum_of_top_t_prompt_embeddings(conse):
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    pixels = conse.preprocess(_images(2))
+    with torch.no_grad():
+        probs = conse.imagenet_probs(pixels)
+        got = conse.encode_images(pixels)
+        top = probs[0].topk(conse.top_t)
+        texts = conse.encode_text([f"a photo of a {IMAGENET_CLASSNAMES[i]}." for i in top.indices.tolist()])
+    expected = (top.values[:, None] * texts).sum(0)
+    expected = expected / expected.norm()
+    assert torch.allclose(got[0], expected, atol=1e-5)
+    assert torch.allclose(got.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert got.shape == (2, conse.embed_dim) and pixels.shape[-1] == conse.image_size == 112
+
+
+def _placeholder_context(words: torch.Tensor, n_ctx: int) -> torch.Tensor:
+    """Context vectors equal to the placeholder tokens' own embeddings (positions 1..n_ctx)."""
+    return words[0, 1 : 1 + n_ctx].detach().clone()
+
+
+def test_minilm_prompt_encoder_reproduces_text_encoding_and_trains_only_context(conse):
+    names = ["cat", "giraffe"]
+    encoder = conse.prompt_encoder(names, n_ctx=4)
+    ctx = _placeholder_context(conse.text_model.embeddings.word_embeddings(encoder.input_ids), 4)
+    ctx.requires_grad_(True)
+    got = encoder(ctx)
+    with torch.no_grad():
+        expected = conse.encode_text([f"x x x x {n}." for n in names])
+    assert torch.allclose(got, expected, atol=1e-5)
+    got.sum().backward()
+    assert ctx.grad is not None and ctx.grad.abs().sum() > 0
+    assert all(p.grad is None for p in conse.text_model.parameters())
+    classwise = encoder(ctx.detach().expand(2, -1, -1).clone())
+    assert torch.allclose(classwise, expected, atol=1e-5)
+
+
+def test_open_clip_random_weights_same_interface():
+    backend = load_backend("open_clip:RN50")
+    assert backend.model_id == "open_clip-RN50-random" and backend.embed_dim == 1024
+    pixels = backend.preprocess(_images(1))
+    with torch.no_grad():
+        image = backend.encode_images(pixels)
+    assert image.shape == (1, 1024)
+    encoder = backend.prompt_encoder(["cat", "dog"], n_ctx=3)
+    ctx = backend.model.token_embedding(encoder.tokens)[0, 1:4].detach()
+    with torch.no_grad():
+        assert torch.allclose(encoder(ctx), backend.encode_text(["X X X cat.", "X X X dog."]), atol=1e-4)
+    assert backend.last_conv_layer() is not None
+
+
+def test_open_clip_weights_from_local_file(tmp_path):
+    import open_clip
+
+    model = open_clip.create_model("RN50", pretrained=None)
+    torch.nn.init.constant_(model.text_projection, 0.01)
+    path = tmp_path / "rn50.pt"
+    torch.save(model.state_dict(), path)
+    backend = load_backend(f"open_clip:RN50:{path}")
+    assert backend.model_id.startswith("open_clip-RN50-file-")
+    assert torch.allclose(backend.model.text_projection, torch.full_like(backend.model.text_projection, 0.01))
+
+
+def test_bad_backbones():
+    with pytest.raises(UnknownNameError):
+        validate_backbone("clip-9000")
+    with pytest.raises(ConfigError, match="unknown open_clip model"):
+        load_backend("open_clip:NoSuchNet")
+    with pytest.raises(ConfigError, match="neither a file"):
+        load_backend("open_clip:RN50:/no/such/file.pt")

@@ -1,0 +1,103 @@
+"""CoOp prompt learning and the loop, end to end on the real offline prior."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from raysvc.config import RunConfig
+from raysvc.errors import ConfigError, PoolExhaustedError
+from raysvc.features import FeatureStore
+from raysvc.learners.coop import CoOpConfig, prompt_logits, train_coop
+from raysvc.loop import LoopState, load_experiment, run_loop, store_encoder
+
+
+def test_both_prompts_average_the_two_cosines():
+    image = torch.tensor([[1.0, 0.0]])
+    unified = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    classwise = torch.tensor([[0.6, 0.8], [0.8, 0.6]])
+    got = prompt_logits(image, [unified, classwise], scale=10.0)
+    assert torch.allclose(got, torch.tensor([[10 * (1.0 + 0.6) / 2, 10 * (0.0 + 0.8) / 2]]))
+
+
+def test_coop_config_rejects_bad_values():
+    with pytest.raises(ConfigError, match="prompt"):
+        CoOpConfig(prompt="per-pixel")
+    with pytest.raises(ConfigError, match="epochs"):
+        CoOpConfig(epochs=0)
+
+
+@pytest.fixture(scope="module")
+def small_experiment(feature_cache):
+    config = RunConfig(dataset="animal-mnist", per_class=12, test_fraction=0.25)
+    return load_experiment(config, store_encoder(FeatureStore(feature_cache, progress=False)))
+
+
+def test_features_are_cached_and_reused(small_experiment, feature_cache):
+    config = RunConfig(dataset="animal-mnist", per_class=12, test_fraction=0.25)
+    again = load_experiment(config, store_encoder(FeatureStore(feature_cache, progress=False)))
+    assert again.encoded.key == small_experiment.encoded.key
+    assert again.encoded.encode_seconds == 0.0
+    assert np.array_equal(again.encoded.image_features, small_experiment.encoded.image_features)
+    assert not list(feature_cache.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("prompt", ["unified", "classwise", "both"])
+def test_coop_fits_labeled_set_better_than_zero_shot(small_experiment, prompt):
+    exp = small_experiment
+    labeled = np.arange(40)
+    features = exp.encoded.image_features[exp.pool[labeled]]
+    labels = exp.pool_labels[labeled]
+    contexts = train_coop({
+        "backbone": exp.backbone, "image_size": exp.image_size, "classnames": list(exp.dataset.classnames),
+        "features": features, "labels": labels, "seed": 0,
+        "config": {"prompt": prompt, "epochs": 40, "batch_size": 64},
+    })
+    shapes = {k: v.shape for k, v in contexts.items()}
+    expected = {"unified": (16, 384), "classwise": (10, 16, 384)}
+    assert shapes == ({k: expected[k] for k in expected} if prompt == "both" else {prompt: expected[prompt]})
+    from raysvc.backends import load_backend
+
+    encoder = load_backend(exp.backbone, exp.image_size).prompt_encoder(exp.dataset.classnames, 16)
+    with torch.no_grad():
+        texts = [encoder(torch.as_tensor(c)) for c in contexts.values()]
+    trained = (prompt_logits(torch.as_tensor(features), texts, 1.0).argmax(1).numpy() == labels).mean()
+    zeroshot = (exp.encoded.zeroshot_probs(exp.pool[labeled]).argmax(1) == labels).mean()
+    assert trained > zeroshot + 0.1
+
+
+def test_loop_end_to_end_with_selective_querying(small_experiment):
+    config = RunConfig(dataset="animal-mnist", strategy="cbsq", per_class=12, test_fraction=0.25, rounds=3,
+                       budget=6, learner_params={"epochs": 5})
+    seen = []
+    rows = run_loop(config, small_experiment, on_round=lambda row, state: seen.append(state.completed))
+    assert seen == [1, 2, 3]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert [r["n_queried"] for r in rows] == [6, 12, 18]  # pseudo-labels never spend budget
+    for r in rows:
+        assert r["n_labeled"] == r["n_queried"] + r["n_pseudo"]
+        assert 0.0 <= r["test_acc"] <= 1.0 and r["select_seconds"] >= 0 and r["train_seconds"] > 0
+        assert math.isnan(r["pseudo_acc"]) == (r["n_pseudo"] == 0)
+    assert rows[0]["n_pseudo"] == 0  # no selective querying in the first round
+    assert rows[0]["zeroshot_acc"] == rows[-1]["zeroshot_acc"]
+
+
+def test_resumed_loop_continues_where_it_stopped(small_experiment):
+    config = RunConfig(dataset="animal-mnist", strategy="entropy", per_class=12, test_fraction=0.25, rounds=3,
+                       budget=5, learner_params={"epochs": 3})
+    full = run_loop(config, small_experiment)
+    states = []
+    run_loop(RunConfig(**{**config.to_dict(), "rounds": 2}), small_experiment,
+             on_round=lambda row, state: states.append(state))
+    resumed = run_loop(config, small_experiment, state=states[-1])
+    assert [r["round"] for r in resumed] == [1, 2, 3]
+    assert resumed[-1]["n_queried"] == full[-1]["n_queried"]
+    assert resumed[-1]["test_acc"] == pytest.approx(full[-1]["test_acc"], abs=1e-6)
+
+
+def test_budget_larger_than_pool_is_refused(small_experiment):
+    config = RunConfig(dataset="animal-mnist", per_class=12, test_fraction=0.25, rounds=2, budget=80)
+    with pytest.raises(PoolExhaustedError, match="pool has"):
+        run_loop(config, small_experiment)
+    assert LoopState.fresh(3).labels.tolist() == [-1, -1, -1]
