@@ -125,12 +125,12 @@ def run_loop(
         pool = Pool(
             features=pool_features, probs=learner.predict_proba("pool"), labeled=state.labeled,
             labels=state.labels, text_features=experiment.encoded.text_features,
-            embeddings=learner.pool_embeddings(), round=round_,
+            embeddings=learner.pool_embeddings(), head_probs=learner.pool_head_probs(), round=round_,
         )
         start = time.perf_counter()
         selection = strategy.select(pool, budget, seed=config.seed * 1000 + round_)
         select_seconds = time.perf_counter() - start
-        if len(selection.query) == 0:
+        if len(selection.query) + len(selection.pseudo) == 0:
             raise ConfigError(f"strategy {config.strategy!r} selected nothing in round {round_}")
         state.labeled[selection.query] = True
         state.labels[selection.query] = true_labels[selection.query]

@@ -113,12 +113,13 @@ def test_two_rounds_end_to_end(experiment, learner):
 
 def test_state_round_trip_and_dual_head_badge(experiment):
     from raysvc.learners.base import LocalRunner
-    from raysvc.strategies.badge import badge_select
+    from raysvc.strategies import Pool, make_strategy
+    from raysvc.strategies.badge import badge_select, gradient_factor
 
     params = {"epochs": 1, "batch_size": 32}
     learner = make_learner("kd-zeroshot", experiment, params)
     assert np.allclose(learner.predict_proba("pool"), experiment.encoded.zeroshot_probs(experiment.pool))
-    assert learner.pool_embeddings() is None and learner.badge_pairs() is None
+    assert learner.pool_embeddings() is None and learner.pool_head_probs() is None
     labeled = np.arange(0, len(experiment.pool), 6)
     learner.fit(labeled, experiment.pool_labels[labeled], seed=3, runner=LocalRunner())
     resumed = make_learner("kd-zeroshot", experiment, params)
@@ -128,12 +129,20 @@ def test_state_round_trip_and_dual_head_badge(experiment):
     np.testing.assert_array_equal(resumed.pool_embeddings(), learner.pool_embeddings())
     assert resumed.teacher_accuracy() == learner.teacher_accuracy()
 
-    pairs = resumed.badge_pairs()
-    assert len(pairs) == 2 and pairs[0][1].shape == (len(experiment.pool), 1280)
+    heads = resumed.pool_head_probs()
+    assert len(heads) == 2 and resumed.pool_embeddings().shape == (len(experiment.pool), 1280)
     mask = np.zeros(len(experiment.pool), bool)
     mask[labeled] = True
-    picks = badge_select(pairs, mask, 5, np.random.default_rng(0))
+    labels = np.where(mask, experiment.pool_labels, -1)
+    pool = Pool(experiment.encoded.image_features[experiment.pool], resumed.predict_proba("pool"), mask, labels,
+                embeddings=resumed.pool_embeddings(), head_probs=heads, round=2)
+    picks = make_strategy("badge").select(pool, 5, seed=0).query
     assert len(set(picks.tolist())) == 5 and not mask[picks].any()
+    # both heads' gradients enter the distance: the same as calling the factorised seeding with two pairs
+    h = resumed.pool_embeddings()
+    pairs = [(gradient_factor(p), h) for p in heads]
+    expected = badge_select(pairs, mask, 5, np.random.default_rng(0))
+    assert picks.tolist() == expected.tolist()
 
 
 def test_unknown_student_name(experiment):

@@ -74,9 +74,10 @@ def test_loop_end_to_end_with_selective_querying(small_experiment):
     rows = run_loop(config, small_experiment, on_round=lambda row, state: seen.append(state.completed))
     assert seen == [1, 2, 3]
     assert [r["round"] for r in rows] == [1, 2, 3]
-    assert [r["n_queried"] for r in rows] == [6, 12, 18]  # pseudo-labels never spend budget
+    assert [r["n_labeled"] for r in rows] == [6, 12, 18]
+    assert rows[0]["n_queried"] == 6  # no selective querying in the first round
     for r in rows:
-        assert r["n_labeled"] == r["n_queried"] + r["n_pseudo"]
+        assert r["n_labeled"] == r["n_queried"] + r["n_pseudo"]  # a pseudo-label replaces a query
         assert 0.0 <= r["test_acc"] <= 1.0 and r["select_seconds"] >= 0 and r["train_seconds"] > 0
         assert math.isnan(r["pseudo_acc"]) == (r["n_pseudo"] == 0)
     assert rows[0]["n_pseudo"] == 0  # no selective querying in the first round

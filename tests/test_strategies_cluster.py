@@ -204,11 +204,9 @@ def sq_pool(round=2):
 
 
 def walk(order, confident, budget, max_pseudo):
-    """Reference: the candidate walk of selective querying, one candidate at a time."""
+    """Reference: selective querying over the first ``budget`` candidates, one at a time."""
     query, pseudo = [], []
-    for i in order:
-        if len(query) == budget:
-            break
+    for i in order[:budget]:
         if confident[i] and len(pseudo) < max_pseudo:
             pseudo.append(i)
         else:
@@ -222,7 +220,7 @@ def test_cbsq_pseudo_labels_exactly_the_confident_candidates(max_pseudo):
     strategy = make_strategy("cbsq", max_pseudo=max_pseudo)
     budget = 12
     sel = strategy.select(pool, budget, seed=4)
-    assert len(sel.query) == budget
+    assert len(sel.query) + len(sel.pseudo) == budget  # pseudo-labels replace queries
     assert (kinds[sel.pseudo] == 2).all() and (sel.pseudo_labels == 0).all()
     cap = budget if max_pseudo is None else max_pseudo
     assert 0 < len(sel.pseudo) <= cap
@@ -234,7 +232,7 @@ def test_cbsq_pseudo_labels_exactly_the_confident_candidates(max_pseudo):
 def test_cbsq_with_the_whole_pool_walked_pseudo_labels_every_confident_image():
     pool, kinds, _ = sq_pool()
     # 40 unlabeled: 10 confident (kind 2) and 30 to query
-    sel = make_strategy("cbsq", max_pseudo=100).select(pool, 30, seed=0)
+    sel = make_strategy("cbsq", max_pseudo=100).select(pool, 40, seed=0)
     assert sorted(sel.pseudo) == np.flatnonzero(kinds == 2).tolist()
     assert sorted(sel.query) == np.flatnonzero(np.isin(kinds, [3, 4, 5])).tolist()
 

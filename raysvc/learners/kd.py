@@ -365,15 +365,12 @@ class KDLearner(Learner):
         s = self._state
         return s["pool_ce_probs"], s.get("pool_kd_probs"), s["pool_embeddings"]
 
-    def badge_pairs(self) -> list[tuple[np.ndarray, np.ndarray]] | None:
-        """Dual-head BADGE factors for :func:`raysvc.strategies.badge.badge_select`: one (a, h) per head."""
+    def pool_head_probs(self) -> tuple[np.ndarray, ...] | None:
         outputs = self.pool_head_outputs()
         if outputs is None:
             return None
-        from raysvc.strategies.badge import gradient_factor
-
-        p_ce, p_kd, h = outputs
-        return [(gradient_factor(p), h) for p in (p_ce, p_kd) if p is not None]
+        p_ce, p_kd, _ = outputs
+        return tuple(p for p in (p_ce, p_kd) if p is not None)
 
     def teacher_accuracy(self) -> float:
         if self.teacher == "none":

@@ -1,10 +1,8 @@
 """BADGE (Ash et al., ICLR 2020): k-means++ seeding on last-layer gradient embeddings.
 
-The pool carries one probability array, so this strategy is single-head. Dual-head
-BADGE (ActiveKD, both heads' gradients concatenated) is for the learner that owns both
-heads to call :func:`badge_select` with one pair per head::
-
-    badge_select([(gradient_factor(p_ce), h), (gradient_factor(p_kd), h)], labeled, budget, rng)
+With a multi-head model (``pool.head_probs``, ActiveKD's CE and KD heads on shared
+features) the gradient embedding concatenates every head's, so one (p - onehot, h)
+factor pair per head enters the factorised distance.
 """
 
 import numpy as np
@@ -18,12 +16,13 @@ __all__ = ["Badge", "badge_select", "gradient_factor"]
 
 @register
 class Badge(Strategy):
-    """Gradient embeddings use ``pool.embeddings`` when given (students), else ``pool.features``."""
+    """Gradient embeddings use ``pool.embeddings`` when given (students), else ``pool.features``,
+    and one head per array of ``pool.head_probs`` when given, else ``pool.probs``."""
 
     name = "badge"
     requires = frozenset({"probs", "features"})
 
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
         h = pool.embeddings if pool.embeddings is not None else pool.features
-        pairs = [(gradient_factor(pool.probs), h)]
+        pairs = [(gradient_factor(p), h) for p in (pool.head_probs or (pool.probs,))]
         return Selection(query=badge_select(pairs, pool.labeled, budget, rng))

@@ -20,7 +20,7 @@ import numpy as np
 
 from raysvc.errors import ConfigError, PoolExhaustedError
 
-POOL_FIELDS = frozenset({"features", "probs", "text_features", "embeddings"})
+POOL_FIELDS = frozenset({"features", "probs", "text_features", "embeddings", "head_probs"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,8 @@ class Pool:
     labels: (N,) int, the known label of labeled images, -1 elsewhere.
     text_features: (C, D) L2-normalised class text embeddings, or None.
     embeddings: (N, E) penultimate features of the current model (student learners), or None.
+    head_probs: per-head (N, C) probabilities of a multi-head model (ActiveKD's CE and KD
+        heads, which share ``embeddings``), or None.
     round: 1-based index of the round being selected for.
     """
 
@@ -42,6 +44,7 @@ class Pool:
     labels: np.ndarray
     text_features: np.ndarray | None = None
     embeddings: np.ndarray | None = None
+    head_probs: tuple[np.ndarray, ...] | None = None
     round: int = 1
 
     def __post_init__(self):
@@ -53,6 +56,8 @@ class Pool:
                 raise ConfigError(f"pool.{name} has {len(getattr(self, name))} rows, expected {n}")
         if self.embeddings is not None and len(self.embeddings) != n:
             raise ConfigError(f"pool.embeddings has {len(self.embeddings)} rows, expected {n}")
+        if self.head_probs is not None and any(p.shape != self.probs.shape for p in self.head_probs):
+            raise ConfigError("pool.head_probs must each have the shape of pool.probs")
         if self.text_features is not None and len(self.text_features) != self.probs.shape[1]:
             raise ConfigError("pool.text_features must have one row per class")
         if self.round < 1:

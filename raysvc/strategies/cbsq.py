@@ -1,7 +1,9 @@
 """Cluster-balanced selection with selective querying (Kim et al. 2024, eq. 11-12).
 
-Candidates come in cluster-balanced order. A candidate the model is already sure
-of gets its predicted class as a free pseudo-label instead of an oracle query:
+The round's ``budget`` candidates come from cluster-balanced selection. A candidate
+the model is already sure of gets its predicted class as a free pseudo-label instead
+of an oracle query, so the labeled set grows by ``budget`` while the oracle answers
+fewer: sure means its confidence reaches the class threshold tau_c, the confidence of
 sure means its confidence reaches the class threshold tau_c, the confidence of
 that class's labeled images (the mean of p(c|x) over labeled images of class c).
 """
@@ -32,10 +34,9 @@ def class_thresholds(probs: np.ndarray, labels: np.ndarray, labeled: np.ndarray,
 class ClusterBalancedSelectiveQuery(ClusterBalanced):
     """Cluster-balanced candidates; confident ones are pseudo-labeled, the others queried.
 
-    ``budget`` counts oracle queries only; at most ``max_pseudo`` (default: the
-    budget) pseudo-labels come on top, so a confident model cannot label the whole
-    pool in one round. Round 1 queries everything: no labeled image sets a threshold
-    yet. ``k_rule="official"`` uses K = 4C + n_labeled, as in the authors' code.
+    At most ``max_pseudo`` (default: no cap) of the ``budget`` candidates are
+    pseudo-labeled. Round 1 queries everything: no labeled image sets a threshold yet.
+    ``k_rule="official"`` uses K = 4C + n_labeled, as in the authors' code.
     """
 
     name = "cbsq"
@@ -49,9 +50,9 @@ class ClusterBalancedSelectiveQuery(ClusterBalanced):
         self.max_pseudo = max_pseudo
 
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
-        order = self.candidate_order(pool, budget, rng)
+        order = self.candidate_order(pool, budget, rng)[:budget]
         if pool.round == 1:
-            return Selection(query=order[:budget])
+            return Selection(query=order)
         tau = class_thresholds(pool.probs, pool.labels, pool.labeled, pool.n_classes)
         probs = pool.probs[order]
         predicted = probs.argmax(axis=1)
@@ -59,12 +60,4 @@ class ClusterBalancedSelectiveQuery(ClusterBalanced):
         confident = probs.max(axis=1) >= np.nan_to_num(tau, nan=np.inf)[predicted]
         cap = budget if self.max_pseudo is None else self.max_pseudo
         pseudo = confident & (np.cumsum(confident) <= cap)
-        queries = np.flatnonzero(~pseudo)
-        # walk the candidates until the budget-th query; the pool may run out first
-        end = queries[budget - 1] + 1 if len(queries) >= budget else len(order)
-        pseudo[end:] = False
-        return Selection(
-            query=order[queries[:budget]],
-            pseudo=order[pseudo],
-            pseudo_labels=predicted[pseudo],
-        )
+        return Selection(query=order[~pseudo], pseudo=order[pseudo], pseudo_labels=predicted[pseudo])
