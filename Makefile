@@ -25,8 +25,14 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# a local Ray head and S3 gateway, the demo grid through `ray job submit`, then the
+# aggregated table read back from object storage; the cluster stops whatever happens
 demo: $(STAMP)
-	$(VENV)/bin/raysvc run --dataset animal-mnist --strategy cbsq --rounds 8 --epochs 50 --out results/demo
+	cluster/start_local.sh
+	. ./.ray-local.env && status=0; \
+	$(VENV)/bin/ray job submit --working-dir . -- python -m jobs.grid jobs/configs/demo.yaml --out s3://raysvc/demo \
+	  && $(PY) -m jobs.report s3://raysvc/demo --out reports/demo || status=$$?; \
+	cluster/stop_local.sh; exit $$status
 
 bench: $(STAMP)
 	$(PY) -m bench.selection

@@ -1,0 +1,83 @@
+"""Run a YAML grid of active-learning runs as a Ray Tune experiment.
+
+    ray job submit --working-dir . -- python -m jobs.grid jobs/configs/demo.yaml --out s3://raysvc/demo
+    python -m jobs.grid jobs/configs/test_small.yaml --out /tmp/results --num-cpus 2
+    python -m jobs.grid jobs/configs/demo.yaml --resume      # after the driver died
+
+``--resume`` restores the Tune experiment (``Tuner.restore``) from its storage path:
+finished trials stay finished, interrupted ones resume from their last completed round.
+``--skip-existing`` instead starts afresh but leaves out cells whose run_id already has
+results at the destination. Exit status: 0 when every run's results are stored, 1 when
+some are missing or a trial failed for good, 2 for a configuration or storage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray cluster address (default: the job's cluster, $RAY_ADDRESS, or a new local one)")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray instance (ignored when connecting)")
+
+
+def init_ray(args: argparse.Namespace) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    elif args.num_cpus:
+        ray.init(num_cpus=args.num_cpus)
+    else:
+        ray.init()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.grid", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="grid YAML (see raysvc.service.grid)")
+    parser.add_argument("--out", help="results destination: local directory or s3://bucket/prefix")
+    parser.add_argument("--resume", action="store_true", help="restore the experiment after a driver failure")
+    parser.add_argument("--skip-existing", action="store_true", help="leave out cells already stored at --out")
+    parser.add_argument("--storage-path", help="Tune experiment storage (default ~/ray_results; s3:// on clusters)")
+    parser.add_argument("--name", help="experiment name (default: the file's name:)")
+    parser.add_argument("--train", choices=["local", "ray-train"], help="override the file's train:")
+    parser.add_argument("--cells-per-trial", type=int, help="override the file's cells_per_trial:")
+    parser.add_argument("--max-failures", type=int, help="override the file's max_failures:")
+    parser.add_argument("--cache", help="feature cache directory of the encoder actor")
+    parser.add_argument("--quiet", action="store_true", help="less Tune output")
+    add_ray_arguments(parser)
+    args = parser.parse_args(argv)
+
+    from raysvc.errors import RaysvcError
+    from raysvc.service.grid import load_grid, run_grid
+
+    try:
+        overrides = dict(out=args.out, storage_path=args.storage_path, name=args.name, train=args.train,
+                         cells_per_trial=args.cells_per_trial, max_failures=args.max_failures)
+        spec = load_grid(args.config, **overrides)
+        if args.cache:
+            spec.features["cache_dir"] = args.cache
+        print(f"grid {spec.name}: {len(spec.cells)} runs in {len(spec.groups)} trials "
+              f"({spec.cells_per_trial} per trial, train={spec.train}) -> {spec.out}", flush=True)
+        init_ray(args)
+        result = run_grid(spec, resume=args.resume, skip_existing=args.skip_existing, verbose=0 if args.quiet else 1)
+    except RaysvcError as exc:
+        print(f"jobs.grid: error: {exc}", file=sys.stderr)
+        return 2
+    summary = {
+        "grid": result.name, "out": result.out, "runs": len(result.run_ids), "missing": result.missing,
+        "errors": result.errors, "trials": result.n_trials, "encode_counts": result.encode_counts,
+        "wall_seconds": round(result.wall_seconds, 1), "experiment_path": result.experiment_path,
+    }
+    print(json.dumps(summary, indent=2), flush=True)
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Ray services: shared feature encoding, Ray Train runner, Tune grids of runs.
+
+- :class:`~raysvc.service.encoders.FeatureService` / :func:`feature_service` /
+  :class:`RayEncode`: one encoder pass per (dataset, backbone, image size), handed out
+  through the object store.
+- :class:`~raysvc.service.train.RayTrainRunner` / :func:`make_runner`: a TrainRunner on
+  ``ray.train.torch.TorchTrainer``.
+- :func:`~raysvc.service.grid.load_grid` / :func:`run_grid`: YAML grids as Ray Tune
+  experiments with per-round checkpoints and idempotent result writes.
+
+Submodules import Ray lazily enough that ``import raysvc.service`` stays cheap.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FeatureService", "RayEncode", "feature_service", "shutdown_feature_service",
+    "RayTrainRunner", "make_runner", "GridSpec", "GridResult", "load_grid", "run_grid", "run_manifest",
+]  # fmt: skip
+
+_WHERE = {
+    "FeatureService": "encoders", "RayEncode": "encoders", "feature_service": "encoders",
+    "shutdown_feature_service": "encoders", "RayTrainRunner": "train", "make_runner": "train",
+    "GridSpec": "grid", "GridResult": "grid", "load_grid": "grid", "run_grid": "grid",
+    "run_manifest": "manifest",
+}  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(f"raysvc.service.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'raysvc.service' has no attribute {name!r}")

@@ -1,0 +1,154 @@
+"""Ray Train execution of a learner's training function.
+
+:class:`RayTrainRunner` implements :class:`raysvc.learners.base.TrainRunner` with
+``ray.train.torch.TorchTrainer``: ``run(fn, payload)`` puts the payload into the object
+store once, starts a worker group per ``ScalingConfig(num_workers, use_gpu,
+resources_per_worker)`` (fractional GPUs allowed, e.g. ``{"GPU": 0.25}``), runs
+``fn(payload)`` on every worker and returns rank 0's result.
+
+How the result comes back (the robust way): rank 0 hands it to a small result-sink actor
+that the runner owns (``num_cpus=0``, created once per runner and reused), keyed by a
+unique call id. This needs no shared storage between the trial's node and the workers'
+nodes (a checkpoint directory would need one on a multi-node cluster) and relies on no
+deprecated "free-floating" ``ray.train.report`` metrics. Each call is a fresh Train run
+with a unique name under a private temporary ``storage_path`` that is removed afterwards,
+so Ray Train's resume-by-name never picks up an earlier call's state.
+
+``fn`` must be a pure, importable function (a learner's module-level training function);
+with ``num_workers > 1`` each worker runs it (a function may use
+``torch.distributed`` / ``ray.train.torch`` to share the work) and rank 0's result is kept.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from typing import Any
+
+import ray
+
+from raysvc.learners.base import TrainFn
+
+
+@ray.remote(num_cpus=0)
+class _ResultSink:
+    def __init__(self):
+        self._results: dict[str, Any] = {}
+
+    def put(self, call_id: str, result: Any) -> None:
+        self._results[call_id] = result
+
+    def pop(self, call_id: str) -> Any:
+        return self._results.pop(call_id, None)
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    """Per-worker loop: run the pure function on the payload; rank 0 hands the result back."""
+    import ray.train
+
+    payload = ray.get(config["payload"])
+    result = config["fn"](payload)
+    if ray.train.get_context().get_world_rank() == 0:
+        ray.get(config["sink"].put.remote(config["call_id"], result))
+
+
+class RayTrainRunner:
+    """Train on Ray Train workers; see the module docstring for how results come back.
+
+    num_workers, use_gpu, resources_per_worker: the ScalingConfig. ``use_gpu`` is implied
+    by a ``GPU`` entry in ``resources_per_worker``. max_failures: Ray Train's restarts of a
+    failed worker group (the function is pure, so a restart reruns it). storage_path: where
+    Ray Train keeps its run state (default: a temporary directory removed after each call).
+    """
+
+    def __init__(
+        self,
+        num_workers: int = 1,
+        use_gpu: bool = False,
+        resources_per_worker: dict[str, float] | None = None,
+        max_failures: int = 1,
+        storage_path: str | None = None,
+    ):
+        from raysvc.errors import ConfigError
+
+        if not isinstance(num_workers, int) or num_workers < 1:
+            raise ConfigError(f"ray-train num_workers must be a positive integer, got {num_workers!r}")
+        self.resources_per_worker = dict(resources_per_worker or {})
+        self.use_gpu = bool(use_gpu or self.resources_per_worker.get("GPU", 0) > 0)
+        if self.use_gpu and "GPU" in self.resources_per_worker and self.resources_per_worker["GPU"] <= 0:
+            raise ConfigError("ray-train resources_per_worker GPU must be positive when use_gpu is set")
+        self.num_workers = num_workers
+        self.max_failures = max_failures
+        self.storage_path = storage_path
+        self._sink = None
+        self.calls = 0
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any] | None) -> RayTrainRunner:
+        from raysvc.errors import ConfigError
+
+        options = dict(options or {})
+        known = {"num_workers", "use_gpu", "resources_per_worker", "max_failures", "storage_path"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"unknown ray_train option(s): {', '.join(unknown)}")
+        return cls(**options)
+
+    def scaling_config(self):
+        from ray.train import ScalingConfig
+
+        kwargs: dict[str, Any] = {"num_workers": self.num_workers, "use_gpu": self.use_gpu}
+        if self.resources_per_worker:
+            kwargs["resources_per_worker"] = self.resources_per_worker
+        return ScalingConfig(**kwargs)
+
+    def _get_sink(self):
+        if self._sink is None:
+            self._sink = _ResultSink.remote()
+        return self._sink
+
+    def run(self, fn: TrainFn, payload: dict[str, Any]) -> dict[str, Any]:
+        from ray.train import FailureConfig, RunConfig
+        from ray.train.torch import TorchTrainer
+
+        call_id = uuid.uuid4().hex
+        sink = self._get_sink()
+        storage = self.storage_path or tempfile.mkdtemp(prefix="raysvc-train-")
+        try:
+            trainer = TorchTrainer(
+                _train_worker,
+                train_loop_config={"fn": fn, "payload": ray.put(payload), "sink": sink, "call_id": call_id},
+                scaling_config=self.scaling_config(),
+                run_config=RunConfig(
+                    name=f"raysvc-train-{call_id}",
+                    storage_path=storage,
+                    failure_config=FailureConfig(max_failures=self.max_failures),
+                ),
+            )
+            trainer.fit()
+            result = ray.get(sink.pop.remote(call_id))
+        finally:
+            if self.storage_path is None:
+                shutil.rmtree(storage, ignore_errors=True)
+        if result is None:
+            raise RuntimeError(f"Ray Train run {call_id} finished without a result from rank 0")
+        self.calls += 1
+        return result
+
+    def close(self) -> None:
+        if self._sink is not None:
+            ray.kill(self._sink)
+            self._sink = None
+
+
+def make_runner(train: str = "local", options: dict[str, Any] | None = None):
+    """``local`` -> LocalRunner (in the calling process), ``ray-train`` -> RayTrainRunner."""
+    from raysvc.errors import ConfigError
+    from raysvc.learners.base import LocalRunner
+
+    if train == "local":
+        return LocalRunner()
+    if train in ("ray-train", "ray_train"):
+        return RayTrainRunner.from_options(options)
+    raise ConfigError(f"train must be 'local' or 'ray-train', got {train!r}")

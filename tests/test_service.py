@@ -1,0 +1,321 @@
+"""raysvc.service and jobs/ on a real local Ray cluster (2 CPUs) and the real S3 gateway.
+
+Tiny pools (6 images per class) and one CoOp epoch keep each run to seconds; the
+feature cache is shared by the whole module.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from raysvc.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_GRID = REPO / "jobs" / "configs" / "test_small.yaml"
+FIXED = {"rounds": 2, "per_class": 6, "test_fraction": 0.25, "learner": "coop", "backbone": "conse-lite0",
+         "learner_params": {"epochs": 1}}
+
+
+# ------------------------------------------------------------- no Ray needed
+def test_grid_expands_axes_dotted_keys_and_packs():
+    from raysvc.service.grid import load_grid
+
+    spec = load_grid({
+        "name": "g", "out": "/tmp/x", "cells_per_trial": 4, "fixed": dict(FIXED),
+        "grid": {"dataset": ["animal-mnist", "mnist-5k"], "strategy": ["random", "entropy"], "seed": [0, 1],
+                 "learner_params.epochs": [1, 2], "budget": 5},
+    })
+    assert len(spec.cells) == 16 and len(spec.groups) == 4
+    assert all(len(g) == 4 for g in spec.groups)
+    assert {c["learner_params"]["epochs"] for c in spec.cells} == {1, 2}
+    assert all(c["budget"] == 5 and c["rounds"] == 2 for c in spec.cells)
+    assert len(set(spec.run_ids)) == 16
+    # consecutive cells share a dataset, so a packed trial reuses its dataset and features
+    assert all(len({c["dataset"] for c in g}) == 1 for g in spec.groups)
+
+
+def test_test_small_config_is_the_12_run_grid():
+    from raysvc.service.grid import load_grid
+
+    spec = load_grid(TEST_GRID)
+    assert len(spec.cells) == 12 and spec.cells_per_trial == 6 and spec.train == "local"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"grid": {"strategy": []}}, "empty list"),
+    ({"grid": {"strategy": ["nope"]}}, "unknown strategy"),
+    ({"grid": {"bogus": [1]}}, "unknown run option"),
+    ({"grid": {"seed.x": [1]}}, "dotted"),
+    ({"train": "spark"}, "train must be"),
+    ({"cells_per_trial": 0}, "cells_per_trial"),
+    ({"surprise": 1}, "unknown grid option"),
+    ({"ray_train": {"num_workers": 0}}, "num_workers"),
+])
+def test_grid_config_errors(bad, message):
+    from raysvc.service.grid import load_grid
+
+    raw = {"name": "g", "fixed": dict(FIXED), "grid": {"strategy": ["random"]}}
+    raw.update(bad)
+    if raw.get("ray_train"):
+        raw["train"] = "ray-train"
+    with pytest.raises(ConfigError, match=message):
+        load_grid(raw)
+
+
+def test_demo_config_is_valid():
+    from raysvc.service.grid import load_grid
+
+    spec = load_grid(REPO / "jobs" / "configs" / "demo.yaml")
+    assert len(spec.cells) == 12
+    assert {c["strategy"] for c in spec.cells} == {"random", "entropy", "coreset", "pcb", "cb", "cbsq"}
+
+
+# ------------------------------------------------------------- Ray cluster
+@pytest.fixture(scope="module")
+def feature_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("features")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(s3_gateway, feature_cache):
+    """ray.init(num_cpus=2); driver and workers see the gateway and the shared feature cache."""
+    ray = pytest.importorskip("ray")
+    env = dict(s3_gateway.env, RAYSVC_CACHE=str(feature_cache), RAYSVC_S3_RETRY_SECONDS="120",
+               TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _read_back(s3_gateway, prefix: str):
+    """All runs under s3://bucket/prefix, read with plain boto3: ({run_id: manifest}, [rows])."""
+    client = s3_gateway.gateway.client()
+    keys = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3_gateway.bucket, Prefix=f"{prefix}/runs/"):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    manifests, rows = {}, []
+    for key in keys:
+        body = client.get_object(Bucket=s3_gateway.bucket, Key=key)["Body"].read()
+        if key.endswith("manifest.json"):
+            manifest = json.loads(body)
+            manifests[manifest["run_id"]] = manifest
+        elif key.endswith("records.parquet"):
+            rows += pq.read_table(io.BytesIO(body)).to_pylist()
+    return manifests, rows
+
+
+def _events(pid_dir: Path) -> list[list[str]]:
+    path = pid_dir / "events.log"
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait_for(predicate, timeout: float, what: str, thread: threading.Thread | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if thread is not None and not thread.is_alive():
+            raise AssertionError(f"the grid ended before {what}")
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _run_in_thread(spec):
+    from raysvc.service.grid import run_grid
+
+    box = {}
+
+    def target():
+        try:
+            box["result"] = run_grid(spec, verbose=0)
+        except BaseException as exc:  # re-raised in the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, box
+
+
+@pytest.fixture(scope="module")
+def small_grid(ray_cluster, s3_gateway, feature_cache, tmp_path_factory):
+    """The 12-run test grid (2 datasets x 3 strategies x 2 seeds x 2 rounds, 6 cells per trial)."""
+    from raysvc.service.grid import load_grid, run_grid
+
+    tune_dir = tmp_path_factory.mktemp("tune")
+    spec = load_grid(TEST_GRID, out=f"{s3_gateway.dest}/grid12", storage_path=str(tune_dir),
+                     features={"cache_dir": str(feature_cache)})
+    start = time.perf_counter()
+    result = run_grid(spec, verbose=0)
+    print(f"\n12-run grid: {time.perf_counter() - start:.1f}s")
+    return spec, result
+
+
+@pytest.mark.timeout(420)
+def test_grid_writes_every_run_and_round_exactly_once(small_grid, s3_gateway):
+    spec, result = small_grid
+    assert result.ok, (result.missing, result.errors)
+    assert result.n_trials == 2  # 12 cells packed 6 per trial
+    manifests, rows = _read_back(s3_gateway, "grid12")
+    assert sorted(manifests) == sorted(spec.run_ids) and len(manifests) == 12
+    pairs = [(r["run_id"], r["round"]) for r in rows]
+    assert len(pairs) == len(set(pairs)) == 24
+    assert {p for p in pairs} == {(run_id, rnd) for run_id in spec.run_ids for rnd in (1, 2)}
+    assert {r["dataset"] for r in rows} == {"animal-mnist", "mnist-5k"}
+    assert {r["strategy"] for r in rows} == {"random", "entropy", "cbsq"}
+    cells = {m["run_id"]: m for m in manifests.values()}
+    for cell, run_id in zip(spec.cells, spec.run_ids):
+        manifest = cells[run_id]
+        assert manifest["config"] == json.loads(json.dumps(cell))
+        assert manifest["n_rows"] == 2 and manifest["schema_version"] == rows[0]["schema_version"]
+        assert {"ray", "torch", "raysvc"} <= set(manifest["packages"])
+        assert manifest["code_revision"] and manifest["grid"] == "test-small" and manifest["train"] == "local"
+
+
+def test_one_encoder_pass_per_dataset_and_backbone(small_grid):
+    _, result = small_grid
+    counts = result.encode_counts
+    assert len(counts) == 2, counts  # animal-mnist and mnist-5k subsets, one backbone
+    assert set(counts.values()) == {1}
+    assert {k.split("|")[1] for k in counts} == {"conse-lite0"}
+
+
+@pytest.mark.timeout(300)
+def test_feature_service_hands_out_one_shared_read_only_copy(ray_cluster, feature_cache):
+    import numpy as np
+
+    from raysvc.config import RunConfig
+    from raysvc.loop import load_data
+    from raysvc.service.encoders import RayEncode, feature_service
+
+    ray = ray_cluster
+    actor = feature_service("raysvc-features-test-share", cache_dir=str(feature_cache))
+    try:
+        dataset = load_data(RunConfig(dataset="animal-mnist", per_class=6))
+        encode = RayEncode("raysvc-features-test-share")
+        first, second = encode(dataset, "conse-lite0", 112), encode(dataset, "conse-lite0", 112)
+        assert not first.image_features.flags.writeable  # a view on the object store, not a copy
+        np.testing.assert_array_equal(first.image_features, second.image_features)
+        assert second.encode_seconds == 0.0
+        assert ray.get(actor.encode_counts.remote()) == {f"{dataset.fingerprint}|conse-lite0|112": 1}
+        stats = ray.get(actor.stats.remote())
+        assert next(iter(stats.values()))["requests"] == 2
+    finally:
+        ray.kill(actor)
+
+
+@pytest.mark.timeout(420)
+def test_killed_trial_worker_resumes_from_its_checkpoint(ray_cluster, s3_gateway, feature_cache, tmp_path):
+    from raysvc.service.grid import load_grid
+
+    pid_dir = tmp_path / "events"
+    pid_dir.mkdir()
+    spec = load_grid({
+        "name": "killed", "out": f"{s3_gateway.dest}/killed", "storage_path": str(tmp_path / "tune"),
+        "cells_per_trial": 2, "max_failures": 2, "features": {"cache_dir": str(feature_cache)},
+        "debug": {"pid_dir": str(pid_dir), "round_sleep": 0.5},
+        "fixed": dict(FIXED, rounds=3, dataset="animal-mnist"),
+        "grid": {"strategy": ["random", "entropy"], "seed": [0]},
+    })
+    thread, box = _run_in_thread(spec)
+    first_run = spec.run_ids[0]
+    # kill once round 2 of the first run is checkpointed: round 1's checkpoint is surely registered
+    event = _wait_for(lambda: next((e for e in _events(pid_dir) if e[:3] == ["checkpointed", first_run, "2"]), None),
+                      300, "a checkpointed round", thread)
+    victim = int(event[3])
+    os.kill(victim, signal.SIGKILL)
+    thread.join(360)
+    assert not thread.is_alive(), "the grid did not finish after the kill"
+    if "error" in box:
+        raise box["error"]
+    result = box["result"]
+    assert result.ok, (result.missing, result.errors)
+
+    events = _events(pid_dir)
+    starts = [e for e in events if e[0] == "start"]
+    assert len(starts) == 2 and int(starts[1][3]) != victim  # retried in a new worker process
+    resumed = [e for e in events if e[0] == "resume"]
+    assert resumed and resumed[0][1] == first_run and int(resumed[0][2]) >= 1  # not from scratch
+    manifests, rows = _read_back(s3_gateway, "killed")
+    pairs = [(r["run_id"], r["round"]) for r in rows]
+    assert len(pairs) == len(set(pairs)) == 6
+    assert set(pairs) == {(run_id, rnd) for run_id in spec.run_ids for rnd in (1, 2, 3)}
+    assert sorted(manifests) == sorted(spec.run_ids)
+
+
+@pytest.mark.timeout(420)
+def test_results_survive_a_gateway_restart_during_the_run(ray_cluster, s3_gateway, feature_cache, tmp_path):
+    from raysvc.service.grid import load_grid
+
+    pid_dir = tmp_path / "events"
+    pid_dir.mkdir()
+    spec = load_grid({
+        "name": "gateway-restart", "out": f"{s3_gateway.dest}/restart", "storage_path": str(tmp_path / "tune"),
+        "cells_per_trial": 2, "features": {"cache_dir": str(feature_cache)}, "debug": {"pid_dir": str(pid_dir)},
+        "fixed": dict(FIXED, rounds=1, dataset="mnist-5k"),
+        "grid": {"strategy": ["random"], "seed": [0, 1]},
+    })
+    gateway = s3_gateway.gateway
+    thread, box = _run_in_thread(spec)
+    try:
+        _wait_for(lambda: any(e[0] == "loaded" for e in _events(pid_dir)), 300, "the trial to start", thread)
+        gateway.stop()
+        _wait_for(lambda: any(e[0] == "writing" for e in _events(pid_dir)), 300, "a write attempt", thread)
+        time.sleep(4)  # the write retries against a dead endpoint
+        assert not any(e[0] == "written" for e in _events(pid_dir))
+    finally:
+        restarted_at = time.time()
+        gateway.start()
+    thread.join(360)
+    assert not thread.is_alive()
+    if "error" in box:
+        raise box["error"]
+    result = box["result"]
+    assert result.ok, (result.missing, result.errors)
+    written = [float(e[-1]) for e in _events(pid_dir) if e[0] == "written"]
+    assert len(written) == 2 and min(written) >= restarted_at - 1
+    manifests, rows = _read_back(s3_gateway, "restart")
+    assert sorted(manifests) == sorted(spec.run_ids)
+    assert sorted((r["run_id"], r["round"]) for r in rows) == sorted((r, 1) for r in spec.run_ids)
+
+
+@pytest.mark.timeout(420)
+def test_single_run_job_trains_with_ray_train(ray_cluster, s3_gateway, feature_cache):
+    from jobs.run import main
+
+    dest = f"{s3_gateway.dest}/single"
+    code = main(["--dataset", "animal-mnist", "--strategy", "entropy", "--rounds", "1", "--per-class", "5",
+                 "--epochs", "1", "--train", "ray-train", "--num-workers", "1", "--cpus-per-worker", "1",
+                 "--cache", str(feature_cache), "--out", dest])
+    assert code == 0
+    manifests, rows = _read_back(s3_gateway, "single")
+    assert len(manifests) == 1 and len(rows) == 1
+    manifest = next(iter(manifests.values()))
+    assert manifest["train"] == "ray-train" and manifest["ray_train"]["num_workers"] == 1
+    assert rows[0]["strategy"] == "entropy" and rows[0]["train_seconds"] > 0
+
+
+def test_report_fallback_writes_tables(small_grid, s3_gateway, tmp_path):
+    from jobs.report import fallback_report
+
+    message = fallback_report(f"{s3_gateway.dest}/grid12", str(tmp_path / "report"))
+    assert "12 runs, 24 rows" in message
+    assert (tmp_path / "report" / "summary.csv").read_text().count("\n") == 2 * 3 * 2 + 1
