@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_report(args)
     except RaysvcError as e:
         print(f"raysvc report: error: {e}", file=sys.stderr)
-        return 1
+        return 2
 
 
 if __name__ == "__main__":

@@ -52,10 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     from raysvc import storage
     from raysvc.cli import config_from_args, format_table
     from raysvc.errors import RaysvcError
-    from raysvc.loop import run_loop
+    from raysvc.loop import load_experiment, run_loop
     from raysvc.records import to_table
     from raysvc.service.encoders import RayEncode, feature_service
-    from raysvc.service.grid import load_experiment_cached
     from raysvc.service.manifest import driver_code_revision, run_manifest
     from raysvc.service.train import make_runner
 
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         name = f"raysvc-features-run-{uuid.uuid4().hex[:8]}"
         actor = feature_service(name, cache_dir=args.cache, num_gpus=args.encoder_gpus)
-        experiment = load_experiment_cached(config, RayEncode(name))
+        experiment = load_experiment(config, RayEncode(name))
         print(f"run {config.run_id}: {config.dataset}, {len(experiment.pool)} pool / {len(experiment.test)} test "
               f"images, train={args.train}", flush=True)
         rows = run_loop(config, experiment, runner, on_round=lambda row, _: print(

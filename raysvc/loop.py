@@ -43,8 +43,8 @@ def store_encoder(store: FeatureStore) -> Encode:
     return encode
 
 
-def load_data(config: RunConfig) -> ImageDataset:
-    dataset = load_dataset(config.dataset, config.split_file)
+def load_data(config: RunConfig, load: Callable[[str, str | None], ImageDataset] = load_dataset) -> ImageDataset:
+    dataset = load(config.dataset, config.split_file)
     if config.per_class is not None:
         dataset = per_class_subset(dataset, config.per_class, config.split_seed)
     return dataset
@@ -60,9 +60,14 @@ def check_budget(config: RunConfig, n_pool: int, n_classes: int) -> int:
     return budget
 
 
-def load_experiment(config: RunConfig, encode: Encode) -> Experiment:
-    """The dataset, its split and its embeddings; the budget is checked before any encoding."""
-    dataset = load_data(config)
+def load_experiment(
+    config: RunConfig, encode: Encode, load: Callable[[str, str | None], ImageDataset] = load_dataset
+) -> Experiment:
+    """The dataset, its split and its embeddings; the budget is checked before any encoding.
+
+    ``load`` reads a dataset by name or path; a long-lived worker passes a cached one.
+    """
+    dataset = load_data(config, load)
     pool, test = pool_test_split(dataset, config.test_fraction, config.split_seed)
     check_budget(config, len(pool), dataset.n_classes)
     image_size = default_image_size(config, dataset)

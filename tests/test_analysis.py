@@ -281,7 +281,7 @@ def test_report_builds_every_table_and_figure(results, tmp_path, capsys):
 
 
 def test_report_cli_errors_are_one_line(tmp_path, capsys):
-    assert report.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) == 1
+    assert report.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("raysvc report: error: no runs found") and err.count("\n") == 1
 

@@ -237,7 +237,7 @@ def grid_trainable(config: dict[str, Any]) -> None:
     from ray import tune
 
     from raysvc import storage
-    from raysvc.loop import run_loop
+    from raysvc.loop import load_experiment, run_loop
     from raysvc.records import to_table
     from raysvc.service.encoders import RayEncode
     from raysvc.service.manifest import run_manifest
@@ -267,7 +267,7 @@ def grid_trainable(config: dict[str, Any]) -> None:
             if current is not None and current["run_id"] == run_id:
                 loop_state = current["state"]
                 _event(pid_dir, "resume", run_id, loop_state.completed)
-            experiment = load_experiment_cached(run_config, encode)
+            experiment = load_experiment(run_config, encode, _dataset)
             _event(pid_dir, "loaded", run_id, 0)
 
             def on_round(row: dict[str, Any], loop_state, index=index, run_id=run_id) -> None:
@@ -299,28 +299,11 @@ def grid_trainable(config: dict[str, Any]) -> None:
 
 @functools.lru_cache(maxsize=2)
 def _dataset(name: str, split_file: str | None):
+    """A trial runs several cells of one dataset; reloading it for each (seconds for the
+    CSV-backed ones) would dominate small cells."""
     from raysvc.datasets import load_dataset
 
     return load_dataset(name, split_file)
-
-
-def load_experiment_cached(config: RunConfig, encode):
-    """:func:`raysvc.loop.load_experiment` with the full dataset kept per process.
-
-    A trial runs several cells of one dataset; reloading it for each (seconds for the
-    CSV-backed ones) would dominate small cells.
-    """
-    from raysvc.datasets import per_class_subset, pool_test_split
-    from raysvc.learners import Experiment
-    from raysvc.loop import default_image_size
-
-    dataset = _dataset(config.dataset, config.split_file)
-    if config.per_class is not None:
-        dataset = per_class_subset(dataset, config.per_class, config.split_seed)
-    image_size = default_image_size(config, dataset)
-    encoded = encode(dataset, config.backbone, image_size)
-    pool, test = pool_test_split(dataset, config.test_fraction, config.split_seed)
-    return Experiment(dataset, encoded, config.backbone, image_size, pool, test)
 
 
 def trial_name(trial) -> str:
