@@ -23,29 +23,7 @@ from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import threadpool_limits
 
 from analysis.load import AnalysisError
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def guided_features(features: np.ndarray, probs: np.ndarray, text_features: np.ndarray) -> np.ndarray:
-    """Class-guided features; the strategies' own implementation when present."""
-    try:
-        from raysvc.strategies._guided import class_guided_features
-    except ImportError:  # the strategies package is older than class-guided features
-        image = _unit_rows(np.asarray(features, np.float32))
-        mixed = _unit_rows(np.asarray(probs, np.float32) @ _unit_rows(np.asarray(text_features, np.float32)))
-        return (np.concatenate([image, mixed], axis=1) / np.sqrt(2.0)).astype(np.float32)
-    return class_guided_features(features, probs, text_features)
-
-
-def zeroshot_probs(features: np.ndarray, text_features: np.ndarray, logit_scale: float) -> np.ndarray:
-    image = _unit_rows(np.asarray(features, np.float64))
-    logits = logit_scale * (image @ _unit_rows(np.asarray(text_features, np.float64)).T)
-    logits -= logits.max(axis=1, keepdims=True)
-    p = np.exp(logits)
-    return p / p.sum(axis=1, keepdims=True)
+from raysvc.strategies._guided import class_guided_features
 
 
 def kmeans_ari(features: np.ndarray, labels: np.ndarray, n_clusters: int | None = None, seed: int = 0) -> float:
@@ -69,8 +47,7 @@ def cluster_analysis(
     text_features: np.ndarray,
     labels: np.ndarray,
     out_path,
-    probs: np.ndarray | None = None,
-    logit_scale: float = 100.0,
+    probs: np.ndarray,
     classnames: Sequence[str] | None = None,
     seed: int = 0,
     max_points: int | None = 2000,
@@ -81,8 +58,8 @@ def cluster_analysis(
     """t-SNE of image vs class-guided features coloured by class, with K-means ARIs; a two-panel PNG.
 
     ``features`` (N, D) image embeddings, ``text_features`` (C, D) class text embeddings,
-    ``labels`` (N,) true classes. ``probs`` (N, C) are the model's class probabilities
-    (default: zero-shot, softmax of ``logit_scale`` x cosine). ``max_points`` draws a seeded
+    ``labels`` (N,) true classes, ``probs`` (N, C) the model's class probabilities.
+    ``max_points`` draws a seeded
     random subset first (t-SNE is quadratic); ``perplexity`` defaults to min(30, (n-1)/3).
     ``threads`` caps OpenMP/BLAS threads (default: 1 up to 1000 points, where spinning
     threads cost more than they give on a shared machine, else the libraries' default).
@@ -93,8 +70,6 @@ def cluster_analysis(
     n, c = len(features), len(text_features)
     if len(labels) != n:
         raise AnalysisError(f"{len(labels)} labels for {n} feature rows")
-    if probs is None:
-        probs = zeroshot_probs(features, text_features, logit_scale)
     probs = np.asarray(probs, np.float32)
     if probs.shape != (n, c):
         raise AnalysisError(f"probs have shape {probs.shape}, expected {(n, c)}")
@@ -114,7 +89,7 @@ def cluster_analysis(
 
 def _cluster_plot(features, probs, text_features, labels, out_path, classnames, seed, n, perplexity, title):
     n_classes = len(np.unique(labels))
-    sets = {"image features": features, "class-guided features": guided_features(features, probs, text_features)}
+    sets = {"image features": features, "class-guided features": class_guided_features(features, probs, text_features)}
     aris = {name: kmeans_ari(x, labels, n_classes, seed) for name, x in sets.items()}
     perp = perplexity if perplexity is not None else min(30.0, max(2.0, (n - 1) / 3.0))
 
@@ -151,8 +126,39 @@ def cluster_analysis_encoded(encoded, out_path, rows=None, classnames=None, **kw
     kwargs.setdefault("probs", encoded.zeroshot_probs(rows))
     return cluster_analysis(
         encoded.image_features[rows], encoded.text_features, encoded.labels[rows], out_path,
-        logit_scale=encoded.logit_scale, classnames=classnames, **kwargs,
+        classnames=classnames, **kwargs,
     )
 
 
-__all__ = ["ClusterResult", "cluster_analysis", "cluster_analysis_encoded", "guided_features", "kmeans_ari"]
+def main(argv: list[str] | None = None) -> int:
+    """``python -m analysis.clusters --dataset animal-mnist --backbone conse-lite0 --out DIR``."""
+    import argparse
+
+    from raysvc.config import RunConfig
+    from raysvc.features import DEFAULT_ROOT, FeatureStore
+    from raysvc.loop import load_experiment, store_encoder
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--dataset", default="animal-mnist")
+    parser.add_argument("--backbone", default="conse-lite0")
+    parser.add_argument("--max-points", type=int, default=2000, help="t-SNE and K-means on a seeded subset")
+    parser.add_argument("--cache", default=str(DEFAULT_ROOT))
+    parser.add_argument("--out", default="report")
+    args = parser.parse_args(argv)
+    experiment = load_experiment(RunConfig(dataset=args.dataset, backbone=args.backbone),
+                                 store_encoder(FeatureStore(args.cache)))
+    result = cluster_analysis_encoded(
+        experiment.encoded, Path(args.out) / f"clusters_{experiment.dataset.name}.png",
+        classnames=experiment.dataset.classnames, max_points=args.max_points,
+        title=f"{experiment.dataset.name}, {args.backbone}, zero-shot probabilities",
+    )
+    print(f"{experiment.dataset.name} {args.backbone}: K-means ARI on image features {result.ari_image:.3f}, "
+          f"on class-guided features {result.ari_guided:.3f} ({result.n_points} points) -> {result.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["ClusterResult", "cluster_analysis", "cluster_analysis_encoded", "kmeans_ari"]
