@@ -77,14 +77,11 @@ def test_pcb_equals_materialised_badge_then_balancing(pools):
     np.testing.assert_array_equal(fast, ref)
 
 
-# k = 40 is the number of blobs in this pool: faiss's k-means++ (one candidate per step,
-# best of nredo=3) merges blobs there and ends 2% (image) to 4-20% (guided) above
-# scikit-learn's greedy k-means++ (2 + ln k candidates per step) with n_init=1.
-_MERGES_BLOBS = pytest.mark.xfail(reason="faiss k-means++ merges blobs when k = #blobs (see bench report)", strict=False)
-
-
+# k = 40 is the number of blobs in this pool: faiss's own k-means++ (one candidate per
+# step) merged blobs there and ended 2-20% above scikit-learn; kmeans now seeds with
+# greedy k-means++ (2 + ln k candidates per step) like scikit-learn, so this is strict.
 @pytest.mark.parametrize("kind", ["image", "guided"])
-@pytest.mark.parametrize("k", [10, pytest.param(40, marks=_MERGES_BLOBS), 120])
+@pytest.mark.parametrize("k", [10, 40, 120])
 def test_faiss_kmeans_inertia_no_worse_than_sklearn(pools, kind, k):
     """Mean inertia over four seeds within 1% of scikit-learn KMeans (n_init=1)."""
     pool = pools[(1500, 32, 40, 0.01)]

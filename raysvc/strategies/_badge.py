@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from raysvc.strategies._kcenter import Backend, array_backend
+from raysvc.strategies._kcenter import Backend, array_backend, half_backend, put_rows_half, use_half
 
 Pair = tuple[np.ndarray, np.ndarray]
 
@@ -31,6 +31,34 @@ def gradient_factor(probs: np.ndarray) -> np.ndarray:
     a = np.array(probs, dtype=np.result_type(probs.dtype, np.float32))
     a[np.arange(len(a)), np.argmax(probs, axis=1)] -= 1.0
     return a
+
+
+class LazyGradientFactor:
+    """:func:`gradient_factor` of ``probs``, computed only for the rows indexed.
+
+    Stands in for the (N, C) array in an (a, h) pair so that no whole-pool copy of the
+    probabilities is made: :func:`badge_select` reads the candidate rows in chunks.
+    """
+
+    ndim = 2
+
+    def __init__(self, probs: np.ndarray):
+        self.probs = probs
+        self.shape = probs.shape
+
+    def __len__(self) -> int:
+        return len(self.probs)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return gradient_factor(self.probs[rows])
+
+
+def _rows_f32(x, rows: np.ndarray, chunk: int = 32_768) -> np.ndarray:
+    """float32 ``x[rows]`` filled chunk by chunk (x: an array or a LazyGradientFactor)."""
+    out = np.empty((len(rows), x.shape[1]), dtype=np.float32)
+    for start in range(0, len(rows), chunk):
+        out[start : start + chunk] = x[rows[start : start + chunk]]
+    return out
 
 
 def _check(pairs: Sequence[Pair], n: int | None = None) -> int:
@@ -44,14 +72,39 @@ def _check(pairs: Sequence[Pair], n: int | None = None) -> int:
 
 
 def _factors(pairs: Sequence[Pair], rows: np.ndarray, be: Backend):
-    fac = [(be.put(a[rows]), be.put(h[rows])) for a, h in pairs]
+    fac = [(be.put(_rows_f32(a, rows)), be.put(_rows_f32(h, rows))) for a, h in pairs]
     norms = sum((a * a).sum(1) * (h * h).sum(1) for a, h in fac)
     return fac, norms
 
 
+def _factors_half(pairs: Sequence[Pair], rows: np.ndarray):
+    """:func:`_factors` with float16 torch factors and float32 norms (large CPU pools,
+    see :data:`~raysvc.strategies._kcenter.HALF_MIN_ROWS`)."""
+    import torch
+
+    fac, norms = [], np.zeros(len(rows), dtype=np.float32)
+    for a, h in pairs:
+        a16, a_sq = put_rows_half(a, rows)
+        h16, h_sq = put_rows_half(h, rows)
+        fac.append((a16, h16))
+        norms += a_sq * h_sq
+    return fac, torch.from_numpy(norms)
+
+
 def _sq_dist(fac, norms, j: int):
-    cross = sum((a @ a[j]) * (h @ h[j]) for a, h in fac)
+    cross = sum(_f32(a @ a[j]) * _f32(h @ h[j]) for a, h in fac)
     return (norms + norms[j] - 2 * cross).clip(min=0)
+
+
+def _f32(v):
+    """float16 torch results to float32; numpy and float32 tensors unchanged."""
+    return v if isinstance(v, np.ndarray) or v.dtype != _torch_half() else v.float()
+
+
+def _torch_half():
+    import torch
+
+    return torch.float16
 
 
 def gradient_sq_distances(pairs: Sequence[Pair], index: int) -> np.ndarray:
@@ -83,7 +136,8 @@ def badge_select(
     """Pool indices of ``budget`` unlabeled images chosen by k-means++ seeding, in pick order.
 
     ``pairs`` holds one (a, h) per head, a = :func:`gradient_factor` of that head's
-    probabilities. The first centre is the image of largest gradient norm (lowest index
+    probabilities. On CPU with at least ``HALF_MIN_ROWS`` (500 000) candidates the factors
+    are held in float16 (see :data:`~raysvc.strategies._kcenter.HALF_MIN_ROWS`). The first centre is the image of largest gradient norm (lowest index
     on ties), as in the official BADGE code; each next one is drawn with ``rng``
     proportionally to its squared distance to the nearest centre. As in BADGE, labeled
     images are excluded and are not centres.
@@ -91,7 +145,11 @@ def badge_select(
     _check(pairs, len(labeled))
     candidates = _check_budget(labeled, budget)
     be = array_backend()
-    fac, norms = _factors(pairs, candidates, be)
+    if use_half(be, len(candidates)):
+        be = half_backend()
+        fac, norms = _factors_half(pairs, candidates)
+    else:
+        fac, norms = _factors(pairs, candidates, be)
     first = int(norms.argmax())
     chosen = np.zeros(len(candidates), dtype=bool)
     chosen[first] = True

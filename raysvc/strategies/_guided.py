@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from raysvc.errors import ConfigError
-from raysvc.strategies._faiss import as_f32
+from raysvc.strategies._faiss import as_f32, gather_f32
 from raysvc.strategies.base import Pool
 
 FEATURE_KINDS = ("image", "guided")
@@ -22,17 +22,32 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def class_guided_features(features: np.ndarray, probs: np.ndarray, text_features: np.ndarray) -> np.ndarray:
+def class_guided_features(
+    features: np.ndarray,
+    probs: np.ndarray,
+    text_features: np.ndarray,
+    chunk: int = 32_768,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
     """(N, 2D) class-guided features of (N, D) image features, (N, C) probs, (C, D) text features.
 
     Each half is L2-normalised so both weigh equally, and the result is divided by
     sqrt(2) so it is unit-norm like image features: a radius or distance then means
     the same on either kind (K-means, kNN and their argmins are unchanged by the scale).
+    Computed in row chunks into one float32 (N, 2D) array: no whole-pool temporaries.
+    With ``rows``, only for those rows (an (len(rows), 2D) array).
     """
-    image = _unit_rows(as_f32(features))
     text = _unit_rows(as_f32(text_features))
-    mixed = _unit_rows(as_f32(probs) @ text)
-    return as_f32(np.concatenate([image, mixed], axis=1) / np.sqrt(2.0))
+    d = features.shape[1]
+    n = len(features) if rows is None else len(rows)
+    out = np.empty((n, d + text.shape[1]), dtype=np.float32)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        sel = slice(start, stop) if rows is None else rows[start:stop]
+        image = _unit_rows(as_f32(features[sel]))
+        mixed = _unit_rows(as_f32(probs[sel]) @ text)
+        out[start:stop] = np.concatenate([image, mixed], axis=1) / np.sqrt(2.0)
+    return out
 
 
 def check_kind(kind: str) -> str:
@@ -48,13 +63,14 @@ def kind_requires(kind: str) -> frozenset[str]:
     return frozenset({"features"})
 
 
-def pool_features(pool: Pool, kind: str) -> np.ndarray:
-    """The features a cluster-based selector works on: ``"image"`` or ``"guided"``."""
+def pool_features(pool: Pool, kind: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """The float32 features a cluster-based selector works on: ``"image"`` or ``"guided"``,
+    of every image or of ``rows`` only."""
     if check_kind(kind) == "image":
-        return as_f32(pool.features)
+        return gather_f32(pool.features, rows)
     if pool.text_features is None:
         raise ConfigError("class-guided features need pool.text_features")
-    return class_guided_features(pool.features, pool.probs, pool.text_features)
+    return class_guided_features(pool.features, pool.probs, pool.text_features, rows=rows)
 
 
 class FeatureRequires:

@@ -7,7 +7,7 @@ factor pair per head enters the factorised distance.
 
 import numpy as np
 
-from raysvc.strategies._badge import badge_select, gradient_factor
+from raysvc.strategies._badge import LazyGradientFactor, badge_select, gradient_factor
 from raysvc.strategies.base import Pool, Selection, Strategy
 from raysvc.strategies.registry import register
 
@@ -24,5 +24,5 @@ class Badge(Strategy):
 
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
         h = pool.embeddings if pool.embeddings is not None else pool.features
-        pairs = [(gradient_factor(p), h) for p in (pool.head_probs or (pool.probs,))]
+        pairs = [(LazyGradientFactor(p), h) for p in (pool.head_probs or (pool.probs,))]
         return Selection(query=badge_select(pairs, pool.labeled, budget, rng))

@@ -19,6 +19,7 @@ from raysvc.strategies.base import Pool, Selection, Strategy
 from raysvc.strategies.registry import register
 
 K_RULES = ("paper", "official")
+_CHUNK = 65_536
 
 
 def cluster_order(
@@ -33,7 +34,10 @@ def cluster_order(
     """
     members = np.flatnonzero(eligible)
     cluster = assignment[members]
-    dist = ((x[members] - centroids[cluster]) ** 2).sum(axis=1)
+    dist = np.empty(len(members), dtype=np.result_type(x.dtype, centroids.dtype))
+    for start in range(0, len(members), _CHUNK):  # chunks: no (members, D) temporaries
+        rows = members[start : start + _CHUNK]
+        dist[start : start + len(rows)] = ((x[rows] - centroids[cluster[start : start + len(rows)]]) ** 2).sum(axis=1)
     counts = np.bincount(cluster, minlength=len(centroids))
     shuffled = rng.permutation(len(centroids))
     ranked = shuffled[np.argsort(-counts[shuffled], kind="stable")]

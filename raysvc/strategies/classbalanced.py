@@ -5,6 +5,8 @@ import numpy as np
 from raysvc.strategies.base import Pool, Selection, Strategy
 from raysvc.strategies.registry import register
 
+_CHUNK = 65_536  # rows per argmax: no copy of the whole unlabeled probs
+
 
 def inverse_frequency_allocation(
     labeled_counts: np.ndarray, available: np.ndarray, budget: int
@@ -46,7 +48,9 @@ class ClassBalanced(Strategy):
 
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
         unlabeled = pool.unlabeled_indices
-        pseudo = pool.probs[unlabeled].argmax(1)
+        pseudo = np.concatenate(
+            [pool.probs[unlabeled[s : s + _CHUNK]].argmax(1) for s in range(0, len(unlabeled), _CHUNK)]
+        )
         known = pool.labels[pool.labeled & (pool.labels >= 0)]
         counts = np.bincount(known, minlength=pool.n_classes)
         available = np.bincount(pseudo, minlength=pool.n_classes)

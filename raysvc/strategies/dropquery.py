@@ -15,16 +15,24 @@ _CHUNK = 4096
 
 
 def dropout_flips(
-    features: np.ndarray, text_features: np.ndarray, n_dropouts: int, rate: float, rng: np.random.Generator
+    features: np.ndarray,
+    text_features: np.ndarray,
+    n_dropouts: int,
+    rate: float,
+    rng: np.random.Generator,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(N,) how many of ``n_dropouts`` feature dropouts change the zero-shot prediction.
+    """(N,) how many of ``n_dropouts`` feature dropouts change the zero-shot prediction
+    (of ``features[rows]`` when ``rows`` is given, read chunk by chunk).
 
     Rescaling the kept features by 1 / (1 - rate) would not change an argmax, so it is skipped.
     """
-    features, text_features = as_f32(features), as_f32(text_features)
-    flips = np.zeros(len(features), dtype=np.int64)
-    for start in range(0, len(features), _CHUNK):
-        chunk = features[start : start + _CHUNK]
+    text_features = as_f32(text_features)
+    n = len(features) if rows is None else len(rows)
+    flips = np.zeros(n, dtype=np.int64)
+    for start in range(0, n, _CHUNK):
+        sel = slice(start, start + _CHUNK) if rows is None else rows[start : start + _CHUNK]
+        chunk = as_f32(features[sel])
         predicted = (chunk @ text_features.T).argmax(axis=1)
         for _ in range(n_dropouts):
             kept = chunk * (rng.random(chunk.shape, dtype=np.float32) >= rate)
@@ -54,13 +62,13 @@ class DropQuery(Strategy):
 
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
         unlabeled = pool.unlabeled_indices
-        flips = dropout_flips(pool.features[unlabeled], pool.text_features, self.n_dropouts, self.rate, rng)
+        flips = dropout_flips(pool.features, pool.text_features, self.n_dropouts, self.rate, rng, rows=unlabeled)
         candidates = unlabeled[2 * flips >= self.n_dropouts]
         if len(candidates) <= budget:
             rest = np.setdiff1d(unlabeled, candidates)
             fill = rng.choice(rest, size=budget - len(candidates), replace=False)
             return Selection(query=np.concatenate([candidates, fill]))
-        x = pool_features(pool, self.features)[candidates]
+        x = pool_features(pool, self.features, rows=candidates)
         centroids, assignment, _ = kmeans(x, budget, seed=int(rng.integers(2**31)))
         # the first pass of this order is each cluster's nearest member; it goes on
         # round robin should K-means leave a cluster empty

@@ -5,11 +5,12 @@ class so the pseudo-labeled classes of the labeled set stay balanced.
 """
 
 import math
+from typing import ClassVar
 
 import numpy as np
 
 from raysvc.errors import ConfigError
-from raysvc.strategies._badge import badge_select, gradient_factor
+from raysvc.strategies._badge import LazyGradientFactor, badge_select, gradient_factor
 from raysvc.strategies.base import Pool, Selection, Strategy
 from raysvc.strategies.registry import register
 
@@ -47,10 +48,19 @@ def balance_classes(
 @register
 class PCB(Strategy):
     """BADGE candidates (``candidate_factor`` x budget, at most the unlabeled pool), then
-    class-balanced by pseudo-label (argmax probs); labeled images count with their known label."""
+    class-balanced by pseudo-label (argmax probs); labeled images count with their known label.
+
+    Pools of more than ``max_badge_pool`` unlabeled images: BADGE runs on a seeded
+    uniform subsample of that many unlabeled images (see ``max_badge_pool``)."""
 
     name = "pcb"
     requires = frozenset({"probs", "features"})
+
+    # BADGE proposes its candidates from at most this many unlabeled images: above it, from
+    # a seeded uniform subsample of that size (each of the candidate_factor x budget
+    # k-means++ picks reads every image it chooses from; 10 000 picks over 1.28M images
+    # would read the (N, C) probabilities 10 000 times). Below it, the whole unlabeled pool.
+    max_badge_pool: ClassVar[int] = 20_000
 
     def __init__(self, candidate_factor: float = 10):
         if isinstance(candidate_factor, bool) or not isinstance(candidate_factor, (int, float)):
@@ -62,8 +72,14 @@ class PCB(Strategy):
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
         h = pool.embeddings if pool.embeddings is not None else pool.features
         n_candidates = min(math.ceil(self.candidate_factor * budget), len(pool.unlabeled_indices))
-        pairs = [(gradient_factor(pool.probs), h)]
-        candidates = badge_select(pairs, pool.labeled, n_candidates, rng)
+        pairs = [(LazyGradientFactor(pool.probs), h)]
+        excluded = pool.labeled
+        unlabeled = pool.unlabeled_indices
+        if len(unlabeled) > self.max_badge_pool:
+            excluded = np.ones(len(pool.labeled), dtype=bool)
+            excluded[rng.choice(unlabeled, size=self.max_badge_pool, replace=False)] = False
+            n_candidates = min(n_candidates, self.max_badge_pool)
+        candidates = badge_select(pairs, excluded, n_candidates, rng)
         known = pool.labels[pool.labeled & (pool.labels >= 0)]
         counts = np.bincount(known, minlength=pool.n_classes)
         classes = pool.probs[candidates].argmax(1)

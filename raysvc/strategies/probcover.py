@@ -5,24 +5,32 @@ from __future__ import annotations
 import numpy as np
 
 from raysvc.errors import ConfigError
-from raysvc.strategies._faiss import knn
+from raysvc.strategies._faiss import EXACT_KNN_MAX, knn_blocks
 from raysvc.strategies._guided import FeatureRequires, check_kind, pool_features
 from raysvc.strategies.base import Pool, Selection, Strategy
 from raysvc.strategies.registry import register
 
 
-def ball_graph(x: np.ndarray, delta: float, max_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+def ball_graph(
+    x: np.ndarray, delta: float, max_neighbors: int, seed: int = 0, exact_max: int = EXACT_KNN_MAX
+) -> tuple[np.ndarray, np.ndarray]:
     """Edges (source, target) for every target within L2 distance ``delta`` of source.
 
     Balls are capped at the ``max_neighbors`` nearest points, which bounds the graph
     at N x max_neighbors edges instead of N x N; a point always lies in its own ball.
+    Neighbours are exact up to ``exact_max`` points and approximate above
+    (:func:`~raysvc.strategies._faiss.knn_blocks`, seeded with ``seed``); they are
+    reduced to edges block by block, so the N x max_neighbors search results are never
+    held at once.
     """
-    dist, idx = knn(x, max_neighbors)
-    inside = dist < delta
-    sources = np.repeat(np.arange(len(x)), inside.sum(axis=1))
-    targets = idx[inside]
-    missing_self = np.flatnonzero(~(inside & (idx == np.arange(len(x))[:, None])).any(axis=1))
-    return np.concatenate([sources, missing_self]), np.concatenate([targets, missing_self])
+    sources, targets, missing = [], [], []
+    for rows, dist, idx in knn_blocks(x, max_neighbors, seed=seed, exact_max=exact_max):
+        inside = dist < delta
+        sources.append(np.repeat(rows, inside.sum(axis=1)))
+        targets.append(idx[inside])
+        missing.append(rows[~(inside & (idx == rows[:, None])).any(axis=1)])
+    missing_self = np.concatenate(missing)
+    return np.concatenate(sources + [missing_self]), np.concatenate(targets + [missing_self])
 
 
 @register
@@ -32,7 +40,9 @@ class ProbCover(Strategy):
     Images in the ball of a labeled image start covered. Ties go at random; once
     everything is covered the rest of the budget is drawn at random. The default
     ``delta`` (L2 distance, 0.6 ~ cosine 0.82) suits unit-norm features; guided
-    features are unit-norm too.
+    features are unit-norm too. Above ``EXACT_KNN_MAX`` (50 000) images the neighbour
+    search is approximate (inverted file over ~sqrt(2N) K-means cells, each cell searched exactly among its
+    own and its nearest cell).
     """
 
     name = "probcover"
@@ -49,7 +59,8 @@ class ProbCover(Strategy):
 
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
         n = len(pool.labeled)
-        sources, targets = ball_graph(pool_features(pool, self.features), self.delta, self.max_neighbors)
+        seed = int(rng.integers(2**31)) if n > EXACT_KNN_MAX else 0  # small pools: rng stream unchanged
+        sources, targets = ball_graph(pool_features(pool, self.features), self.delta, self.max_neighbors, seed=seed)
         ball_order = np.argsort(sources, kind="stable")
         ball_start = np.searchsorted(sources[ball_order], np.arange(n + 1))
         balls_of_order = np.argsort(targets, kind="stable")
