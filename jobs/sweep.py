@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             RunConfig(dataset=args.dataset, strategy=strategy, learner=args.learner, backbone=args.backbone,
                       rounds=args.rounds, budget=args.budget, seed=seed, per_class=args.per_class,
                       learner_params=_options(args.learner_opt))
-            for seed in args.seeds for strategy in args.strategies
+            for strategy in args.strategies for seed in args.seeds
         ]
         for config in configs:
             config.validate_names()

@@ -102,3 +102,15 @@ def test_budget_larger_than_pool_is_refused(small_experiment):
     with pytest.raises(PoolExhaustedError, match="pool has"):
         run_loop(config, small_experiment)
     assert LoopState.fresh(3).labels.tolist() == [-1, -1, -1]
+
+
+def test_float16_feature_store_keeps_embeddings_within_rounding(small_experiment, feature_cache, tmp_path):
+    from raysvc.backends import load_backend
+
+    store = FeatureStore(tmp_path, progress=False, dtype="float16")
+    half = store.encode(small_experiment.dataset, load_backend("conse-lite0", small_experiment.image_size))
+    assert half.key != small_experiment.encoded.key
+    assert np.load(store.path(half.key)).dtype == np.float16
+    assert np.abs(half.image_features - small_experiment.encoded.image_features).max() < 2e-3
+    with pytest.raises(ConfigError, match="float16"):
+        FeatureStore(tmp_path, dtype="int8")
