@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench import command, host, write_results
 from raysvc.backends import load_backend
 from raysvc.config import RunConfig
 from raysvc.features import FeatureStore
@@ -93,11 +91,10 @@ def main(argv: list[str] | None = None) -> int:
                        learner_params={"epochs": args.epochs, "lr": 0.1, "batch_size": 128})
     stages = staged_run(config)
     cached, reencoded = reencoding_epochs(config, args.labeled, args.epochs)
-    host = platform.node() or "host"
     lines = [
-        f"# Core benchmark on {host}",
+        f"# Core benchmark on {host()}",
         "",
-        "`" + " ".join(["python -m bench.core", *(sys.argv[1:] if argv is None else argv)]) + "`",
+        command("bench.core", argv),
         f"torch threads: {torch.get_num_threads()}",
         "",
         f"## One {args.rounds}-round CB+SQ run ({args.dataset}, {stages['n_images']} images, budget {args.budget},"
@@ -120,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| re-encoding every epoch | {reencoded:.1f} |",
         f"| speed-up | {reencoded / cached:.1f}x |",
     ]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"core_{host}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "core", lines)
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench import command, host, write_results
 from raysvc import storage
 from raysvc.config import RunConfig
 from raysvc.features import DEFAULT_ROOT, FeatureStore
@@ -90,11 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     slots = min(args.cpus, len(spec.cells))
     per_trial = (slots * result.wall_seconds - trial_seconds) / len(spec.cells)
     per_round = sum(grid_outside) / len(grid_outside) - sum(seq_outside) / len(seq_outside)
-    host = platform.node() or "host"
     lines = [
-        f"# Grid benchmark on {host}",
+        f"# Grid benchmark on {host()}",
         "",
-        "`" + " ".join(["python -m bench.grid", *(sys.argv[1:] if argv is None else argv)]) + "`",
+        command("bench.grid", argv),
         "",
         f"{len(spec.cells)} cells (animal-mnist, {args.per_class} images per class, {args.rounds} rounds, CoOp "
         f"{args.epochs} epochs; strategies {', '.join(args.strategies)}; seeds {args.seeds}), warm feature cache, "
@@ -108,10 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| Ray overhead per trial | {per_trial:.1f} |",
         f"| Ray overhead per round (report, checkpoint, backbone load spread over rounds) | {per_round:.2f} |",
     ]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"grid_{host}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "grid", lines)
     return 0
 
 
