@@ -313,9 +313,10 @@ def test_single_run_job_trains_with_ray_train(ray_cluster, s3_gateway, feature_c
     assert rows[0]["strategy"] == "entropy" and rows[0]["train_seconds"] > 0
 
 
-def test_report_fallback_writes_tables(small_grid, s3_gateway, tmp_path):
-    from jobs.report import fallback_report
+def test_report_job_reads_the_grid_back_from_object_storage(small_grid, s3_gateway, tmp_path, capsys):
+    from jobs.report import main
 
-    message = fallback_report(f"{s3_gateway.dest}/grid12", str(tmp_path / "report"))
-    assert "12 runs, 24 rows" in message
-    assert (tmp_path / "report" / "summary.csv").read_text().count("\n") == 2 * 3 * 2 + 1
+    assert main([f"{s3_gateway.dest}/grid12", "--out", str(tmp_path / "report")]) == 0
+    assert "files, 12 runs)" in capsys.readouterr().out
+    aggregate = (tmp_path / "report" / "aggregate.csv").read_text()
+    assert aggregate.count("\n") == 2 * 3 * 2 + 1  # datasets x strategies x rounds, plus the header
