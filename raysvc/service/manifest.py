@@ -18,10 +18,7 @@ def driver_code_revision() -> str:
     """The revision as seen by the driver: env, the repo of the cwd, else the package's repo."""
     from raysvc.storage import code_revision
 
-    env = os.environ.get("RAYSVC_CODE_REVISION")
-    if env:
-        return env
-    revision = code_revision(os.getcwd())
+    revision = code_revision(os.getcwd())  # honours $RAYSVC_CODE_REVISION first
     return revision if revision != "unknown" else code_revision()
 
 
