@@ -24,12 +24,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="animal-mnist")
     parser.add_argument("--strategies", nargs="+", required=True)
+    parser.add_argument("--learners", nargs="+", help="several learners (overrides --learner)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--learner", default="coop")
     parser.add_argument("--backbone", default="conse-lite0")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--budget", type=int)
     parser.add_argument("--per-class", type=int)
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--initial-per-class", type=int, default=0)
     parser.add_argument("--learner-opt", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--cache", default=str(DEFAULT_ROOT))
     parser.add_argument("--out", required=True)
@@ -38,9 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         storage.check_writable(args.out)
         store = FeatureStore(args.cache)
         configs = [
-            RunConfig(dataset=args.dataset, strategy=strategy, learner=args.learner, backbone=args.backbone,
+            RunConfig(dataset=args.dataset, strategy=strategy, learner=learner, backbone=args.backbone,
                       rounds=args.rounds, budget=args.budget, seed=seed, per_class=args.per_class,
+                      test_fraction=args.test_fraction, initial_per_class=args.initial_per_class,
                       learner_params=_options(args.learner_opt))
+            for learner in (args.learners or [args.learner])
             for strategy in args.strategies for seed in args.seeds
         ]
         for config in configs:

@@ -56,6 +56,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=int, help="oracle queries per round (default: number of classes)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-class", type=int, help="keep at most this many images per class")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="share of each class held out for testing")
+    parser.add_argument("--initial-per-class", type=int, default=0,
+                        help="random labeled images per class before round 1 (ActiveKD: 1)")
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--epochs", type=int, help="training epochs per round")
     parser.add_argument("--strategy-opt", action="append", default=[], metavar="KEY=VALUE")
@@ -75,8 +78,8 @@ def config_from_args(args: argparse.Namespace):
     config = RunConfig(
         dataset=args.dataset, strategy=args.strategy, learner=args.learner, backbone=args.backbone,
         rounds=args.rounds, budget=args.budget, seed=args.seed, image_size=args.image_size,
-        per_class=args.per_class, split_file=args.split_file,
-        strategy_params=_options(args.strategy_opt), learner_params=learner_params,
+        per_class=args.per_class, test_fraction=args.test_fraction, initial_per_class=args.initial_per_class,
+        split_file=args.split_file, strategy_params=_options(args.strategy_opt), learner_params=learner_params,
     )
     config.validate_names()
     return config

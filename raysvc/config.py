@@ -18,6 +18,8 @@ class RunConfig:
     budget: oracle queries per round; None means one per class.
     image_size: input side for the backbone; None picks its default.
     per_class: keep at most this many images per class (small pools), None keeps all.
+    initial_per_class: label this many random pool images of every class before round 1
+        (ActiveKD's k-shot start); the learner trains on them in a recorded round 0.
     split_seed: seeds the pool/test split and subsampling, shared by all seeds of a grid
         so runs are compared on the same test set.
     """
@@ -32,6 +34,7 @@ class RunConfig:
     image_size: int | None = None
     test_fraction: float = 0.2
     per_class: int | None = None
+    initial_per_class: int = 0
     split_seed: int = 0
     split_file: str | None = None
     strategy_params: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -46,6 +49,9 @@ class RunConfig:
                 raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}")
         if self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
+        if not isinstance(self.initial_per_class, int) or isinstance(self.initial_per_class, bool) \
+                or self.initial_per_class < 0:
+            raise ConfigError(f"initial_per_class must be an integer >= 0, got {self.initial_per_class!r}")
         for name in ("budget", "image_size", "per_class"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):

@@ -20,7 +20,7 @@ from raysvc.errors import ConfigError, PoolExhaustedError
 from raysvc.features import EncodedDataset, FeatureStore
 from raysvc.learners import Experiment, Learner, LocalRunner, TrainRunner, make_learner
 from raysvc.records import SCHEMA_VERSION
-from raysvc.strategies import Pool, make_strategy
+from raysvc.strategies import Pool, Selection, make_strategy
 
 # 28-pixel images gain nothing from 224-pixel inputs (measured: same zero-shot accuracy
 # on Animal-MNIST at 112) and cost seven times the encoding
@@ -51,13 +51,29 @@ def load_data(config: RunConfig, load: Callable[[str, str | None], ImageDataset]
 
 
 def check_budget(config: RunConfig, n_pool: int, n_classes: int) -> int:
-    """The per-round budget; refused when the rounds would need more images than the pool has."""
+    """The per-round budget; refused when the start and the rounds would need more images than the pool has."""
     budget = config.budget or n_classes
-    if budget * config.rounds > n_pool:
+    needed = budget * config.rounds + config.initial_per_class * n_classes
+    if needed > n_pool:
+        start = f" after a {config.initial_per_class}-shot start" if config.initial_per_class else ""
         raise PoolExhaustedError(
-            f"{config.rounds} rounds of budget {budget} need {budget * config.rounds} images; the pool has {n_pool}"
+            f"{config.rounds} rounds of budget {budget}{start} need {needed} images; the pool has {n_pool}"
         )
     return budget
+
+
+def initial_labeled(pool_labels: np.ndarray, n_classes: int, per_class: int, seed: int) -> np.ndarray:
+    """Sorted pool positions of ``per_class`` random images of every class (a k-shot start)."""
+    rng = np.random.default_rng([seed, per_class])
+    picks = []
+    for c in range(n_classes):
+        members = np.flatnonzero(pool_labels == c)
+        if len(members) < per_class:
+            raise PoolExhaustedError(
+                f"class {c} has {len(members)} pool images, fewer than initial_per_class={per_class}"
+            )
+        picks.append(rng.choice(members, size=per_class, replace=False))
+    return np.sort(np.concatenate(picks))
 
 
 def load_experiment(
@@ -91,8 +107,10 @@ class LoopState:
     learner_state: dict[str, np.ndarray]
 
     @classmethod
-    def fresh(cls, n_pool: int) -> LoopState:
-        return cls(0, np.zeros(n_pool, bool), np.full(n_pool, -1, np.int64), np.zeros(n_pool, bool), 0, [], {})
+    def fresh(cls, n_pool: int, first_round: int = 1) -> LoopState:
+        """Nothing labeled; ``first_round`` is 0 when a k-shot start precedes round 1."""
+        return cls(first_round - 1, np.zeros(n_pool, bool), np.full(n_pool, -1, np.int64), np.zeros(n_pool, bool),
+                   0, [], {})
 
 
 def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -112,7 +130,8 @@ def run_loop(
     learner: Learner = make_learner(config.learner, experiment, config.learner_params)
     n_pool = len(experiment.pool)
     budget = check_budget(config, n_pool, experiment.dataset.n_classes)
-    state = state or LoopState.fresh(n_pool)
+    first_round = 0 if config.initial_per_class else 1
+    state = state or LoopState.fresh(n_pool, first_round)
     if state.learner_state:
         learner.set_state(state.learner_state)
     pool_features = experiment.encoded.image_features[experiment.pool]
@@ -127,13 +146,17 @@ def run_loop(
         "n_classes": experiment.dataset.n_classes, "schema_version": SCHEMA_VERSION,
     }
     for round_ in range(state.completed + 1, config.rounds + 1):
-        pool = Pool(
-            features=pool_features, probs=learner.predict_proba("pool"), labeled=state.labeled,
-            labels=state.labels, text_features=experiment.encoded.text_features,
-            embeddings=learner.pool_embeddings(), head_probs=learner.pool_head_probs(), round=round_,
-        )
         start = time.perf_counter()
-        selection = strategy.select(pool, budget, seed=config.seed * 1000 + round_)
+        if round_ == 0:
+            selection = Selection(query=initial_labeled(
+                true_labels, experiment.dataset.n_classes, config.initial_per_class, config.seed))
+        else:
+            pool = Pool(
+                features=pool_features, probs=learner.predict_proba("pool"), labeled=state.labeled,
+                labels=state.labels, text_features=experiment.encoded.text_features,
+                embeddings=learner.pool_embeddings(), head_probs=learner.pool_head_probs(), round=round_,
+            )
+            selection = strategy.select(pool, budget, seed=config.seed * 1000 + round_)
         select_seconds = time.perf_counter() - start
         if len(selection.query) + len(selection.pseudo) == 0:
             raise ConfigError(f"strategy {config.strategy!r} selected nothing in round {round_}")
@@ -157,7 +180,7 @@ def run_loop(
             test_acc=_accuracy(learner.predict_proba("test"), experiment.test_labels),
             zeroshot_acc=zeroshot_acc, teacher_acc=learner.teacher_accuracy(),
             select_seconds=select_seconds, train_seconds=train_seconds,
-            encode_seconds=experiment.encoded.encode_seconds if round_ == 1 else 0.0,
+            encode_seconds=experiment.encoded.encode_seconds if round_ == first_round else 0.0,
         )
         state.rows.append(row)
         state.completed = round_

@@ -65,10 +65,11 @@ def test_combine_heads_matches_hand_computation():
     z_ce = torch.tensor([[2.0, 0.0, -1.0]])
     z_kd = torch.tensor([[0.0, 4.0, 0.0]])
     p = combine_heads(z_ce, z_kd, alpha=0.25, beta=2.0)
-    mixed = [0.25 * 2.0 + 0.75 * 0.0 / 2, 0.25 * 0.0 + 0.75 * 4.0 / 2, 0.25 * -1.0 + 0.0]  # [0.5, 1.5, -0.25]
-    expected = [math.exp(v) for v in mixed]
-    expected = [v / sum(expected) for v in expected]
+    ce = [math.exp(v) for v in (2.0, 0.0, -1.0)]
+    kd = [math.exp(v) for v in (0.0, 2.0, 0.0)]  # z_kd / beta
+    expected = [0.25 * a / sum(ce) + 0.75 * b / sum(kd) for a, b in zip(ce, kd)]
     assert p[0].tolist() == pytest.approx(expected, rel=1e-6)
+    assert p.sum().item() == pytest.approx(1.0)
     assert combine_heads(z_ce, z_kd, 1.0, 1.0)[0].tolist() == pytest.approx(z_ce.softmax(-1)[0].tolist())
 
 

@@ -10,7 +10,7 @@ from raysvc.config import RunConfig
 from raysvc.errors import ConfigError, PoolExhaustedError
 from raysvc.features import FeatureStore
 from raysvc.learners.coop import CoOpConfig, prompt_logits, train_coop
-from raysvc.loop import LoopState, load_experiment, run_loop, store_encoder
+from raysvc.loop import LoopState, initial_labeled, load_experiment, run_loop, store_encoder
 
 
 def test_both_prompts_average_the_two_cosines():
@@ -95,6 +95,33 @@ def test_resumed_loop_continues_where_it_stopped(small_experiment):
     assert [r["round"] for r in resumed] == [1, 2, 3]
     assert resumed[-1]["n_queried"] == full[-1]["n_queried"]
     assert resumed[-1]["test_acc"] == pytest.approx(full[-1]["test_acc"], abs=1e-6)
+
+
+def test_k_shot_start_labels_k_per_class_in_a_recorded_round_zero(small_experiment):
+    config = RunConfig(dataset="animal-mnist", strategy="random", per_class=12, test_fraction=0.25, rounds=2,
+                       budget=5, initial_per_class=1, learner_params={"epochs": 3})
+    states = []
+    rows = run_loop(config, small_experiment, on_round=lambda row, state: states.append(state.labeled.copy()))
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert [r["n_labeled"] for r in rows] == [10, 15, 20]
+    assert [r["n_queried"] for r in rows] == [10, 15, 20]  # the start's labels come from the oracle too
+    start = np.flatnonzero(states[0])
+    assert sorted(small_experiment.pool_labels[start].tolist()) == list(range(10))
+    assert states[1][start].all()
+    again = run_loop(config, small_experiment, on_round=lambda row, state: states.append(state.labeled.copy()))
+    assert np.array_equal(states[3], states[0])  # seeded
+    assert again[0]["test_acc"] == pytest.approx(rows[0]["test_acc"], abs=1e-6)
+
+
+def test_k_shot_start_larger_than_a_class_is_refused(small_experiment):
+    with pytest.raises(PoolExhaustedError, match="class 1 has 2 pool images, fewer than initial_per_class=3"):
+        initial_labeled(np.array([0, 0, 0, 1, 1]), n_classes=2, per_class=3, seed=0)
+    config = RunConfig(dataset="animal-mnist", per_class=12, test_fraction=0.25, rounds=1, budget=2,
+                       initial_per_class=9)
+    with pytest.raises(PoolExhaustedError, match="after a 9-shot start need 92 images; the pool has 90"):
+        run_loop(config, small_experiment)
+    with pytest.raises(ConfigError, match="initial_per_class"):
+        RunConfig(initial_per_class=-1)
 
 
 def test_budget_larger_than_pool_is_refused(small_experiment):

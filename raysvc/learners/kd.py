@@ -18,8 +18,8 @@ trained with KL(teacher_T || student_T) * T^2 on every image of the batch, where
 teacher_T = softmax(log p_teacher / T). Each batch holds ``labeled_fraction`` labeled
 images (without repeats inside a batch) and unlabeled pool images for the rest; one
 epoch is ceil(pool / batch_size) steps for every framework, so ``no-distill`` takes as
-many optimisation steps, on its labeled share of each batch only. Inference combines
-the heads: p = softmax(alpha * z_ce + (1 - alpha) * z_kd / beta). Defaults follow the
+many optimisation steps, on its labeled share of each batch only. Inference mixes
+the heads' probabilities: p = alpha * softmax(z_ce) + (1 - alpha) * softmax(z_kd / beta). Defaults follow the
 DHO paper's untuned setting: alpha 0.5, beta 1.0, T 2.0, loss = ce + kd (weights 1, 1);
 ``no-distill`` predicts with its CE head alone.
 
@@ -102,8 +102,13 @@ class KDConfig:
 
 
 def combine_heads(z_ce: torch.Tensor, z_kd: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
-    """DHO inference: softmax(alpha * z_ce + (1 - alpha) * z_kd / beta)."""
-    return (alpha * z_ce + (1.0 - alpha) * z_kd / beta).softmax(-1)
+    """DHO inference: alpha * softmax(z_ce) + (1 - alpha) * softmax(z_kd / beta).
+
+    The heads are mixed as probabilities, as in the DHO and ActiveKD code: mixing logits
+    instead lets the KD head's large logits (a sharp teacher imitated) outvote a CE head
+    that is right, which measured 13 points lower here (0.293 vs 0.425, 10 labels).
+    """
+    return alpha * z_ce.softmax(-1) + (1.0 - alpha) * (z_kd / beta).softmax(-1)
 
 
 def dho_loss(
