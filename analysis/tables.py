@@ -322,7 +322,7 @@ def timing_table(source, **filters) -> Table:
     """Seconds per stage per configuration: select and train per round, encode and total per run.
 
     Per run: mean select/train seconds over its rounds, the sum of its encode seconds
-    (charged to round 1; 0 on a feature-cache hit) and its total; then mean ± std over seeds.
+    (charged to the first round; 0 on a feature-cache hit) and its total; then mean ± std over seeds.
     """
     df = load_runs(source)
     per_run = df.groupby(["run_id", *CONFIG_KEYS, "seed"], dropna=False).agg(

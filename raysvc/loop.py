@@ -140,8 +140,7 @@ def run_loop(
     run_fields = {
         "run_id": config.run_id, "dataset": experiment.dataset.name, "strategy": config.strategy,
         "learner": config.learner, "backbone": config.backbone,
-        "student": str(config.learner_params.get("student", "")) if config.learner != "coop" else "",
-        "teacher": config.backbone if config.learner.startswith("kd-") else "",
+        "student": learner.student, "teacher": learner.teacher,
         "seed": config.seed, "budget": budget, "pool_size": n_pool,
         "n_classes": experiment.dataset.n_classes, "schema_version": SCHEMA_VERSION,
     }

@@ -94,17 +94,18 @@ def test_fewshot_teacher_improves_on_zeroshot(experiment):
 
 @pytest.mark.parametrize("learner", ["no-distill", "kd-zeroshot", "kd-fewshot"])
 def test_two_rounds_end_to_end(experiment, learner):
+    """ActiveKD's protocol: a 1-shot start (round 0), then B = number of classes per round."""
     config = RunConfig(dataset="animal-mnist", strategy="random", learner=learner, rounds=2, per_class=PER_CLASS,
-                       learner_params={"student": "efficientnet-lite0", "epochs": 1, "probe_steps": 50})
+                       initial_per_class=1, learner_params={"epochs": 1, "probe_steps": 50})
     rows = run_loop(config, experiment)
     budget = experiment.dataset.n_classes
-    assert [r["round"] for r in rows] == [1, 2]
-    assert rows[-1]["n_queried"] == 2 * budget
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert [r["n_queried"] for r in rows] == [budget, 2 * budget, 3 * budget]
     for row in rows:
         assert 0.0 <= row["test_acc"] <= 1.0
-        assert row["student"] == "efficientnet-lite0"
+        assert row["student"] == "efficientnet-lite0"  # the default, recorded
         if learner == "no-distill":
-            assert math.isnan(row["teacher_acc"])
+            assert math.isnan(row["teacher_acc"]) and row["teacher"] == ""
         else:
             assert 0.0 <= row["teacher_acc"] <= 1.0
             assert row["teacher"] == "conse-lite0"

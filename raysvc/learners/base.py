@@ -91,5 +91,15 @@ class Learner(abc.ABC):
         """Test accuracy of the teacher being distilled; NaN for learners without one."""
         return float("nan")
 
+    @property
+    def student(self) -> str:
+        """The network trained each round, for learners that train one ("" otherwise)."""
+        return ""
+
+    @property
+    def teacher(self) -> str:
+        """The backbone distilled, for learners that distil one ("" otherwise)."""
+        return ""
+
     def rows(self, split: str) -> np.ndarray:
         return self.experiment.pool if split == "pool" else self.experiment.test

@@ -272,10 +272,10 @@ _STATE_KEYS = ("pool_probs", "test_probs", "pool_embeddings", "pool_ce_probs", "
 
 
 class KDLearner(Learner):
-    """A student distilled from the VLM teacher (``teacher``: none, zeroshot or fewshot)."""
+    """A student distilled from the VLM teacher (``teacher_kind``: none, zeroshot or fewshot)."""
 
     name: ClassVar[str] = "kd"
-    teacher: ClassVar[str] = "zeroshot"
+    teacher_kind: ClassVar[str] = "zeroshot"
 
     def __init__(self, experiment: Experiment, config: KDConfig = KDConfig()):
         super().__init__(experiment)
@@ -301,9 +301,9 @@ class KDLearner(Learner):
 
     def teacher_probs(self, labeled: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray] | None:
         """This round's teacher probabilities on pool and test (None: no teacher)."""
-        if self.teacher == "none":
+        if self.teacher_kind == "none":
             return None
-        if self.teacher == "zeroshot":
+        if self.teacher_kind == "zeroshot":
             return self._zeroshot
         exp = self.experiment
         feats = exp.encoded.image_features
@@ -378,10 +378,18 @@ class KDLearner(Learner):
         return tuple(p for p in (p_ce, p_kd) if p is not None)
 
     def teacher_accuracy(self) -> float:
-        if self.teacher == "none":
+        if self.teacher_kind == "none":
             return float("nan")
         probs = self._state.get("teacher_test_probs", self._zeroshot["test"])
         return float((probs.argmax(1) == self.experiment.test_labels).mean())
+
+    @property
+    def student(self) -> str:
+        return self.config.student
+
+    @property
+    def teacher(self) -> str:
+        return "" if self.teacher_kind == "none" else self.experiment.backbone
 
     def get_state(self) -> dict[str, np.ndarray]:
         return dict(self._state)
@@ -392,17 +400,17 @@ class KDLearner(Learner):
 
 class NoDistillLearner(KDLearner):
     name = "no-distill"
-    teacher = "none"
+    teacher_kind = "none"
 
 
 class ZeroShotKDLearner(KDLearner):
     name = "kd-zeroshot"
-    teacher = "zeroshot"
+    teacher_kind = "zeroshot"
 
 
 class FewShotKDLearner(KDLearner):
     name = "kd-fewshot"
-    teacher = "fewshot"
+    teacher_kind = "fewshot"
 
 
 LEARNERS = {cls.name: cls for cls in (NoDistillLearner, ZeroShotKDLearner, FewShotKDLearner)}

@@ -1,0 +1,95 @@
+"""Where a DHO student's accuracy comes from: each head, each way of mixing them, no-distill.
+
+    python -m analysis.kd_heads --per-class 200 --test-fraction 0.5 --labeled 10,50,90
+
+On one seeded labeled set per size (a 1-shot start, then random images), trains a
+no-distill student and a kd-zeroshot student and prints their test accuracy: the
+no-distill CE head; the DHO student's CE head, KD head, the heads mixed as
+probabilities (what the learner predicts) and as logits; and the CE head mixed with the
+teacher's own probabilities. A teacher weaker than the few-shot student shows up as a
+KD-trained CE head below the no-distill one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import numpy as np
+import torch
+
+from raysvc.config import RunConfig
+from raysvc.features import DEFAULT_ROOT, FeatureStore
+from raysvc.learners import make_learner
+from raysvc.learners.kd import KDConfig, student_outputs, train_student
+from raysvc.learners.students import make_student, normalisation
+from raysvc.loop import initial_labeled, load_experiment, store_encoder
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    return torch.as_tensor(z).softmax(-1).numpy()
+
+
+def head_accuracies(experiment, labeled: np.ndarray, config: KDConfig, seed: int) -> dict[str, float]:
+    images = make_learner("no-distill", experiment, dataclasses.asdict(config))
+    pool_images, test_images = images.images("pool"), images.images("test")
+    teacher_pool = experiment.encoded.zeroshot_probs(experiment.pool)
+    teacher_test = experiment.encoded.zeroshot_probs(experiment.test)
+    y = experiment.test_labels
+    accuracy = lambda p: float((p.argmax(1) == y).mean())  # noqa: E731
+    mean, std = normalisation(config.student)
+    out = {"teacher": accuracy(teacher_test)}
+    for name, teacher in (("no-distill", None), ("kd-zeroshot", teacher_pool)):
+        result = train_student({"config": dataclasses.asdict(config), "n_classes": experiment.dataset.n_classes,
+                                "images": pool_images.numpy(), "labeled": labeled,
+                                "labels": experiment.pool_labels[labeled], "teacher_probs": teacher, "seed": seed})
+        student = make_student(config.student, experiment.dataset.n_classes, "random")
+        student.load_state_dict({k: torch.as_tensor(v) for k, v in result["state_dict"].items()})
+        z_ce, z_kd, _ = student_outputs(student, test_images, mean, std)
+        p_ce, p_kd = _softmax(z_ce), _softmax(z_kd / config.beta)
+        if teacher is None:
+            out["no-distill CE head"] = accuracy(p_ce)
+            continue
+        a = config.alpha
+        out.update({
+            "KD: CE head": accuracy(p_ce), "KD: KD head": accuracy(p_kd),
+            "KD: heads mixed as probabilities": accuracy(a * p_ce + (1 - a) * p_kd),
+            "KD: heads mixed as logits": accuracy(a * z_ce + (1 - a) * z_kd / config.beta),
+            "KD: CE head mixed with the teacher": accuracy(a * p_ce + (1 - a) * teacher_test),
+        })
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="animal-mnist")
+    parser.add_argument("--backbone", default="conse-lite0")
+    parser.add_argument("--per-class", type=int, default=200)
+    parser.add_argument("--test-fraction", type=float, default=0.5)
+    parser.add_argument("--labeled", default="10,50,90", help="comma-separated labeled-set sizes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", default=str(DEFAULT_ROOT))
+    args = parser.parse_args(argv)
+    run = RunConfig(dataset=args.dataset, backbone=args.backbone, per_class=args.per_class,
+                    test_fraction=args.test_fraction)
+    experiment = load_experiment(run, store_encoder(FeatureStore(args.cache, progress=False)))
+    n_classes = experiment.dataset.n_classes
+    start = initial_labeled(experiment.pool_labels, n_classes, 1, args.seed)
+    rest = np.random.default_rng(args.seed).permutation(np.setdiff1d(np.arange(len(experiment.pool)), start))
+    sizes = [int(n) for n in args.labeled.split(",")]
+    columns = {}
+    for n in sizes:
+        labeled = np.sort(np.concatenate([start, rest[: max(0, n - len(start))]]))
+        columns[n] = head_accuracies(experiment, labeled, KDConfig(), seed=args.seed * 1000 + n)
+    names = list(next(iter(columns.values())))
+    print(f"{args.dataset}: {len(experiment.pool)} pool / {len(experiment.test)} test, teacher {args.backbone}, "
+          f"seed {args.seed}; test accuracy by labeled-set size")
+    print("| | " + " | ".join(str(n) for n in sizes) + " |")
+    print("|---|" + "---|" * len(sizes))
+    for name in names:
+        print(f"| {name} | " + " | ".join(f"{columns[n][name]:.3f}" for n in sizes) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
