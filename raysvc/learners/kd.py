@@ -106,7 +106,7 @@ def combine_heads(z_ce: torch.Tensor, z_kd: torch.Tensor, alpha: float, beta: fl
 
     The heads are mixed as probabilities, as in the DHO and ActiveKD code: mixing logits
     instead lets the KD head's large logits (a sharp teacher imitated) outvote a CE head
-    that is right, which measured 13 points lower here (0.293 vs 0.425, 10 labels).
+    that is right, 9 to 14 points lower on Animal-MNIST (``python -m analysis.kd_heads``).
     """
     return alpha * z_ce.softmax(-1) + (1.0 - alpha) * (z_kd / beta).softmax(-1)
 
