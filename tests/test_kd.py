@@ -171,3 +171,17 @@ def test_config_validation():
         KDConfig(labeled_fraction=0.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         KDConfig().alpha = 0.1
+
+
+def test_kd_heads_analysis_reports_what_the_learner_predicts(experiment):
+    from analysis.kd_heads import head_accuracies
+    from raysvc.learners.base import LocalRunner
+
+    config = KDConfig(epochs=1)
+    labeled = np.arange(0, len(experiment.pool), 4)
+    heads = head_accuracies(experiment, labeled, config, seed=7)
+    learner = make_learner("kd-zeroshot", experiment, {"epochs": 1})
+    learner.fit(labeled, experiment.pool_labels[labeled], seed=7, runner=LocalRunner())
+    predicted = (learner.predict_proba("test").argmax(1) == experiment.test_labels).mean()
+    assert heads["KD: heads mixed as probabilities"] == pytest.approx(predicted)
+    assert heads["teacher"] == pytest.approx(learner.teacher_accuracy())
