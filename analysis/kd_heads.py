@@ -73,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     run = RunConfig(dataset=args.dataset, backbone=args.backbone, per_class=args.per_class,
                     test_fraction=args.test_fraction)
     experiment = load_experiment(run, store_encoder(FeatureStore(args.cache, progress=False)))
-    n_classes = experiment.dataset.n_classes
-    start = initial_labeled(experiment.pool_labels, n_classes, 1, args.seed)
+    start = initial_labeled(experiment.pool_labels, experiment.dataset.classnames, 1, args.seed)
     rest = np.random.default_rng(args.seed).permutation(np.setdiff1d(np.arange(len(experiment.pool)), start))
     sizes = [int(n) for n in args.labeled.split(",")]
     columns = {}

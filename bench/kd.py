@@ -42,7 +42,7 @@ def one_round(per_class: int, learner: str, strategy: str, student: str, epochs:
     n_classes = experiment.dataset.n_classes
     kd = make_learner(learner, experiment, {"student": student, "epochs": epochs})
     rng = np.random.default_rng(seed)
-    start = initial_labeled(experiment.pool_labels, n_classes, 1, seed)
+    start = initial_labeled(experiment.pool_labels, experiment.dataset.classnames, 1, seed)
     extra = rng.choice(np.setdiff1d(np.arange(len(experiment.pool)), start), n_classes, replace=False)
     labeled = np.sort(np.concatenate([start, extra]))
     kd.fit(labeled, experiment.pool_labels[labeled], seed=seed, runner=LocalRunner())

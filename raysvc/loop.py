@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -62,15 +62,15 @@ def check_budget(config: RunConfig, n_pool: int, n_classes: int) -> int:
     return budget
 
 
-def initial_labeled(pool_labels: np.ndarray, n_classes: int, per_class: int, seed: int) -> np.ndarray:
+def initial_labeled(pool_labels: np.ndarray, classnames: Sequence[str], per_class: int, seed: int) -> np.ndarray:
     """Sorted pool positions of ``per_class`` random images of every class (a k-shot start)."""
     rng = np.random.default_rng([seed, per_class])
     picks = []
-    for c in range(n_classes):
+    for c, name in enumerate(classnames):
         members = np.flatnonzero(pool_labels == c)
         if len(members) < per_class:
             raise PoolExhaustedError(
-                f"class {c} has {len(members)} pool images, fewer than initial_per_class={per_class}"
+                f"class {name!r} has {len(members)} pool images, fewer than initial_per_class={per_class}"
             )
         picks.append(rng.choice(members, size=per_class, replace=False))
     return np.sort(np.concatenate(picks))
@@ -148,7 +148,7 @@ def run_loop(
         start = time.perf_counter()
         if round_ == 0:
             selection = Selection(query=initial_labeled(
-                true_labels, experiment.dataset.n_classes, config.initial_per_class, config.seed))
+                true_labels, experiment.dataset.classnames, config.initial_per_class, config.seed))
         else:
             pool = Pool(
                 features=pool_features, probs=learner.predict_proba("pool"), labeled=state.labeled,

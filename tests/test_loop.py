@@ -114,8 +114,8 @@ def test_k_shot_start_labels_k_per_class_in_a_recorded_round_zero(small_experime
 
 
 def test_k_shot_start_larger_than_a_class_is_refused(small_experiment):
-    with pytest.raises(PoolExhaustedError, match="class 1 has 2 pool images, fewer than initial_per_class=3"):
-        initial_labeled(np.array([0, 0, 0, 1, 1]), n_classes=2, per_class=3, seed=0)
+    with pytest.raises(PoolExhaustedError, match="class 'dog' has 2 pool images, fewer than initial_per_class=3"):
+        initial_labeled(np.array([0, 0, 0, 1, 1]), ["cat", "dog"], per_class=3, seed=0)
     config = RunConfig(dataset="animal-mnist", per_class=12, test_fraction=0.25, rounds=1, budget=2,
                        initial_per_class=9)
     with pytest.raises(PoolExhaustedError, match="after a 9-shot start need 92 images; the pool has 90"):
