@@ -11,6 +11,12 @@ from typing import Any
 from raysvc.errors import ConfigError
 
 
+# Options added after results were first stored stay out of the run id while they hold
+# their default, so rerunning an older configuration keeps its id and replaces its files.
+_ID_OPTIONAL = {"initial_per_class": 0}
+_NO_DEFAULT = object()
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """One active-learning run: a dataset, a strategy, a learner, a backbone, a seed.
@@ -92,6 +98,7 @@ class RunConfig:
     @property
     def run_id(self) -> str:
         """Deterministic: a rerun of the same cell gets the same id and replaces its results."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        values = {k: v for k, v in self.to_dict().items() if _ID_OPTIONAL.get(k, _NO_DEFAULT) != v}
+        blob = json.dumps(values, sort_keys=True, default=str)
         readable = f"{Path(self.dataset).name}-{self.strategy}-{self.learner}-s{self.seed}"
         return f"{readable}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"

@@ -141,3 +141,12 @@ def test_float16_feature_store_keeps_embeddings_within_rounding(small_experiment
     assert np.abs(half.image_features - small_experiment.encoded.image_features).max() < 2e-3
     with pytest.raises(ConfigError, match="float16"):
         FeatureStore(tmp_path, dtype="int8")
+
+
+def test_run_ids_of_earlier_configurations_do_not_change():
+    """Ids as computed before ``initial_per_class`` existed: reruns must replace, not duplicate."""
+    assert RunConfig().run_id == "animal-mnist-cbsq-coop-s0-f90dfccc3b"
+    config = RunConfig(strategy="pcoreset", learner="kd-zeroshot", seed=2, per_class=200)
+    assert config.run_id == "animal-mnist-pcoreset-kd-zeroshot-s2-2957aabfe0"
+    assert RunConfig(strategy="pcoreset", learner="kd-zeroshot", seed=2, per_class=200,
+                     initial_per_class=1).run_id != config.run_id
