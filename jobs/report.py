@@ -5,7 +5,7 @@
 
 import sys
 
-from analysis.report import main  # noqa: F401  (the entrypoint)
+from analysis.report import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from raysvc.strategies._faiss import gather_f32
 from raysvc.strategies._kcenter import Backend, array_backend, half_backend, put_rows_half, use_half
 
 Pair = tuple[np.ndarray, np.ndarray]
@@ -53,14 +54,6 @@ class LazyGradientFactor:
         return gradient_factor(self.probs[rows])
 
 
-def _rows_f32(x, rows: np.ndarray, chunk: int = 32_768) -> np.ndarray:
-    """float32 ``x[rows]`` filled chunk by chunk (x: an array or a LazyGradientFactor)."""
-    out = np.empty((len(rows), x.shape[1]), dtype=np.float32)
-    for start in range(0, len(rows), chunk):
-        out[start : start + chunk] = x[rows[start : start + chunk]]
-    return out
-
-
 def _check(pairs: Sequence[Pair], n: int | None = None) -> int:
     if not pairs:
         raise ValueError("BADGE needs at least one (a, h) pair")
@@ -72,7 +65,8 @@ def _check(pairs: Sequence[Pair], n: int | None = None) -> int:
 
 
 def _factors(pairs: Sequence[Pair], rows: np.ndarray, be: Backend):
-    fac = [(be.put(_rows_f32(a, rows)), be.put(_rows_f32(h, rows))) for a, h in pairs]
+    # a may be a LazyGradientFactor: gathered 32k rows at a time, its (rows, C) temporaries stay small
+    fac = [(be.put(gather_f32(a, rows, 32_768)), be.put(gather_f32(h, rows, 32_768))) for a, h in pairs]
     norms = sum((a * a).sum(1) * (h * h).sum(1) for a, h in fac)
     return fac, norms
 

@@ -13,6 +13,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from raysvc.strategies._faiss import gather_f32
+
 # Elements of one candidates x centres block (64 MiB in float32): bounds the memory of
 # folding in many labeled centres at once.
 CHUNK_ELEMENTS = 1 << 24
@@ -51,16 +53,6 @@ def array_backend() -> Backend:
     return Backend(np, lambda x: np.asarray(x, dtype=np.float32), np.asarray)
 
 
-def _rows_f32(points: np.ndarray, rows: np.ndarray, chunk: int = 65_536) -> np.ndarray:
-    """float32 ``points[rows]`` filled in chunks: one float32 copy of the candidates and
-    no intermediate copy in the pool's own dtype (a float16 pool would otherwise be
-    gathered whole first, then converted)."""
-    out = np.empty((len(rows), points.shape[1]), dtype=np.float32)
-    for start in range(0, len(rows), chunk):
-        out[start : start + chunk] = points[rows[start : start + chunk]]
-    return out
-
-
 def half_backend() -> Backend:
     """float16 torch tensors on the CPU (see :data:`HALF_MIN_ROWS`); ``get`` returns float32."""
     import torch
@@ -83,7 +75,7 @@ def put_rows_half(x: np.ndarray, rows: np.ndarray):
     out = torch.empty((len(rows), x.shape[1]), dtype=torch.float16)
     sq = np.empty(len(rows), dtype=np.float32)
     for start in range(0, len(rows), _ROWS):
-        c = _rows_f32(x, rows[start : start + _ROWS])
+        c = gather_f32(x, rows[start : start + _ROWS])
         sq[start : start + len(c)] = (c * c).sum(1)
         out[start : start + len(c)] = torch.from_numpy(c)
     return out, sq
@@ -101,12 +93,12 @@ def _load_half(points: np.ndarray, candidates: np.ndarray, labeled_rows: np.ndar
     n = len(candidates)
     x = torch.empty((n, points.shape[1]), dtype=torch.float16)
     sq = np.empty(n, dtype=np.float32)
-    cen = _rows_f32(points, labeled_rows)
+    cen = gather_f32(points, labeled_rows)
     csq = (cen * cen).sum(1)
     min_d = np.full(n, np.inf, dtype=np.float32) if len(cen) else None
     step = max(1, CHUNK_ELEMENTS // _ROWS)
     for start in range(0, n, _ROWS):
-        c = _rows_f32(points, candidates[start : start + _ROWS])
+        c = gather_f32(points, candidates[start : start + _ROWS])
         rsq = (c * c).sum(1)
         sq[start : start + len(c)] = rsq
         for t in range(0, len(cen), step):
@@ -137,38 +129,35 @@ def kcenter_greedy(
     """
     candidates = _check(points, labeled, budget)
     be = array_backend()
-    picks = []
+    min_d = None  # squared distance of each candidate to its nearest centre (labeled, then picked)
     if use_half(be, len(candidates)):
         be = half_backend()
         x, sq, min_d = _load_half(points, candidates, np.flatnonzero(labeled))
-        if min_d is None:
-            first = int(rng.integers(len(candidates)))
-            picks.append(first)
-            min_d = (sq + sq[first] - 2 * (x @ x[first]).float()).clip(min=0)
-            min_d[first] = -1.0
     else:
-        x = be.put(_rows_f32(points, candidates))
+        x = be.put(gather_f32(points, candidates))
         sq = (x * x).sum(1)
-        centres = be.put(_rows_f32(points, np.flatnonzero(labeled)))
-        if len(centres):
-            min_d = None
-            step = max(1, CHUNK_ELEMENTS // len(candidates))
-            for start in range(0, len(centres), step):
-                c = centres[start : start + step]
-                d = be.xp.amin(sq[:, None] + (c * c).sum(1)[None, :] - 2 * (x @ c.T), axis=1).clip(min=0)
-                min_d = d if min_d is None else be.xp.minimum(min_d, d, out=min_d)
-        else:
-            first = int(rng.integers(len(candidates)))
-            picks.append(first)
-            min_d = (sq + sq[first] - 2 * (x @ x[first])).clip(min=0)
-            min_d[first] = -1.0
+        centres = be.put(gather_f32(points, np.flatnonzero(labeled)))
+        step = max(1, CHUNK_ELEMENTS // len(candidates))
+        for start in range(0, len(centres), step):
+            c = centres[start : start + step]
+            d = be.xp.amin(sq[:, None] + (c * c).sum(1)[None, :] - 2 * (x @ c.T), axis=1).clip(min=0)
+            min_d = d if min_d is None else be.xp.minimum(min_d, d, out=min_d)
+
+    def sq_dist_to(j: int):
+        dot = x @ x[j]  # float16 on the half backend: summed with float32 norms
+        return (sq + sq[j] - 2 * (dot if dot.dtype == sq.dtype else dot.float())).clip(min=0)
+
+    picks = []
+    if min_d is None:
+        first = int(rng.integers(len(candidates)))
+        picks.append(first)
+        min_d = sq_dist_to(first)
+        min_d[first] = -1.0
     while len(picks) < budget:
         # argmax returns the first maximum on numpy and torch alike: lowest index wins ties
         j = int(min_d.argmax())
         picks.append(j)
-        dot = x @ x[j]
-        d = (sq + sq[j] - 2 * (dot if dot.dtype == sq.dtype else dot.float())).clip(min=0)
-        be.xp.minimum(min_d, d, out=min_d)
+        be.xp.minimum(min_d, sq_dist_to(j), out=min_d)
         # a duplicate of a centre is at distance 0 and could otherwise be picked twice
         min_d[j] = -1.0
     return candidates[np.array(picks, dtype=np.int64)]

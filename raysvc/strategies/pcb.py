@@ -10,7 +10,7 @@ from typing import ClassVar
 import numpy as np
 
 from raysvc.errors import ConfigError
-from raysvc.strategies._badge import LazyGradientFactor, badge_select, gradient_factor
+from raysvc.strategies._badge import LazyGradientFactor, badge_select
 from raysvc.strategies.base import Pool, Selection, Strategy
 from raysvc.strategies.registry import register
 
