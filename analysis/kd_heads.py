@@ -21,7 +21,7 @@ import torch
 from raysvc.config import RunConfig
 from raysvc.features import DEFAULT_ROOT, FeatureStore
 from raysvc.learners import make_learner
-from raysvc.learners.kd import KDConfig, student_outputs, train_student
+from raysvc.learners.kd import KDConfig, combine_heads, student_outputs, train_student
 from raysvc.learners.students import make_student, normalisation
 from raysvc.loop import initial_labeled, load_experiment, store_encoder
 
@@ -39,7 +39,7 @@ def head_accuracies(experiment, labeled: np.ndarray, config: KDConfig, seed: int
     accuracy = lambda p: float((p.argmax(1) == y).mean())  # noqa: E731
     mean, std = normalisation(config.student)
     out = {"teacher": accuracy(teacher_test)}
-    for name, teacher in (("no-distill", None), ("kd-zeroshot", teacher_pool)):
+    for teacher in (None, teacher_pool):  # no-distill, then kd-zeroshot
         result = train_student({"config": dataclasses.asdict(config), "n_classes": experiment.dataset.n_classes,
                                 "images": pool_images.numpy(), "labeled": labeled,
                                 "labels": experiment.pool_labels[labeled], "teacher_probs": teacher, "seed": seed})
@@ -53,7 +53,8 @@ def head_accuracies(experiment, labeled: np.ndarray, config: KDConfig, seed: int
         a = config.alpha
         out.update({
             "KD: CE head": accuracy(p_ce), "KD: KD head": accuracy(p_kd),
-            "KD: heads mixed as probabilities": accuracy(a * p_ce + (1 - a) * p_kd),
+            "KD: heads mixed as probabilities": accuracy(
+                combine_heads(torch.as_tensor(z_ce), torch.as_tensor(z_kd), a, config.beta).numpy()),
             "KD: heads mixed as logits": accuracy(a * z_ce + (1 - a) * z_kd / config.beta),
             "KD: CE head mixed with the teacher": accuracy(a * p_ce + (1 - a) * teacher_test),
         })

@@ -18,9 +18,9 @@ trained with KL(teacher_T || student_T) * T^2 on every image of the batch, where
 teacher_T = softmax(log p_teacher / T). Each batch holds ``labeled_fraction`` labeled
 images (without repeats inside a batch) and unlabeled pool images for the rest; one
 epoch is ceil(pool / batch_size) steps for every framework, so ``no-distill`` takes as
-many optimisation steps, on its labeled share of each batch only. Inference mixes
-the heads' probabilities: p = alpha * softmax(z_ce) + (1 - alpha) * softmax(z_kd / beta). Defaults follow the
-DHO paper's untuned setting: alpha 0.5, beta 1.0, T 2.0, loss = ce + kd (weights 1, 1);
+many optimisation steps, on its labeled share of each batch only. Inference mixes the
+heads' probabilities: p = alpha * softmax(z_ce) + (1 - alpha) * softmax(z_kd / beta).
+Defaults follow the DHO paper's untuned setting: alpha 0.5, beta 1.0, T 2.0, loss = ce + kd (weights 1, 1);
 ``no-distill`` predicts with its CE head alone.
 
 Before the first fit every framework predicts the zero-shot prior, so the first

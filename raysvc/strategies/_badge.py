@@ -131,8 +131,9 @@ def badge_select(
 
     ``pairs`` holds one (a, h) per head, a = :func:`gradient_factor` of that head's
     probabilities. On CPU with at least ``HALF_MIN_ROWS`` (500 000) candidates the factors
-    are held in float16 (see :data:`~raysvc.strategies._kcenter.HALF_MIN_ROWS`). The first centre is the image of largest gradient norm (lowest index
-    on ties), as in the official BADGE code; each next one is drawn with ``rng``
+    are held in float16 (see :data:`~raysvc.strategies._kcenter.HALF_MIN_ROWS`). The
+    first centre is the image of largest gradient norm (lowest index on ties), as in the
+    official BADGE code; each next one is drawn with ``rng``
     proportionally to its squared distance to the nearest centre. As in BADGE, labeled
     images are excluded and are not centres.
     """
