@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m analysis.clusters --dataset animal-mnist --backbone conse-lite0 --out DIR``."""
     import argparse
 
-    from raysvc.config import RunConfig
+    from raysvc.config import RunSpec
     from raysvc.features import DEFAULT_ROOT, FeatureStore
     from raysvc.loop import load_experiment, store_encoder
 
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=str(DEFAULT_ROOT))
     parser.add_argument("--out", default="report")
     args = parser.parse_args(argv)
-    experiment = load_experiment(RunConfig(dataset=args.dataset, backbone=args.backbone),
+    experiment = load_experiment(RunSpec(dataset=args.dataset, backbone=args.backbone),
                                  store_encoder(FeatureStore(args.cache)))
     result = cluster_analysis_encoded(
         experiment.encoded, Path(args.out) / f"clusters_{experiment.dataset.name}.png",

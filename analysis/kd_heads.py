@@ -18,7 +18,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from raysvc.config import RunConfig
+from raysvc.config import RunSpec
 from raysvc.features import DEFAULT_ROOT, FeatureStore
 from raysvc.learners import make_learner
 from raysvc.learners.kd import KDConfig, combine_heads, student_outputs, train_student
@@ -71,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default=str(DEFAULT_ROOT))
     args = parser.parse_args(argv)
-    run = RunConfig(dataset=args.dataset, backbone=args.backbone, per_class=args.per_class,
+    run = RunSpec(dataset=args.dataset, backbone=args.backbone, per_class=args.per_class,
                     test_fraction=args.test_fraction)
-    experiment = load_experiment(run, store_encoder(FeatureStore(args.cache, progress=False)))
+    experiment = load_experiment(run, store_encoder(FeatureStore(args.cache, progress="off")))
     start = initial_labeled(experiment.pool_labels, experiment.dataset.classnames, 1, args.seed)
     rest = np.random.default_rng(args.seed).permutation(np.setdiff1d(np.arange(len(experiment.pool)), start))
     sizes = [int(n) for n in args.labeled.split(",")]

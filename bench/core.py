@@ -14,7 +14,6 @@ Results go to bench/results/core_<host>.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 import time
 
@@ -22,40 +21,38 @@ import numpy as np
 import torch
 
 from bench import command, host, write_results
-from raysvc.backends import load_backend
-from raysvc.config import RunConfig
+from raysvc.config import RunSpec
 from raysvc.features import FeatureStore
 from raysvc.learners.coop import CoOpConfig, prompt_logits, train_coop
-from raysvc.loop import load_experiment, run_loop, store_encoder
+from raysvc.loop import load_experiment, store_encoder
+from raysvc.run import execute
 
 
-def staged_run(config: RunConfig) -> dict[str, float]:
+def staged_run(config: RunSpec) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as cache:
-        experiment = load_experiment(config, store_encoder(FeatureStore(cache)))
-        start = time.perf_counter()
-        rows = run_loop(config, experiment)
-        total = time.perf_counter() - start
+        result = execute(config, encode=store_encoder(FeatureStore(cache)))
+    rows, encode_s = result.rows, result.experiment.encoded.encode_seconds
     return {
-        "encode_s": experiment.encoded.encode_seconds,
+        "encode_s": encode_s,
         "select_s": sum(r["select_seconds"] for r in rows),
         "train_s": sum(r["train_seconds"] for r in rows),
-        "loop_s": total,
+        "loop_s": result.manifest["wall_seconds"] - encode_s,
         "final_acc": rows[-1]["test_acc"],
-        "n_images": len(experiment.dataset),
+        "n_images": len(result.experiment.dataset),
     }
 
 
-def reencoding_epochs(config: RunConfig, n_labeled: int, epochs: int) -> tuple[float, float]:
+def reencoding_epochs(config: RunSpec, n_labeled: int, epochs: int) -> tuple[float, float]:
     """Seconds for ``epochs`` CoOp epochs on cached embeddings vs re-encoding the images each epoch."""
     experiment = load_experiment(config, store_encoder(FeatureStore()))
-    backend = load_backend(experiment.backbone, experiment.image_size)
+    backend = experiment.backbone.load()
     rows = np.random.default_rng(0).choice(len(experiment.pool), n_labeled, replace=False)
     labels = experiment.pool_labels[rows]
     coop = CoOpConfig(epochs=epochs, lr=0.1, batch_size=n_labeled)
-    payload = {"backbone": experiment.backbone, "image_size": experiment.image_size,
+    payload = {"backbone": experiment.backbone,
                "classnames": list(experiment.dataset.classnames), "labels": labels, "seed": 0,
-               "features": experiment.encoded.image_features[experiment.pool[rows]],
-               "config": dataclasses.asdict(coop)}
+               "features": np.asarray(experiment.encoded.image_features[experiment.pool[rows]], dtype=np.float32),
+               "config": coop.to_dict()}
     start = time.perf_counter()
     train_coop(payload)
     cached = time.perf_counter() - start
@@ -86,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labeled", type=int, default=80, help="labeled images in the cache comparison")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
-    config = RunConfig(dataset=args.dataset, strategy="cbsq", rounds=args.rounds, budget=args.budget,
+    config = RunSpec(dataset=args.dataset, strategy="cbsq", rounds=args.rounds, budget=args.budget,
                        per_class=args.per_class,
                        learner_params={"epochs": args.epochs, "lr": 0.1, "batch_size": 128})
     stages = staged_run(config)

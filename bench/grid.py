@@ -25,20 +25,21 @@ import pandas as pd
 
 from bench import command, host, write_results
 from raysvc import storage
-from raysvc.config import RunConfig
+from raysvc.config import RunSpec
 from raysvc.features import DEFAULT_ROOT, FeatureStore
-from raysvc.loop import load_experiment, run_loop, store_encoder
+from raysvc.loop import load_experiment, store_encoder
+from raysvc.run import execute
 
 
 def sequential(cells: list[dict], cache: str) -> tuple[float, list[float]]:
     """Wall time of all cells, and each run's seconds outside selecting and training per round."""
     start = time.perf_counter()
     outside = []
+    encode = store_encoder(FeatureStore(cache, progress="off"))
     for cell in cells:
-        config = RunConfig.from_dict(cell)
-        run_start = time.perf_counter()
-        rows = run_loop(config, load_experiment(config, store_encoder(FeatureStore(cache, progress=False))))
-        wall = time.perf_counter() - run_start
+        result = execute(RunSpec.from_dict(cell), encode=encode)
+        rows = result.rows
+        wall = result.manifest["wall_seconds"]
         outside.append((wall - sum(r["select_seconds"] + r["train_seconds"] for r in rows)) / len(rows))
     return time.perf_counter() - start, outside
 
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from raysvc.service.grid import load_grid, run_grid
+    from raysvc.service.driver import run_grid
+    from raysvc.service.gridspec import load_grid
 
     os.environ["RAYSVC_CACHE"] = args.cache
     grid = {
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         spec = load_grid(dict(grid, out=str(Path(tmp) / "results"), storage_path=str(Path(tmp) / "tune")))
         # warm the cache once so neither side pays for encoding
-        load_experiment(RunConfig.from_dict(spec.cells[0]), store_encoder(FeatureStore(args.cache)))
+        load_experiment(RunSpec.from_dict(spec.cells[0]), store_encoder(FeatureStore(args.cache)))
         seq_wall, seq_outside = sequential(spec.cells, args.cache)
 
         ray.init(num_cpus=args.cpus, include_dashboard=False, runtime_env={"env_vars": {"RAYSVC_CACHE": args.cache}})

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from bench import command, host, write_results
-from raysvc.config import RunConfig
+from raysvc.config import RunSpec
 from raysvc.features import FeatureStore
 from raysvc.learners import LocalRunner, make_learner
 from raysvc.loop import initial_labeled, load_experiment, store_encoder
@@ -36,9 +36,9 @@ STAGES = ("teacher_s", "decode_s", "forward_backward_s", "student_inference_s", 
 
 
 def one_round(per_class: int, learner: str, strategy: str, student: str, epochs: int, seed: int) -> dict:
-    config = RunConfig(dataset="animal-mnist", per_class=per_class, learner=learner, strategy=strategy)
+    config = RunSpec(dataset="animal-mnist", per_class=per_class, learner=learner, strategy=strategy)
     with tempfile.TemporaryDirectory() as cache:
-        experiment = load_experiment(config, store_encoder(FeatureStore(cache, progress=False)))
+        experiment = load_experiment(config, store_encoder(FeatureStore(cache, progress="off")))
     n_classes = experiment.dataset.n_classes
     kd = make_learner(learner, experiment, {"student": student, "epochs": epochs})
     rng = np.random.default_rng(seed)

@@ -28,9 +28,9 @@ export RAY_AUTH_MODE=disabled          # both ends: the head here, clients via $
 export RAY_USAGE_STATS_ENABLED=0
 export PATH="$(dirname "$PY"):$PATH"      # jobs' "python" is the project's interpreter
 
-"$PY" -m raysvc.gateway start --root "$S3_ROOT" --port "$S3_PORT" --bucket "$BUCKET"
+"$PY" -m raysvc.local.s3gateway start --root "$S3_ROOT" --port "$S3_PORT" --bucket "$BUCKET"
 # the head (and so every worker and job) inherits the S3 endpoint and credentials
-eval "$("$PY" -m raysvc.gateway env --root "$S3_ROOT" --port "$S3_PORT")"
+eval "$("$PY" -m raysvc.local.s3gateway env --root "$S3_ROOT" --port "$S3_PORT")"
 export RAYSVC_CODE_REVISION=${RAYSVC_CODE_REVISION:-$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)}
 
 gpu_args=()
@@ -43,7 +43,7 @@ gpu_args=()
 {
     echo "export RAY_AUTH_MODE=disabled"
     echo "export RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT"
-    "$PY" -m raysvc.gateway env --root "$S3_ROOT" --port "$S3_PORT"
+    "$PY" -m raysvc.local.s3gateway env --root "$S3_ROOT" --port "$S3_PORT"
     echo "export PATH=$(dirname "$PY"):\$PATH"
 } > "$ENV_FILE"
 echo "Ray head: 127.0.0.1:$RAY_PORT, jobs/dashboard: http://127.0.0.1:$DASHBOARD_PORT, S3: http://127.0.0.1:$S3_PORT (bucket $BUCKET)"

@@ -29,4 +29,4 @@ if [[ -n "$pids" ]]; then
 else
     echo "no Ray head running from $RAY_TMP"
 fi
-"$PY" -m raysvc.gateway stop --root "$S3_ROOT"
+"$PY" -m raysvc.local.s3gateway stop --root "$S3_ROOT"

@@ -14,17 +14,23 @@ some are missing or a trial failed for good, 2 for a configuration or storage er
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 
+from raysvc.cli import Parser, entry_point
+
 
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", help="Ray cluster address (default: the job's cluster, $RAY_ADDRESS, or a new local one)")
+    parser.add_argument("--address", help="Ray cluster address (default: the job's cluster, $RAY_ADDRESS, "
+                                          "or a new local one)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray instance (ignored when connecting)")
 
 
 def init_ray(args: argparse.Namespace) -> None:
+    """Connect to the job's cluster, ``--address`` or ``$RAY_ADDRESS``; else start a local Ray
+    on loopback with token auth off, so nothing is written to the home directory."""
     import ray
 
     if ray.is_initialized():
@@ -32,19 +38,20 @@ def init_ray(args: argparse.Namespace) -> None:
     address = args.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
-    elif args.num_cpus:
-        ray.init(num_cpus=args.num_cpus)
-    else:
-        ray.init()
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private loopback instance: no token to store
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False)
 
 
+@entry_point("jobs.grid")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.grid", description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="grid YAML (see raysvc.service.grid)")
+    parser = Parser(prog="python -m jobs.grid", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="grid YAML (see raysvc.service.gridspec)")
     parser.add_argument("--out", help="results destination: local directory or s3://bucket/prefix")
     parser.add_argument("--resume", action="store_true", help="restore the experiment after a driver failure")
     parser.add_argument("--skip-existing", action="store_true", help="leave out cells already stored at --out")
-    parser.add_argument("--storage-path", help="Tune experiment storage (default ~/ray_results; s3:// on clusters)")
+    parser.add_argument("--storage-path", help="Tune experiment storage (default $RAYSVC_STATE_DIR/tune or "
+                                               "./.raysvc/tune; s3:// on multi-node clusters)")
     parser.add_argument("--name", help="experiment name (default: the file's name:)")
     parser.add_argument("--train", choices=["local", "ray-train"], help="override the file's train:")
     parser.add_argument("--cells-per-trial", type=int, help="override the file's cells_per_trial:")
@@ -54,22 +61,22 @@ def main(argv: list[str] | None = None) -> int:
     add_ray_arguments(parser)
     args = parser.parse_args(argv)
 
-    from raysvc.errors import RaysvcError
-    from raysvc.service.grid import load_grid, run_grid
+    from raysvc.errors import ConfigError
+    from raysvc.service.driver import run_grid
+    from raysvc.service.gridspec import load_grid
+    from raysvc.storage import check_writable
 
-    try:
-        overrides = dict(out=args.out, storage_path=args.storage_path, name=args.name, train=args.train,
-                         cells_per_trial=args.cells_per_trial, max_failures=args.max_failures)
-        spec = load_grid(args.config, **overrides)
-        if args.cache:
-            spec.features["cache_dir"] = args.cache
-        print(f"grid {spec.name}: {len(spec.cells)} runs in {len(spec.groups)} trials "
-              f"({spec.cells_per_trial} per trial, train={spec.train}) -> {spec.out}", flush=True)
-        init_ray(args)
-        result = run_grid(spec, resume=args.resume, skip_existing=args.skip_existing, verbose=0 if args.quiet else 1)
-    except RaysvcError as exc:
-        print(f"jobs.grid: error: {exc}", file=sys.stderr)
-        return 2
+    spec = load_grid(args.config, out=args.out, storage_path=args.storage_path, name=args.name, train=args.train,
+                     cells_per_trial=args.cells_per_trial, max_failures=args.max_failures)
+    if args.cache:
+        spec = dataclasses.replace(spec, features=dataclasses.replace(spec.features, cache_dir=args.cache))
+    if not spec.out:
+        raise ConfigError("the grid has no results destination: set out: in the file or pass --out")
+    check_writable(spec.out)  # before Ray starts: a bad destination costs nothing
+    print(f"grid {spec.name}: {len(spec.cells)} runs in {len(spec.groups)} trials "
+          f"({spec.cells_per_trial} per trial, train={spec.train}) -> {spec.out}", flush=True)
+    init_ray(args)
+    result = run_grid(spec, resume=args.resume, skip_existing=args.skip_existing, verbose=0 if args.quiet else 1)
     summary = {
         "grid": result.name, "out": result.out, "runs": len(result.run_ids), "missing": result.missing,
         "errors": result.errors, "trials": result.n_trials, "encode_counts": result.encode_counts,

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import uuid
 
 from jobs.grid import add_ray_arguments, init_ray
+from raysvc.cli import Parser, PrintHooks, add_run_arguments, entry_point, format_table, specs_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from raysvc.cli import add_run_arguments
-
-    parser = argparse.ArgumentParser(prog="python -m jobs.run", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m jobs.run", description=__doc__.split("\n\n")[0])
     add_run_arguments(parser)
     parser.add_argument("--train", choices=["local", "ray-train"], default="ray-train")
     parser.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")
@@ -46,47 +44,35 @@ def ray_train_options(args: argparse.Namespace) -> dict:
     return options
 
 
+@entry_point("jobs.run")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
-    from raysvc import storage
-    from raysvc.cli import config_from_args, format_table
-    from raysvc.errors import RaysvcError
-    from raysvc.loop import load_experiment, run_loop
-    from raysvc.records import to_table
+    from raysvc.provenance import driver_code_revision
+    from raysvc.run import execute
     from raysvc.service.encoders import RayEncode, feature_service
-    from raysvc.service.manifest import driver_code_revision, run_manifest
     from raysvc.service.train import make_runner
+    from raysvc.storage import check_writable
 
-    actor = runner = None
+    (spec,) = specs_from_args(args)
+    if args.out:
+        check_writable(args.out)  # before Ray starts: a bad destination costs nothing
+    options = ray_train_options(args) if args.train == "ray-train" else {}
+    runner = make_runner(args.train, options)
+    actor = None
     try:
-        config = config_from_args(args)
-        if args.out:
-            storage.check_writable(args.out)  # fail before the work, not after
-        options = ray_train_options(args) if args.train == "ray-train" else {}
-        runner = make_runner(args.train, options)
         init_ray(args)
-        start = time.perf_counter()
         name = f"raysvc-features-run-{uuid.uuid4().hex[:8]}"
         actor = feature_service(name, cache_dir=args.cache, num_gpus=args.encoder_gpus)
-        experiment = load_experiment(config, RayEncode(name))
-        print(f"run {config.run_id}: {config.dataset}, {len(experiment.pool)} pool / {len(experiment.test)} test "
-              f"images, train={args.train}", flush=True)
-        rows = run_loop(config, experiment, runner, on_round=lambda row, _: print(
-            f"round {row['round']}: test_acc {row['test_acc']:.3f} ({row['n_queried']} queried, "
-            f"train {row['train_seconds']:.1f}s)", flush=True))
-        print(format_table(rows))
-        if args.out:
-            manifest = run_manifest(config.to_dict(), code_revision=driver_code_revision(), train=args.train,
-                                    ray_train=options, wall_seconds=time.perf_counter() - start)
-            storage.write_run(args.out, config.run_id, to_table(rows), manifest)
-            print(f"wrote {len(rows)} rounds of {config.run_id} to {args.out}", flush=True)
-    except RaysvcError as exc:
-        print(f"jobs.run: error: {exc}", file=sys.stderr)
-        return 2
+        result = execute(spec, encode=RayEncode(name), out=args.out, runner=runner, hooks=PrintHooks(),
+                         revision=driver_code_revision(), context={"train": args.train, "ray_train": options})
+        print(format_table(result.rows))
+        if result.stored:
+            print(f"wrote {len(result.rows)} rounds of {spec.run_id} to {args.out}", flush=True)
     finally:
-        if runner is not None and hasattr(runner, "close"):
-            runner.close()
+        close = getattr(runner, "close", None)
+        if close is not None:
+            close()
         if actor is not None:
             import ray
 

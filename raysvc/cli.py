@@ -1,16 +1,62 @@
-"""The ``raysvc`` command: run, datasets, strategies, report, gateway."""
+"""The ``raysvc`` command, and what every entry point shares.
+
+``raysvc run`` runs one active-learning run; ``raysvc runs`` lists stored runs;
+``raysvc report`` writes tables and figures; ``raysvc datasets | strategies | learners |
+backbones`` list the named parts with their options.
+
+Run options are generated from :class:`~raysvc.config.RunSpec` (one flag per field,
+its default shown) plus ``--<part>-opt KEY=VALUE`` for the options of the named parts,
+so ``raysvc run``, ``jobs.run`` and ``jobs.sweep`` accept the same options. Every entry
+point is wrapped by :func:`entry_point`: a raysvc error is one line on stderr and exit
+code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import itertools
 import json
 import math
 import sys
+import typing
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from raysvc.errors import RaysvcError
+from raysvc.errors import ConfigError, RaysvcError
+from raysvc.run import RunHooks
+
+PARTS = ("dataset", "strategy", "learner", "backbone")
+PLURAL = {"dataset": "datasets", "strategy": "strategies", "learner": "learners", "backbone": "backbones",
+          "seed": "seeds"}
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def entry_point(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Decorator for a ``main(argv) -> int``: a RaysvcError becomes one line and exit code 2."""
+
+    def wrap(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(argv: list[str] | None = None) -> int:
+            try:
+                return main(argv)
+            except RaysvcError as exc:
+                print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+                return 2
+
+        return run
+
+    return wrap
+
+
+# ------------------------------------------------------------------ run options
 def _parse_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -18,21 +64,99 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _options(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values parse as JSON where they can (numbers, booleans)."""
+def parse_options(pairs: Iterable[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values parse as JSON where they can (numbers, booleans, null)."""
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise RaysvcError(f"option {pair!r} is not of the form key=value")
+            raise ConfigError(f"option {pair!r} is not of the form KEY=VALUE")
         options[key] = _parse_value(value)
     return options
 
 
+def _scalar_type(annotation: Any) -> type:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    return args[0] if args[0] in (int, float, str) else str
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, axes: Iterable[str] = ()) -> None:
+    """One flag per RunSpec field (fields in ``axes`` take several values, under a plural
+    name: ``--strategies a b``), ``--<part>-opt KEY=VALUE`` per named part, ``--cache``
+    and ``--out``."""
+    from raysvc.config import PARAM_FIELDS, RunSpec
+
+    axes = set(axes)
+    hints = typing.get_type_hints(RunSpec)
+    group = parser.add_argument_group("run options")
+    for f in dataclasses.fields(RunSpec):
+        if f.name in PARAM_FIELDS:
+            continue
+        default = f"default: {f.default}" if f.default is not None else "default: none"
+        kind = _scalar_type(hints[f.name])
+        if f.name in axes:
+            group.add_argument(f"--{PLURAL[f.name]}", dest=f.name, nargs="+", type=kind, default=[f.default],
+                               metavar=f.name.upper(), help=f"{f.metadata['help']} ({default}; several: one run each)")
+        else:
+            group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=f.default,
+                               metavar=f.name.upper(), help=f"{f.metadata['help']} ({default})")
+    for part in PARTS:
+        group.add_argument(f"--{part}-opt", action="append", default=[], metavar="KEY=VALUE",
+                           help=f"an option of the {part} (repeatable; keys: raysvc {PLURAL[part]})")
+    group.add_argument("--student", help="shortcut for --learner-opt student=NAME (ActiveKD learners)")
+    group.add_argument("--epochs", type=int, help="shortcut for --learner-opt epochs=N")
+    parser.add_argument("--cache", help="feature cache directory (default: $RAYSVC_CACHE or ~/.cache/raysvc/features)")
+    parser.add_argument("--out", help="results destination: local directory or s3://bucket/prefix (default: none)")
+
+
+def part_options_epilog() -> str:
+    """The option keys of every named part, for ``--help`` (generated from their typed options)."""
+    from raysvc.backends import BACKBONES
+    from raysvc.datasets import DATASETS
+    from raysvc.learners import LEARNERS
+    from raysvc.strategies import STRATEGIES
+
+    lines = ["option keys of the named parts (--<part>-opt KEY=VALUE; details: raysvc <parts>):"]
+    for part, registry in (("dataset", DATASETS), ("strategy", STRATEGIES), ("learner", LEARNERS),
+                           ("backbone", BACKBONES)):
+        by_keys: dict[tuple[str, ...], list[str]] = {}
+        for entry in registry.entries():
+            keys = tuple(name for name, *_ in entry.options_type.describe() if name not in entry.preset)
+            by_keys.setdefault(keys, []).append(entry.name)
+        for family in registry.families():
+            keys = tuple(name for name, *_ in family.cls.Options.describe() if name not in family.fixed)
+            by_keys.setdefault(keys, []).append(family.pattern)
+        for keys, names in by_keys.items():
+            lines.append(f"  {part} {', '.join(names)}: {', '.join(keys) or '(none)'}")
+    return "\n".join(lines)
+
+
+def specs_from_args(args: argparse.Namespace, axes: Iterable[str] = ()) -> list:
+    """The validated RunSpecs the arguments describe: one, or the product of the ``axes``."""
+    from raysvc.config import PARAM_FIELDS, RunSpec
+
+    axes = [f.name for f in dataclasses.fields(RunSpec) if f.name in set(axes)]
+    base = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunSpec) if f.name not in PARAM_FIELDS}
+    params = {f"{part}_params": parse_options(getattr(args, f"{part}_opt")) for part in PARTS}
+    if args.epochs is not None:
+        params["learner_params"]["epochs"] = args.epochs
+    if args.student is not None:
+        params["learner_params"]["student"] = args.student
+    specs = []
+    for values in itertools.product(*(base[a] for a in axes)):
+        spec = RunSpec.from_dict({**base, **dict(zip(axes, values)), **params})
+        spec.validate()
+        specs.append(spec)
+    return specs
+
+
+# ------------------------------------------------------------------ printing
+ROUND_COLUMNS = ("round", "n_labeled", "n_queried", "n_pseudo", "pseudo_acc", "test_acc", "zeroshot_acc",
+                 "teacher_acc", "select_seconds", "train_seconds")
+
+
 def format_table(rows: list[dict]) -> str:
-    columns = ["round", "n_labeled", "n_queried", "n_pseudo", "pseudo_acc", "test_acc", "zeroshot_acc",
-               "teacher_acc", "select_seconds", "train_seconds"]
-    columns = [c for c in columns if not all(isinstance(r[c], float) and math.isnan(r[c]) for r in rows)]
+    columns = [c for c in ROUND_COLUMNS if not all(isinstance(r[c], float) and math.isnan(r[c]) for r in rows)]
 
     def cell(value):
         if isinstance(value, float):
@@ -41,104 +165,92 @@ def format_table(rows: list[dict]) -> str:
 
     body = [[cell(r[c]) for c in columns] for r in rows]
     widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(columns)]
-    line = lambda cells: "  ".join(v.rjust(w) for v, w in zip(cells, widths))  # noqa: E731
+
+    def line(cells):
+        return "  ".join(v.rjust(w) for v, w in zip(cells, widths))
+
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, body)])
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="animal-mnist", help="registered name or image-folder path")
-    parser.add_argument("--split-file", help="CoOp-style split JSON for an image folder")
-    parser.add_argument("--strategy", default="cbsq")
-    parser.add_argument("--learner", default="coop")
-    parser.add_argument("--backbone", default="conse-lite0")
-    parser.add_argument("--student", help="student network for ActiveKD learners")
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--budget", type=int, help="oracle queries per round (default: number of classes)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--per-class", type=int, help="keep at most this many images per class")
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="share of each class held out for testing")
-    parser.add_argument("--initial-per-class", type=int, default=0,
-                        help="random labeled images per class before round 1 (ActiveKD: 1)")
-    parser.add_argument("--image-size", type=int)
-    parser.add_argument("--epochs", type=int, help="training epochs per round")
-    parser.add_argument("--strategy-opt", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--learner-opt", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--cache", help="feature cache directory")
-    parser.add_argument("--out", help="local directory or s3://bucket/prefix for the records")
+class PrintHooks(RunHooks):
+    """Run hooks that print the run's start and each round (``raysvc run``, ``jobs.run``)."""
+
+    def started(self, spec, experiment) -> None:
+        skipped = f", {len(experiment.dataset.skipped)} unreadable images skipped" if experiment.dataset.skipped else ""
+        print(f"run {spec.run_id}: {experiment.dataset.name}, {len(experiment.pool)} pool / "
+              f"{len(experiment.test)} test images, {experiment.dataset.n_classes} classes{skipped}, "
+              f"features {experiment.encoded.key}", flush=True)
+
+    def round_done(self, row: dict, state) -> None:
+        print(f"round {row['round']}: test_acc {row['test_acc']:.3f} ({row['n_queried']} queried, "
+              f"{row['n_pseudo']} pseudo-labeled, train {row['train_seconds']:.1f}s)", flush=True)
 
 
-def config_from_args(args: argparse.Namespace):
-    from raysvc.config import RunConfig
-
-    learner_params = _options(args.learner_opt)
-    if args.epochs is not None:
-        learner_params["epochs"] = args.epochs
-    if args.student is not None:
-        learner_params["student"] = args.student
-    config = RunConfig(
-        dataset=args.dataset, strategy=args.strategy, learner=args.learner, backbone=args.backbone,
-        rounds=args.rounds, budget=args.budget, seed=args.seed, image_size=args.image_size,
-        per_class=args.per_class, test_fraction=args.test_fraction, initial_per_class=args.initial_per_class,
-        split_file=args.split_file, strategy_params=_options(args.strategy_opt), learner_params=learner_params,
-    )
-    config.validate_names()
-    return config
-
-
+# ------------------------------------------------------------------ commands
 def run_command(args: argparse.Namespace) -> int:
-    from raysvc import storage
-    from raysvc.features import DEFAULT_ROOT, FeatureStore
-    from raysvc.loop import load_experiment, run_loop, store_encoder
-    from raysvc.records import to_table
+    from raysvc.features import FeatureStore
+    from raysvc.loop import store_encoder
+    from raysvc.run import execute
 
-    config = config_from_args(args)
-    if args.out:
-        storage.check_writable(args.out)  # fail before hours of work, not after
-    experiment = load_experiment(config, store_encoder(FeatureStore(args.cache or DEFAULT_ROOT)))
-    print(f"run {config.run_id}: {config.dataset}, {len(experiment.pool)} pool / {len(experiment.test)} test images,"
-          f" {experiment.dataset.n_classes} classes, features {experiment.encoded.key}", flush=True)
-    rows = run_loop(config, experiment, on_round=lambda row, _: print(
-        f"round {row['round']}: test_acc {row['test_acc']:.3f} ({row['n_queried']} queried,"
-        f" {row['n_pseudo']} pseudo-labeled)", flush=True))
-    print(format_table(rows))
-    if args.out:
-        storage.write_run(args.out, config.run_id, to_table(rows), storage.build_manifest(config.to_dict()))
-        print(f"wrote {len(rows)} rounds to {args.out}")
+    (spec,) = specs_from_args(args)
+    result = execute(spec, encode=store_encoder(FeatureStore.at(args.cache)), out=args.out, hooks=PrintHooks())
+    print(format_table(result.rows))
+    if result.stored:
+        print(f"wrote {len(result.rows)} rounds to {args.out}")
     return 0
+
+
+def describe_part(entry_name: str, summary: str, options_type, extra: str = "") -> str:
+    lines = [f"{entry_name}{extra}: {summary}" if summary else f"{entry_name}{extra}"]
+    for name, kind, default, help_text in options_type.describe():
+        lines.append(f"    {name} ({kind}, default {default!r}){': ' + help_text if help_text else ''}")
+    return "\n".join(lines)
 
 
 def list_command(kind: str) -> int:
-    if kind == "datasets":
-        from raysvc.datasets import dataset_names
+    from raysvc.backends import BACKBONES
+    from raysvc.datasets import DATASETS
+    from raysvc.learners import LEARNERS
+    from raysvc.strategies import STRATEGIES
 
-        names = dataset_names() + ["<path to an image folder, one sub-folder per class>"]
-    else:
-        from raysvc.strategies import strategy_class, strategy_names
-
-        names = [f"{n:14s} needs {', '.join(sorted(strategy_class(n).requires)) or '-'}" for n in strategy_names()]
-    print("\n".join(names))
+    registry = {"datasets": DATASETS, "strategies": STRATEGIES, "learners": LEARNERS, "backbones": BACKBONES}[kind]
+    blocks = []
+    for entry in registry.entries():
+        extra = ""
+        if kind == "strategies":
+            extra = f" [needs {', '.join(sorted(entry.cls.requires)) or '-'}]"
+        preset = ", ".join(f"{k}={v}" for k, v in entry.preset.items())
+        blocks.append(describe_part(entry.name + (f" ({preset})" if preset else ""), entry.summary,
+                                    entry.options_type, extra))
+    blocks += [describe_part(f.pattern, f.summary, f.cls.Options) for f in registry.families()]
+    print("\n".join(blocks))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="raysvc", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    add_run_arguments(commands.add_parser("run", help="one active-learning run"))
-    commands.add_parser("datasets", help="list registered datasets")
-    commands.add_parser("strategies", help="list registered query strategies")
-    from analysis.report import add_report_arguments, run_report
+def build_parser() -> Parser:
+    parser = Parser(prog="raysvc", description="Active learning with vision-language-model priors, on Ray.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    run = commands.add_parser("run", help="one active-learning run", description="One active-learning run.",
+                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=part_options_epilog())
+    add_run_arguments(run)
+    for kind in ("datasets", "strategies", "learners", "backbones"):
+        commands.add_parser(kind, help=f"list the {kind} and their options")
+    from analysis.report import add_report_arguments
 
     add_report_arguments(commands.add_parser("report", help="tables and figures from stored results"))
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "run":
-            return run_command(args)
-        if args.command == "report":
-            return run_report(args)
-        return list_command(args.command)
-    except RaysvcError as exc:
-        print(f"raysvc: error: {exc}", file=sys.stderr)
-        return 2
+    return parser
+
+
+@entry_point("raysvc")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return run_command(args)
+    if args.command == "report":
+        from analysis.report import run_report
+
+        return run_report(args)
+    return list_command(args.command)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The typed run configuration, validated once at the edge (CLI, job, Tune trial)."""
+"""The typed specification of one run, validated once at the edge (CLI, job, grid cell)."""
 
 from __future__ import annotations
 
@@ -9,91 +9,93 @@ from pathlib import Path
 from typing import Any
 
 from raysvc.errors import ConfigError
-
+from raysvc.options import Options, option
 
 # Options added after results were first stored stay out of the run id while they hold
 # their default, so rerunning an older configuration keeps its id and replaces its files.
-_ID_OPTIONAL = {"initial_per_class": 0}
+_ID_OPTIONAL = {
+    "initial_per_class": 0, "backbone_params": {}, "dataset_params": {}, "prompt_template": None,
+    "class_descriptions": None,
+}  # fmt: skip
 _NO_DEFAULT = object()
+PARAM_FIELDS = ("strategy_params", "learner_params", "backbone_params", "dataset_params")
+
+
+def _params(help: str) -> Any:  # noqa: A002
+    return dataclasses.field(default_factory=dict, metadata={"help": help})
 
 
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
+class RunSpec(Options):
     """One active-learning run: a dataset, a strategy, a learner, a backbone, a seed.
 
-    budget: oracle queries per round; None means one per class.
-    image_size: input side for the backbone; None picks its default.
-    per_class: keep at most this many images per class (small pools), None keeps all.
-    initial_per_class: label this many random pool images of every class before round 1
-        (ActiveKD's k-shot start); the learner trains on them in a recorded round 0.
-    split_seed: seeds the pool/test split and subsampling, shared by all seeds of a grid
-        so runs are compared on the same test set.
+    Every field is type-checked on construction (``test_fraction="0.2"`` is refused);
+    :meth:`validate` then checks every name and every named part's options, loading no
+    weights and no images, so a typo fails in seconds rather than after encoding.
     """
 
-    dataset: str = "animal-mnist"
-    strategy: str = "cbsq"
-    learner: str = "coop"
-    backbone: str = "conse-lite0"
-    rounds: int = 8
-    budget: int | None = None
-    seed: int = 0
-    image_size: int | None = None
-    test_fraction: float = 0.2
-    per_class: int | None = None
-    initial_per_class: int = 0
-    split_seed: int = 0
-    split_file: str | None = None
-    strategy_params: dict[str, Any] = dataclasses.field(default_factory=dict)
-    learner_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dataset: str = option("animal-mnist", "registered dataset name or image-folder path")
+    strategy: str = option("cbsq", "query strategy (raysvc strategies)")
+    learner: str = option("coop", "learner trained each round (raysvc learners)")
+    backbone: str = option("conse-lite0", "VLM backbone (raysvc backbones)")
+    rounds: int = option(8, "active-learning rounds")
+    budget: int | None = option(None, "oracle queries per round; none: one per class")
+    seed: int = option(0, "seeds the strategy and the learner")
+    image_size: int | None = option(None, "input side for the backbone; none: its own (112 for 28-px images)")
+    test_fraction: float = option(0.2, "share of each class held out for testing (datasets without their own split)")
+    per_class: int | None = option(None, "keep at most this many images per class")
+    initial_per_class: int = option(0, "random labeled images per class before round 1, trained on in round 0 (ActiveKD: 1)")
+    split_seed: int = option(0, "seeds the pool/test split and subsampling, shared by all seeds of a study")
+    split_file: str | None = option(None, "CoOp-style split JSON for an image folder")
+    prompt_template: str | None = option(None, "class prompt template with one {}; none: the dataset's")
+    class_descriptions: str | None = option(None, "JSON file: class name -> list of sentences, averaged per class")
+    strategy_params: dict[str, Any] = _params("the strategy's options (raysvc strategies)")
+    learner_params: dict[str, Any] = _params("the learner's options (raysvc learners)")
+    backbone_params: dict[str, Any] = _params("the backbone's options (raysvc backbones)")
+    dataset_params: dict[str, Any] = _params("the dataset's options (raysvc datasets)")
 
-    def __post_init__(self):
-        for name in ("dataset", "strategy", "learner", "backbone"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ConfigError(f"{name} must be a non-empty string")
-        for name in ("rounds", "seed", "split_seed"):
-            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be an integer, got {getattr(self, name)!r}")
+    def check(self) -> None:
         if self.rounds < 1:
-            raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
-        if not isinstance(self.initial_per_class, int) or isinstance(self.initial_per_class, bool) \
-                or self.initial_per_class < 0:
-            raise ConfigError(f"initial_per_class must be an integer >= 0, got {self.initial_per_class!r}")
+            raise ConfigError(f"option rounds={self.rounds!r}: must be >= 1")
+        if self.initial_per_class < 0:
+            raise ConfigError(f"option initial_per_class={self.initial_per_class!r}: must be >= 0")
         for name in ("budget", "image_size", "per_class"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            if value is not None and value < 1:
+                raise ConfigError(f"option {name}={value!r}: must be a positive integer")
         if not 0.0 < self.test_fraction < 1.0:
-            raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
-        for name in ("strategy_params", "learner_params"):
-            if not isinstance(getattr(self, name), dict):
-                raise ConfigError(f"{name} must be a mapping")
+            raise ConfigError(f"option test_fraction={self.test_fraction!r}: must be in (0, 1)")
+        if self.prompt_template is not None and self.prompt_template.count("{}") != 1:
+            raise ConfigError(f"option prompt_template={self.prompt_template!r}: needs exactly one {{}} for the class name")
+        for name in ("dataset", "strategy", "learner", "backbone"):
+            if not getattr(self, name):
+                raise ConfigError(f"option {name}: must be a non-empty string")
 
-    def validate_names(self) -> None:
-        """Check every name against its registry (cheap: loads no weights or images)."""
-        from raysvc.backends import validate_backbone
-        from raysvc.datasets import REGISTRY
-        from raysvc.errors import UnknownNameError
-        from raysvc.learners import validate_learner
-        from raysvc.strategies import make_strategy
+    def validate(self) -> None:
+        """Check every name and every part's options against its registry (cheap: no weights, no images)."""
+        self.resolved_options()
+        if self.class_descriptions is not None:
+            from raysvc.prompts import read_descriptions
 
-        if self.dataset not in REGISTRY and not Path(self.dataset).expanduser().is_dir():
-            if "/" in self.dataset:
-                raise ConfigError(f"dataset folder {self.dataset!r} does not exist")
-            raise UnknownNameError("dataset", self.dataset, REGISTRY)
-        make_strategy(self.strategy, **self.strategy_params)
-        validate_learner(self.learner)
-        validate_backbone(self.backbone)
+            read_descriptions(self.class_descriptions)
+
+    def resolved_options(self) -> dict[str, dict[str, Any]]:
+        """Every named part's options with defaults filled in (the manifest records them)."""
+        from raysvc.backends import BACKBONES
+        from raysvc.datasets import dataset_options
+        from raysvc.learners import LEARNERS
+        from raysvc.strategies import STRATEGIES
+
+        return {
+            "dataset": dataset_options(self.dataset, self.split_file, self.dataset_params).to_dict(),
+            "strategy": STRATEGIES.options(self.strategy, self.strategy_params).to_dict(),
+            "learner": LEARNERS.options(self.learner, self.learner_params).to_dict(),
+            "backbone": BACKBONES.options(self.backbone, self.backbone_params).to_dict(),
+        }
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown run option(s): {', '.join(unknown)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def from_dict(cls, values: dict[str, Any]) -> RunSpec:
+        return cls.parse(values, "run")
 
     @property
     def run_id(self) -> str:

@@ -1,4 +1,6 @@
-"""Errors a user can act on. The CLI prints them as one line and exits non-zero."""
+"""Errors a user can act on. Every entry point prints them as one line and exits with 2."""
+
+from typing import Any
 
 
 class RaysvcError(Exception):
@@ -30,3 +32,17 @@ class DatasetError(RaysvcError):
 
 class StorageError(RaysvcError):
     """Results cannot be written to, or read from, their destination."""
+
+
+class CorruptRunError(StorageError):
+    """A stored run cannot be read back as written; ``reason`` says what is wrong in plain words."""
+
+    def __init__(self, run_id: str, where: str, reason: str):
+        self.run_id, self.where, self.reason = run_id, where, reason
+        super().__init__(f"run {run_id!r} in {where}: {reason}")
+
+
+def one_line(text: Any, limit: int = 500) -> str:
+    """``text`` on one line (whitespace collapsed), cut to ``limit`` characters."""
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."

@@ -5,6 +5,9 @@ fingerprint, the backbone's model id (which includes its input size) and the
 feature-format version, so a change to any of them encodes anew. Entries are written
 to a temporary name and renamed, so a crash never leaves a half-written entry and
 concurrent writers of the same key are harmless.
+
+Embeddings reach the strategies in the stored dtype: a float16 store hands out float16
+(memory-mapped) arrays, and whoever needs float32 converts the rows it reads.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ DEFAULT_ROOT = Path(os.environ.get("RAYSVC_CACHE", Path.home() / ".cache" / "ray
 class EncodedDataset:
     """A dataset's image embeddings and class prompt embeddings in the backbone's space.
 
-    image_features: (N, D) float32, L2-normalised.
-    text_features: (C, D) float32, L2-normalised embeddings of the dataset's class prompts.
+    image_features: (N, D) float32 or float16 (as stored), L2-normalised.
+    text_features: (C, D) float32, L2-normalised embeddings of the dataset's class prompts
+        (the normalised mean of a class's sentence embeddings when it has several).
+    key: the image-feature cache key; ``text_key`` hashes the prompts as well.
     """
 
     image_features: np.ndarray
@@ -43,12 +48,39 @@ class EncodedDataset:
     logit_scale: float
     key: str
     encode_seconds: float  # spent encoding now: 0.0 on a cache hit
+    text_key: str = ""
 
-    def zeroshot_probs(self, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
-        logits = self.logit_scale * (self.image_features[rows] @ self.text_features.T)
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        return probs / probs.sum(axis=1, keepdims=True)
+    def zeroshot_probs(self, rows: np.ndarray | slice = slice(None), chunk: int = 65_536) -> np.ndarray:
+        """(len(rows), C) float32 softmax of the scaled cosines, computed in float32 row chunks."""
+        rows = np.arange(len(self.image_features))[rows] if isinstance(rows, slice) else np.asarray(rows)
+        out = np.empty((len(rows), len(self.text_features)), dtype=np.float32)
+        text = self.text_features.astype(np.float32, copy=False).T
+        for start in range(0, len(rows), chunk):
+            x = np.asarray(self.image_features[rows[start : start + chunk]], dtype=np.float32)
+            out[start : start + len(x)] = softmax(self.logit_scale * (x @ text))
+        return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def text_key(image_key: str, prompts: list[tuple[str, ...]]) -> str:
+    return hashlib.sha256(json.dumps([image_key, prompts]).encode()).hexdigest()[:24]
+
+
+@torch.no_grad()
+def encode_prompts(backend: VLMBackend, prompts: list[tuple[str, ...]]) -> np.ndarray:
+    """(C, D) float32: per class, the normalised mean of its normalised sentence embeddings."""
+    flat = [s for sentences in prompts for s in sentences]
+    embedded = backend.encode_text(flat).float().cpu()
+    out, start = [], 0
+    for sentences in prompts:
+        out.append(torch.nn.functional.normalize(embedded[start : start + len(sentences)].mean(0), dim=-1))
+        start += len(sentences)
+    return torch.stack(out).numpy().astype(np.float32)
 
 
 def feature_key(dataset: ImageDataset, backend: VLMBackend, dtype: str = "float32") -> str:
@@ -56,21 +88,53 @@ def feature_key(dataset: ImageDataset, backend: VLMBackend, dtype: str = "float3
     return hashlib.sha256(spec.encode()).hexdigest()[:24]
 
 
+PROGRESS_SECONDS = 15.0
+
+
+class ProgressLines:
+    """Progress as whole lines (start, every :data:`PROGRESS_SECONDS`, end), which survive
+    log forwarding where a carriage-return bar does not."""
+
+    def __init__(self, what: str, total: int):
+        self.what, self.total = what, total
+        self.start = self.last = time.monotonic()
+        print(f"{what}: {total} images", flush=True)
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_SECONDS and done < self.total:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        eta = (self.total - done) / rate if rate else float("inf")
+        print(f"{self.what}: {done}/{self.total} images ({100 * done / self.total:.0f}%), "
+              f"{rate:.0f} images/s, {eta:.0f}s left", flush=True)
+
+
 class FeatureStore:
     """Image embeddings on disk under ``root/<key>.npy``, computed on first use.
 
     ``dtype="float16"`` halves the disk and page-cache footprint of large pools (a
     1.28M x 1024 pool is 2.6 GB); embeddings are unit vectors, so the rounding is ~1e-3.
+    ``progress``: "bar" (tqdm, for a terminal), "lines" (a line every
+    :data:`PROGRESS_SECONDS`, for logs a driver forwards, as from a Ray actor) or "off".
     """
 
-    def __init__(self, root: str | Path = DEFAULT_ROOT, batch_size: int = 128, progress: bool = True,
+    def __init__(self, root: str | Path = DEFAULT_ROOT, batch_size: int = 128, progress: str = "bar",
                  dtype: str = "float32"):
         if dtype not in ("float32", "float16"):
             raise ConfigError(f"feature dtype must be float32 or float16, got {dtype!r}")
+        if progress not in ("bar", "lines", "off"):
+            raise ConfigError(f"progress must be bar, lines or off, got {progress!r}")
         self.root = Path(root)
         self.batch_size = batch_size
         self.progress = progress
         self.dtype = dtype
+
+    @classmethod
+    def at(cls, root: str | Path | None, **kwargs) -> FeatureStore:
+        """A store at ``root``, or at the default cache when ``root`` is None."""
+        return cls(root or DEFAULT_ROOT, **kwargs)
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.npy"
@@ -80,33 +144,39 @@ class FeatureStore:
         path = self.path(key)
         seconds = 0.0
         if path.exists():
-            features = np.load(path, mmap_mode="r")
+            # a plain read-only view of the mapped file: Ray then ships it zero-copy (a memmap
+            # subclass it would pickle as a writable copy)
+            features = np.asarray(np.load(path, mmap_mode="r"))
         else:
             start = time.perf_counter()
             features = self._encode_images(dataset, backend).astype(self.dtype)
             seconds = time.perf_counter() - start
             self._write(path, features)
-        with torch.no_grad():
-            text = backend.encode_text(dataset.prompts()).cpu().numpy().astype(np.float32)
+        prompts = dataset.prompts()
         return EncodedDataset(
-            image_features=np.asarray(features, dtype=np.float32),
-            text_features=text,
+            image_features=features,
+            text_features=encode_prompts(backend, prompts),
             labels=dataset.labels,
             logit_scale=backend.logit_scale,
             key=key,
             encode_seconds=seconds,
+            text_key=text_key(key, prompts),
         )
 
     def _encode_images(self, dataset: ImageDataset, backend: VLMBackend) -> np.ndarray:
         chunks = []
-        starts = range(0, len(dataset), self.batch_size)
-        bar = tqdm(starts, desc=f"encoding {dataset.name} with {backend.model_id}", unit="batch",
-                   disable=not self.progress)
+        what = f"encoding {dataset.name} with {backend.model_id}"
+        bar = tqdm(total=len(dataset), desc=what, unit="img", disable=self.progress != "bar")
+        log = ProgressLines(what, len(dataset)) if self.progress == "lines" else None
         with torch.no_grad():
-            for start in bar:
+            for start in range(0, len(dataset), self.batch_size):
                 stop = min(start + self.batch_size, len(dataset))
                 pixels = backend.preprocess([dataset.load(i) for i in range(start, stop)])
                 chunks.append(backend.encode_images(pixels).float().cpu().numpy())
+                bar.update(stop - start)
+                if log is not None:
+                    log.update(stop)
+        bar.close()
         return np.concatenate(chunks)
 
     def _write(self, path: Path, features: np.ndarray) -> None:

@@ -13,12 +13,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from raysvc.backends import load_backend
-from raysvc.config import RunConfig
+from raysvc.backends import BackboneRef
+from raysvc.config import RunSpec
 from raysvc.datasets import ImageDataset, load_dataset, per_class_subset, pool_test_split
 from raysvc.errors import ConfigError, PoolExhaustedError
 from raysvc.features import EncodedDataset, FeatureStore
 from raysvc.learners import Experiment, Learner, LocalRunner, TrainRunner, make_learner
+from raysvc.prompts import with_prompts
 from raysvc.records import SCHEMA_VERSION
 from raysvc.strategies import Pool, Selection, make_strategy
 
@@ -26,10 +27,11 @@ from raysvc.strategies import Pool, Selection, make_strategy
 # on Animal-MNIST at 112) and cost seven times the encoding
 SMALL_IMAGE_SIDE = 112
 
-Encode = Callable[[ImageDataset, str, "int | None"], EncodedDataset]
+Encode = Callable[[ImageDataset, BackboneRef], EncodedDataset]
+LoadDataset = Callable[..., ImageDataset]
 
 
-def default_image_size(config: RunConfig, dataset: ImageDataset) -> int | None:
+def default_image_size(config: RunSpec, dataset: ImageDataset) -> int | None:
     if config.image_size is not None:
         return config.image_size
     small = dataset.native_size is not None and dataset.native_size < 64
@@ -37,20 +39,21 @@ def default_image_size(config: RunConfig, dataset: ImageDataset) -> int | None:
 
 
 def store_encoder(store: FeatureStore) -> Encode:
-    def encode(dataset: ImageDataset, backbone: str, image_size: int | None) -> EncodedDataset:
-        return store.encode(dataset, load_backend(backbone, image_size))
+    def encode(dataset: ImageDataset, backbone: BackboneRef) -> EncodedDataset:
+        return store.encode(dataset, backbone.load())
 
     return encode
 
 
-def load_data(config: RunConfig, load: Callable[[str, str | None], ImageDataset] = load_dataset) -> ImageDataset:
-    dataset = load(config.dataset, config.split_file)
+def load_data(config: RunSpec, load: LoadDataset = load_dataset) -> ImageDataset:
+    """The run's images (subsampled with ``per_class``) with the run's prompts."""
+    dataset = load(config.dataset, config.split_file, config.dataset_params)
     if config.per_class is not None:
         dataset = per_class_subset(dataset, config.per_class, config.split_seed)
-    return dataset
+    return with_prompts(dataset, config.prompt_template, config.class_descriptions)
 
 
-def check_budget(config: RunConfig, n_pool: int, n_classes: int) -> int:
+def check_budget(config: RunSpec, n_pool: int, n_classes: int) -> int:
     """The per-round budget; refused when the start and the rounds would need more images than the pool has."""
     budget = config.budget or n_classes
     needed = budget * config.rounds + config.initial_per_class * n_classes
@@ -76,9 +79,7 @@ def initial_labeled(pool_labels: np.ndarray, classnames: Sequence[str], per_clas
     return np.sort(np.concatenate(picks))
 
 
-def load_experiment(
-    config: RunConfig, encode: Encode, load: Callable[[str, str | None], ImageDataset] = load_dataset
-) -> Experiment:
+def load_experiment(config: RunSpec, encode: Encode, load: LoadDataset = load_dataset) -> Experiment:
     """The dataset, its split and its embeddings; the budget is checked before any encoding.
 
     ``load`` reads a dataset by name or path; a long-lived worker passes a cached one.
@@ -86,9 +87,8 @@ def load_experiment(
     dataset = load_data(config, load)
     pool, test = pool_test_split(dataset, config.test_fraction, config.split_seed)
     check_budget(config, len(pool), dataset.n_classes)
-    image_size = default_image_size(config, dataset)
-    encoded = encode(dataset, config.backbone, image_size)
-    return Experiment(dataset, encoded, config.backbone, image_size, pool, test)
+    backbone = BackboneRef.of(config.backbone, default_image_size(config, dataset), config.backbone_params)
+    return Experiment(dataset, encode(dataset, backbone), backbone, pool, test)
 
 
 @dataclasses.dataclass
@@ -117,14 +117,41 @@ def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float((probs.argmax(1) == labels).mean())
 
 
+def pool_rows(features: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """``features[pool]``, as a view when the pool is one contiguous block of rows (no copy of a
+    large pool), else a copy in the stored dtype."""
+    if len(pool) and pool[-1] - pool[0] + 1 == len(pool) and np.all(np.diff(pool) == 1):
+        return features[pool[0] : pool[-1] + 1]
+    return features[pool]
+
+
+def make_pool(fields: frozenset[str], experiment: Experiment, learner: Learner, pool_features, state: LoopState,
+              round_: int) -> Pool:
+    """The pool for one selection with only ``fields`` computed (a strategy's requires and optional)."""
+    wanted = {
+        "features": lambda: pool_features,
+        "probs": lambda: learner.predict_proba("pool"),
+        "text_features": lambda: experiment.encoded.text_features,
+        "embeddings": learner.pool_embeddings,
+        "head_probs": learner.pool_head_probs,
+    }
+    values = {name: make() if name in fields else None for name, make in wanted.items()}
+    return Pool(labeled=state.labeled, labels=state.labels, round=round_, n_classes=experiment.dataset.n_classes,
+                **values)
+
+
 def run_loop(
-    config: RunConfig,
+    config: RunSpec,
     experiment: Experiment,
     runner: TrainRunner | None = None,
     state: LoopState | None = None,
     on_round: Callable[[dict, LoopState], None] | None = None,
 ) -> list[dict]:
-    """Run the rounds not yet in ``state``; returns one record per round."""
+    """Run the rounds not yet in ``state``; returns one record per round.
+
+    Each selection gets a pool with only the fields the strategy ``requires`` (and those
+    it reads when present: ``optional``) computed.
+    """
     runner = runner or LocalRunner()
     strategy = make_strategy(config.strategy, **config.strategy_params)
     learner: Learner = make_learner(config.learner, experiment, config.learner_params)
@@ -134,7 +161,8 @@ def run_loop(
     state = state or LoopState.fresh(n_pool, first_round)
     if state.learner_state:
         learner.set_state(state.learner_state)
-    pool_features = experiment.encoded.image_features[experiment.pool]
+    pool_features = pool_rows(experiment.encoded.image_features, experiment.pool)
+    fields = frozenset(strategy.requires) | strategy.optional
     true_labels = experiment.pool_labels
     zeroshot_acc = _accuracy(experiment.encoded.zeroshot_probs(experiment.test), experiment.test_labels)
     run_fields = {
@@ -150,11 +178,7 @@ def run_loop(
             selection = Selection(query=initial_labeled(
                 true_labels, experiment.dataset.classnames, config.initial_per_class, config.seed))
         else:
-            pool = Pool(
-                features=pool_features, probs=learner.predict_proba("pool"), labeled=state.labeled,
-                labels=state.labels, text_features=experiment.encoded.text_features,
-                embeddings=learner.pool_embeddings(), head_probs=learner.pool_head_probs(), round=round_,
-            )
+            pool = make_pool(fields, experiment, learner, pool_features, state, round_)
             selection = strategy.select(pool, budget, seed=config.seed * 1000 + round_)
         select_seconds = time.perf_counter() - start
         if len(selection.query) + len(selection.pseudo) == 0:
@@ -167,8 +191,8 @@ def run_loop(
         state.n_queried += len(selection.query)
 
         start = time.perf_counter()
-        labeled = np.flatnonzero(state.labeled)
-        learner.fit(labeled, state.labels[labeled], seed=config.seed * 1000 + round_, runner=runner)
+        positions = np.flatnonzero(state.labeled)
+        learner.fit(positions, state.labels[positions], seed=config.seed * 1000 + round_, runner=runner)
         train_seconds = time.perf_counter() - start
 
         n_pseudo = int(state.pseudo.sum())

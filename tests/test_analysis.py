@@ -333,15 +333,13 @@ def conse():
 
 
 def test_gradfam_on_conse(conse, tmp_path):
-    import torch
-
     from analysis.gradfam import gradfam, gradfam_figure
+    from raysvc.features import encode_prompts
 
     backend, data = conse
     idx = [0, int(np.flatnonzero(data.labels == 3)[0])]
     images, labels = [data.load(i) for i in idx], data.labels[idx]
-    with torch.no_grad():
-        text = backend.encode_text(data.prompts()).numpy()
+    text = encode_prompts(backend, data.prompts())
     res = gradfam_figure(backend, images, text, tmp_path / "gradfam.png", labels=labels, classnames=data.classnames)
     assert res.path.is_file()
     assert set(res.heatmaps) == {"text", "image", "guided"}

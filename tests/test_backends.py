@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from raysvc.backends import load_backend, validate_backbone
+from raysvc.backends import BACKBONES, load_backend
 from raysvc.errors import ConfigError, UnknownNameError
 
 
@@ -79,8 +79,12 @@ def test_open_clip_weights_from_local_file(tmp_path):
 
 def test_bad_backbones():
     with pytest.raises(UnknownNameError):
-        validate_backbone("clip-9000")
+        BACKBONES.options("clip-9000")
     with pytest.raises(ConfigError, match="unknown open_clip model"):
-        load_backend("open_clip:NoSuchNet")
+        BACKBONES.options("open_clip:NoSuchNet")  # refused before anything loads
     with pytest.raises(ConfigError, match="neither a file"):
         load_backend("open_clip:RN50:/no/such/file.pt")
+    with pytest.raises(ConfigError, match="fixed by the name"):
+        BACKBONES.options("conse-lite0", {"variant": "lite2"})
+    with pytest.raises(ConfigError, match="top_t"):
+        BACKBONES.options("conse-lite0", {"top_t": 0})

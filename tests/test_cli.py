@@ -36,7 +36,7 @@ def test_run_prints_table_and_writes_records(capsys, tmp_path, feature_cache):
     (["--strategy", "oracle"], "unknown strategy 'oracle'"),
     (["--backbone", "clip-9000"], "unknown backbone 'clip-9000'"),
     (["--learner", "gpt"], "unknown learner 'gpt'"),
-    (["--rounds", "0"], "rounds must be >= 1"),
+    (["--rounds", "0"], "rounds=0: must be >= 1"),
     (["--strategy-opt", "k_rule=sideways", "--strategy", "cb"], "k_rule"),
     (["--per-class", "2", "--budget", "50"], "need 50 images; the pool has"),
 ])

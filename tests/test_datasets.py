@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raysvc.datasets import image_folder, load_dataset, per_class_subset, pool_test_split
+from raysvc.datasets import load_dataset, per_class_subset, pool_test_split
+from raysvc.datasets.folder import image_folder
 from raysvc.errors import DatasetError, UnknownNameError
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import raysvc.learners.kd  # noqa: F401  (registers no-distill, kd-zeroshot, kd-fewshot)
-from raysvc.config import RunConfig
+from raysvc.config import RunSpec
 from raysvc.errors import ConfigError, UnknownNameError
 from raysvc.features import FeatureStore
 from raysvc.learners import make_learner
@@ -22,8 +22,8 @@ PER_CLASS = 15
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     torch.set_num_threads(1)
-    config = RunConfig(dataset="animal-mnist", per_class=PER_CLASS)
-    store = FeatureStore(tmp_path_factory.mktemp("kd-features"), progress=False)
+    config = RunSpec(dataset="animal-mnist", per_class=PER_CLASS)
+    store = FeatureStore(tmp_path_factory.mktemp("kd-features"), progress="off")
     return load_experiment(config, store_encoder(store))
 
 
@@ -95,7 +95,7 @@ def test_fewshot_teacher_improves_on_zeroshot(experiment):
 @pytest.mark.parametrize("learner", ["no-distill", "kd-zeroshot", "kd-fewshot"])
 def test_two_rounds_end_to_end(experiment, learner):
     """ActiveKD's protocol: a 1-shot start (round 0), then B = number of classes per round."""
-    config = RunConfig(dataset="animal-mnist", strategy="random", learner=learner, rounds=2, per_class=PER_CLASS,
+    config = RunSpec(dataset="animal-mnist", strategy="random", learner=learner, rounds=2, per_class=PER_CLASS,
                        initial_per_class=1, learner_params={"epochs": 1, "probe_steps": 50})
     rows = run_loop(config, experiment)
     budget = experiment.dataset.n_classes
@@ -148,7 +148,7 @@ def test_state_round_trip_and_dual_head_badge(experiment):
 
 
 def test_unknown_student_name(experiment):
-    with pytest.raises(UnknownNameError, match="unknown student 'vgg99'"):
+    with pytest.raises(ConfigError, match="option student='vgg99': input should be 'efficientnet-lite0'"):
         make_learner("kd-zeroshot", experiment, {"student": "vgg99"})
     with pytest.raises(UnknownNameError):
         make_student("vgg99", 10)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from raysvc.config import RunConfig
+from raysvc.config import RunSpec
 from raysvc.errors import ConfigError, PoolExhaustedError
 from raysvc.features import FeatureStore
 from raysvc.learners.coop import CoOpConfig, prompt_logits, train_coop
@@ -30,13 +30,13 @@ def test_coop_config_rejects_bad_values():
 
 @pytest.fixture(scope="module")
 def small_experiment(feature_cache):
-    config = RunConfig(dataset="animal-mnist", per_class=12, test_fraction=0.25)
-    return load_experiment(config, store_encoder(FeatureStore(feature_cache, progress=False)))
+    config = RunSpec(dataset="animal-mnist", per_class=12, test_fraction=0.25)
+    return load_experiment(config, store_encoder(FeatureStore(feature_cache, progress="off")))
 
 
 def test_features_are_cached_and_reused(small_experiment, feature_cache):
-    config = RunConfig(dataset="animal-mnist", per_class=12, test_fraction=0.25)
-    again = load_experiment(config, store_encoder(FeatureStore(feature_cache, progress=False)))
+    config = RunSpec(dataset="animal-mnist", per_class=12, test_fraction=0.25)
+    again = load_experiment(config, store_encoder(FeatureStore(feature_cache, progress="off")))
     assert again.encoded.key == small_experiment.encoded.key
     assert again.encoded.encode_seconds == 0.0
     assert np.array_equal(again.encoded.image_features, small_experiment.encoded.image_features)
@@ -50,16 +50,14 @@ def test_coop_fits_labeled_set_better_than_zero_shot(small_experiment, prompt):
     features = exp.encoded.image_features[exp.pool[labeled]]
     labels = exp.pool_labels[labeled]
     contexts = train_coop({
-        "backbone": exp.backbone, "image_size": exp.image_size, "classnames": list(exp.dataset.classnames),
+        "backbone": exp.backbone, "classnames": list(exp.dataset.classnames),
         "features": features, "labels": labels, "seed": 0,
         "config": {"prompt": prompt, "epochs": 40, "batch_size": 64},
     })
     shapes = {k: v.shape for k, v in contexts.items()}
     expected = {"unified": (16, 384), "classwise": (10, 16, 384)}
     assert shapes == ({k: expected[k] for k in expected} if prompt == "both" else {prompt: expected[prompt]})
-    from raysvc.backends import load_backend
-
-    encoder = load_backend(exp.backbone, exp.image_size).prompt_encoder(exp.dataset.classnames, 16)
+    encoder = exp.backbone.load().prompt_encoder(exp.dataset.classnames, 16)
     with torch.no_grad():
         texts = [encoder(torch.as_tensor(c)) for c in contexts.values()]
     trained = (prompt_logits(torch.as_tensor(features), texts, 1.0).argmax(1).numpy() == labels).mean()
@@ -68,7 +66,7 @@ def test_coop_fits_labeled_set_better_than_zero_shot(small_experiment, prompt):
 
 
 def test_loop_end_to_end_with_selective_querying(small_experiment):
-    config = RunConfig(dataset="animal-mnist", strategy="cbsq", per_class=12, test_fraction=0.25, rounds=3,
+    config = RunSpec(dataset="animal-mnist", strategy="cbsq", per_class=12, test_fraction=0.25, rounds=3,
                        budget=6, learner_params={"epochs": 5})
     seen = []
     rows = run_loop(config, small_experiment, on_round=lambda row, state: seen.append(state.completed))
@@ -85,11 +83,11 @@ def test_loop_end_to_end_with_selective_querying(small_experiment):
 
 
 def test_resumed_loop_continues_where_it_stopped(small_experiment):
-    config = RunConfig(dataset="animal-mnist", strategy="entropy", per_class=12, test_fraction=0.25, rounds=3,
+    config = RunSpec(dataset="animal-mnist", strategy="entropy", per_class=12, test_fraction=0.25, rounds=3,
                        budget=5, learner_params={"epochs": 3})
     full = run_loop(config, small_experiment)
     states = []
-    run_loop(RunConfig(**{**config.to_dict(), "rounds": 2}), small_experiment,
+    run_loop(RunSpec(**{**config.to_dict(), "rounds": 2}), small_experiment,
              on_round=lambda row, state: states.append(state))
     resumed = run_loop(config, small_experiment, state=states[-1])
     assert [r["round"] for r in resumed] == [1, 2, 3]
@@ -98,7 +96,7 @@ def test_resumed_loop_continues_where_it_stopped(small_experiment):
 
 
 def test_k_shot_start_labels_k_per_class_in_a_recorded_round_zero(small_experiment):
-    config = RunConfig(dataset="animal-mnist", strategy="random", per_class=12, test_fraction=0.25, rounds=2,
+    config = RunSpec(dataset="animal-mnist", strategy="random", per_class=12, test_fraction=0.25, rounds=2,
                        budget=5, initial_per_class=1, learner_params={"epochs": 3})
     states = []
     rows = run_loop(config, small_experiment, on_round=lambda row, state: states.append(state.labeled.copy()))
@@ -116,37 +114,38 @@ def test_k_shot_start_labels_k_per_class_in_a_recorded_round_zero(small_experime
 def test_k_shot_start_larger_than_a_class_is_refused(small_experiment):
     with pytest.raises(PoolExhaustedError, match="class 'dog' has 2 pool images, fewer than initial_per_class=3"):
         initial_labeled(np.array([0, 0, 0, 1, 1]), ["cat", "dog"], per_class=3, seed=0)
-    config = RunConfig(dataset="animal-mnist", per_class=12, test_fraction=0.25, rounds=1, budget=2,
+    config = RunSpec(dataset="animal-mnist", per_class=12, test_fraction=0.25, rounds=1, budget=2,
                        initial_per_class=9)
     with pytest.raises(PoolExhaustedError, match="after a 9-shot start need 92 images; the pool has 90"):
         run_loop(config, small_experiment)
     with pytest.raises(ConfigError, match="initial_per_class"):
-        RunConfig(initial_per_class=-1)
+        RunSpec(initial_per_class=-1)
 
 
 def test_budget_larger_than_pool_is_refused(small_experiment):
-    config = RunConfig(dataset="animal-mnist", per_class=12, test_fraction=0.25, rounds=2, budget=80)
+    config = RunSpec(dataset="animal-mnist", per_class=12, test_fraction=0.25, rounds=2, budget=80)
     with pytest.raises(PoolExhaustedError, match="pool has"):
         run_loop(config, small_experiment)
     assert LoopState.fresh(3).labels.tolist() == [-1, -1, -1]
 
 
 def test_float16_feature_store_keeps_embeddings_within_rounding(small_experiment, feature_cache, tmp_path):
-    from raysvc.backends import load_backend
-
-    store = FeatureStore(tmp_path, progress=False, dtype="float16")
-    half = store.encode(small_experiment.dataset, load_backend("conse-lite0", small_experiment.image_size))
+    store = FeatureStore(tmp_path, progress="off", dtype="float16")
+    half = store.encode(small_experiment.dataset, small_experiment.backbone.load())
     assert half.key != small_experiment.encoded.key
     assert np.load(store.path(half.key)).dtype == np.float16
-    assert np.abs(half.image_features - small_experiment.encoded.image_features).max() < 2e-3
+    assert half.image_features.dtype == np.float16  # handed out as stored, not as a float32 copy
+    assert np.abs(half.image_features.astype(np.float32) - small_experiment.encoded.image_features).max() < 2e-3
+    full = small_experiment.encoded.zeroshot_probs(np.arange(20))
+    assert np.abs(half.zeroshot_probs(np.arange(20)) - full).max() < 2e-2
     with pytest.raises(ConfigError, match="float16"):
         FeatureStore(tmp_path, dtype="int8")
 
 
 def test_run_ids_of_earlier_configurations_do_not_change():
     """Ids as computed before ``initial_per_class`` existed: reruns must replace, not duplicate."""
-    assert RunConfig().run_id == "animal-mnist-cbsq-coop-s0-f90dfccc3b"
-    config = RunConfig(strategy="pcoreset", learner="kd-zeroshot", seed=2, per_class=200)
+    assert RunSpec().run_id == "animal-mnist-cbsq-coop-s0-f90dfccc3b"
+    config = RunSpec(strategy="pcoreset", learner="kd-zeroshot", seed=2, per_class=200)
     assert config.run_id == "animal-mnist-pcoreset-kd-zeroshot-s2-2957aabfe0"
-    assert RunConfig(strategy="pcoreset", learner="kd-zeroshot", seed=2, per_class=200,
+    assert RunSpec(strategy="pcoreset", learner="kd-zeroshot", seed=2, per_class=200,
                      initial_per_class=1).run_id != config.run_id

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from grid_events import EventLog, ship_by_value
 from raysvc.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +29,7 @@ FIXED = {"rounds": 2, "per_class": 6, "test_fraction": 0.25, "learner": "coop", 
 
 # ------------------------------------------------------------- no Ray needed
 def test_grid_expands_axes_dotted_keys_and_packs():
-    from raysvc.service.grid import load_grid
+    from raysvc.service.gridspec import load_grid
 
     spec = load_grid({
         "name": "g", "out": "/tmp/x", "cells_per_trial": 4, "fixed": dict(FIXED),
@@ -44,7 +46,7 @@ def test_grid_expands_axes_dotted_keys_and_packs():
 
 
 def test_test_small_config_is_the_12_run_grid():
-    from raysvc.service.grid import load_grid
+    from raysvc.service.gridspec import load_grid
 
     spec = load_grid(TEST_GRID)
     assert len(spec.cells) == 12 and spec.cells_per_trial == 6 and spec.train == "local"
@@ -53,26 +55,30 @@ def test_test_small_config_is_the_12_run_grid():
 @pytest.mark.parametrize("bad, message", [
     ({"grid": {"strategy": []}}, "empty list"),
     ({"grid": {"strategy": ["nope"]}}, "unknown strategy"),
-    ({"grid": {"bogus": [1]}}, "unknown run option"),
+    ({"grid": {"bogus": [1]}}, "run: unknown option 'bogus'"),
     ({"grid": {"seed.x": [1]}}, "dotted"),
-    ({"train": "spark"}, "train must be"),
+    ({"train": "spark"}, "option train='spark': input should be 'local' or 'ray-train'"),
     ({"cells_per_trial": 0}, "cells_per_trial"),
     ({"surprise": 1}, "unknown grid option"),
     ({"ray_train": {"num_workers": 0}}, "num_workers"),
+    ({"resources": {"cpu": "lots"}}, "grid resources: option cpu='lots': input should be a valid number"),
+    ({"grid": {"learner_params.epochs": ["many"]}}, "learner 'coop': option epochs='many'"),
+    ({"grid": {"learner_params.epoch": [5]}}, "unknown option 'epoch' (did you mean 'epochs'?)"),
+    ({"grid": {"test_fraction": "0.2"}}, "run: option test_fraction='0.2': input should be a valid number"),
 ])
 def test_grid_config_errors(bad, message):
-    from raysvc.service.grid import load_grid
+    from raysvc.service.gridspec import load_grid
 
     raw = {"name": "g", "fixed": dict(FIXED), "grid": {"strategy": ["random"]}}
     raw.update(bad)
     if raw.get("ray_train"):
         raw["train"] = "ray-train"
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_grid(raw)
 
 
 def test_demo_config_is_valid():
-    from raysvc.service.grid import load_grid
+    from raysvc.service.gridspec import load_grid
 
     spec = load_grid(REPO / "jobs" / "configs" / "demo.yaml")
     assert len(spec.cells) == 12
@@ -89,6 +95,7 @@ def feature_cache(tmp_path_factory):
 def ray_cluster(s3_gateway, feature_cache):
     """ray.init(num_cpus=2); driver and workers see the gateway and the shared feature cache."""
     ray = pytest.importorskip("ray")
+    ship_by_value()
     env = dict(s3_gateway.env, RAYSVC_CACHE=str(feature_cache), RAYSVC_S3_RETRY_SECONDS="120",
                TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0")
     saved = {k: os.environ.get(k) for k in env}
@@ -122,11 +129,6 @@ def _read_back(s3_gateway, prefix: str):
     return manifests, rows
 
 
-def _events(pid_dir: Path) -> list[list[str]]:
-    path = pid_dir / "events.log"
-    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def _wait_for(predicate, timeout: float, what: str, thread: threading.Thread | None = None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -139,14 +141,14 @@ def _wait_for(predicate, timeout: float, what: str, thread: threading.Thread | N
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _run_in_thread(spec):
-    from raysvc.service.grid import run_grid
+def _run_in_thread(spec, observer):
+    from raysvc.service.driver import run_grid
 
     box = {}
 
     def target():
         try:
-            box["result"] = run_grid(spec, verbose=0)
+            box["result"] = run_grid(spec, verbose=0, observer=observer)
         except BaseException as exc:  # re-raised in the test
             box["error"] = exc
 
@@ -158,7 +160,8 @@ def _run_in_thread(spec):
 @pytest.fixture(scope="module")
 def small_grid(ray_cluster, s3_gateway, feature_cache, tmp_path_factory):
     """The 12-run test grid (2 datasets x 3 strategies x 2 seeds x 2 rounds, 6 cells per trial)."""
-    from raysvc.service.grid import load_grid, run_grid
+    from raysvc.service.driver import run_grid
+    from raysvc.service.gridspec import load_grid
 
     tune_dir = tmp_path_factory.mktemp("tune")
     spec = load_grid(TEST_GRID, out=f"{s3_gateway.dest}/grid12", storage_path=str(tune_dir),
@@ -202,16 +205,18 @@ def test_one_encoder_pass_per_dataset_and_backbone(small_grid):
 def test_feature_service_hands_out_one_shared_read_only_copy(ray_cluster, feature_cache):
     import numpy as np
 
-    from raysvc.config import RunConfig
+    from raysvc.backends import BackboneRef
+    from raysvc.config import RunSpec
     from raysvc.loop import load_data
     from raysvc.service.encoders import RayEncode, feature_service
 
     ray = ray_cluster
     actor = feature_service("raysvc-features-test-share", cache_dir=str(feature_cache))
     try:
-        dataset = load_data(RunConfig(dataset="animal-mnist", per_class=6))
+        dataset = load_data(RunSpec(dataset="animal-mnist", per_class=6))
         encode = RayEncode("raysvc-features-test-share")
-        first, second = encode(dataset, "conse-lite0", 112), encode(dataset, "conse-lite0", 112)
+        backbone = BackboneRef("conse-lite0", 112)
+        first, second = encode(dataset, backbone), encode(dataset, backbone)
         assert not first.image_features.flags.writeable  # a view on the object store, not a copy
         np.testing.assert_array_equal(first.image_features, second.image_features)
         assert second.encode_seconds == 0.0
@@ -224,21 +229,19 @@ def test_feature_service_hands_out_one_shared_read_only_copy(ray_cluster, featur
 
 @pytest.mark.timeout(420)
 def test_killed_trial_worker_resumes_from_its_checkpoint(ray_cluster, s3_gateway, feature_cache, tmp_path):
-    from raysvc.service.grid import load_grid
+    from raysvc.service.gridspec import load_grid
 
-    pid_dir = tmp_path / "events"
-    pid_dir.mkdir()
+    log = EventLog(tmp_path, pause_after_checkpoint=0.5)
     spec = load_grid({
         "name": "killed", "out": f"{s3_gateway.dest}/killed", "storage_path": str(tmp_path / "tune"),
         "cells_per_trial": 2, "max_failures": 2, "features": {"cache_dir": str(feature_cache)},
-        "debug": {"pid_dir": str(pid_dir), "round_sleep": 0.5},
         "fixed": dict(FIXED, rounds=3, dataset="animal-mnist"),
         "grid": {"strategy": ["random", "entropy"], "seed": [0]},
     })
-    thread, box = _run_in_thread(spec)
+    thread, box = _run_in_thread(spec, log)
     first_run = spec.run_ids[0]
     # kill once round 2 of the first run is checkpointed: round 1's checkpoint is surely registered
-    event = _wait_for(lambda: next((e for e in _events(pid_dir) if e[:3] == ["checkpointed", first_run, "2"]), None),
+    event = _wait_for(lambda: next((e for e in log.lines() if e[:3] == ["checkpointed", first_run, "2"]), None),
                       300, "a checkpointed round", thread)
     victim = int(event[3])
     os.kill(victim, signal.SIGKILL)
@@ -249,7 +252,7 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(ray_cluster, s3_gateway
     result = box["result"]
     assert result.ok, (result.missing, result.errors)
 
-    events = _events(pid_dir)
+    events = log.lines()
     starts = [e for e in events if e[0] == "start"]
     assert len(starts) == 2 and int(starts[1][3]) != victim  # retried in a new worker process
     resumed = [e for e in events if e[0] == "resume"]
@@ -263,24 +266,23 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(ray_cluster, s3_gateway
 
 @pytest.mark.timeout(420)
 def test_results_survive_a_gateway_restart_during_the_run(ray_cluster, s3_gateway, feature_cache, tmp_path):
-    from raysvc.service.grid import load_grid
+    from raysvc.service.gridspec import load_grid
 
-    pid_dir = tmp_path / "events"
-    pid_dir.mkdir()
+    log = EventLog(tmp_path)
     spec = load_grid({
         "name": "gateway-restart", "out": f"{s3_gateway.dest}/restart", "storage_path": str(tmp_path / "tune"),
-        "cells_per_trial": 2, "features": {"cache_dir": str(feature_cache)}, "debug": {"pid_dir": str(pid_dir)},
+        "cells_per_trial": 2, "features": {"cache_dir": str(feature_cache)},
         "fixed": dict(FIXED, rounds=1, dataset="mnist-5k"),
         "grid": {"strategy": ["random"], "seed": [0, 1]},
     })
     gateway = s3_gateway.gateway
-    thread, box = _run_in_thread(spec)
+    thread, box = _run_in_thread(spec, log)
     try:
-        _wait_for(lambda: any(e[0] == "loaded" for e in _events(pid_dir)), 300, "the trial to start", thread)
+        _wait_for(lambda: any(e[0] == "loaded" for e in log.lines()), 300, "the trial to start", thread)
         gateway.stop()
-        _wait_for(lambda: any(e[0] == "writing" for e in _events(pid_dir)), 300, "a write attempt", thread)
+        _wait_for(lambda: any(e[0] == "writing" for e in log.lines()), 300, "a write attempt", thread)
         time.sleep(4)  # the write retries against a dead endpoint
-        assert not any(e[0] == "written" for e in _events(pid_dir))
+        assert not any(e[0] == "written" for e in log.lines())
     finally:
         restarted_at = time.time()
         gateway.start()
@@ -290,7 +292,7 @@ def test_results_survive_a_gateway_restart_during_the_run(ray_cluster, s3_gatewa
         raise box["error"]
     result = box["result"]
     assert result.ok, (result.missing, result.errors)
-    written = [float(e[-1]) for e in _events(pid_dir) if e[0] == "written"]
+    written = [float(e[-1]) for e in log.lines() if e[0] == "written"]
     assert len(written) == 2 and min(written) >= restarted_at - 1
     manifests, rows = _read_back(s3_gateway, "restart")
     assert sorted(manifests) == sorted(spec.run_ids)

@@ -10,9 +10,9 @@ import uuid
 import pyarrow as pa
 import pytest
 
-from raysvc import storage
-from raysvc.errors import StorageError
-from raysvc.gateway import S3Gateway, find_juicefs, free_port
+from raysvc import provenance, storage
+from raysvc.errors import CorruptRunError, StorageError
+from raysvc.local.s3gateway import S3Gateway, find_juicefs, free_port
 from raysvc.records import COLUMNS, SCHEMA_VERSION, to_table
 
 
@@ -34,7 +34,7 @@ def same(a: pa.Table, b: pa.Table) -> bool:
 
 
 def manifest(run_id: str) -> dict:
-    return storage.build_manifest({"run_id": run_id, "dataset": "toy", "budget": 10})
+    return provenance.manifest({"run_id": run_id, "dataset": "toy", "budget": 10})
 
 
 @pytest.fixture
@@ -94,35 +94,45 @@ def test_rows_of_another_run_refused(tmp_path):
         storage.write_run(tmp_path, "r1", rows("other"), {})
 
 
+class CrashBeforeManifest(storage.ObjectStore):
+    """A real store whose process dies (an exception) when it is about to put a manifest."""
+
+    def __init__(self, inner: storage.ObjectStore):
+        self.inner = inner
+
+    def put(self, key, data, content_type="application/octet-stream"):
+        if key.endswith(storage.MANIFEST):
+            raise RuntimeError("crash before manifest")
+        self.inner.put(key, data, content_type)
+
+    def get(self, key):
+        return self.inner.get(key)
+
+    def delete(self, key):
+        self.inner.delete(key)
+
+    def list(self, prefix):
+        return self.inner.list(prefix)
+
+    def check_writable(self):
+        self.inner.check_writable()
+
+
 def test_run_invisible_until_manifest_written(dest):
     """Interrupt a write between records and manifest: readers must not see the run."""
     storage.write_run(dest, "old", rows("old"), manifest("old"))
-    real_put, real_write = storage._s3_put, storage._atomic_write
-
-    def failing_put(d, key, body, ctype, retry):
-        if key.endswith(storage.MANIFEST):
-            raise RuntimeError("crash before manifest")
-        return real_put(d, key, body, ctype, retry)
-
-    def failing_write(path, data):
-        if path.name == storage.MANIFEST:
-            raise RuntimeError("crash before manifest")
-        return real_write(path, data)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(storage, "_s3_put", failing_put)
-        mp.setattr(storage, "_atomic_write", failing_write)
-        with pytest.raises(RuntimeError):
-            storage.write_run(dest, "new", rows("new"), manifest("new"))
-        # a crashed rewrite of an existing run hides it rather than pairing new rows with an old manifest
-        with pytest.raises(RuntimeError):
-            storage.write_run(dest, "old", rows("old", n=1), manifest("old"))
+    crashing = CrashBeforeManifest(storage.open_store(dest))
+    with pytest.raises(RuntimeError):
+        storage.write_run(crashing, "new", rows("new"), manifest("new"))
+    # a crashed rewrite of an existing run hides it rather than pairing new rows with an old manifest
+    with pytest.raises(RuntimeError):
+        storage.write_run(crashing, "old", rows("old", n=1), manifest("old"))
 
     assert storage.list_runs(dest) == []
     assert storage.read_runs(dest) == []
     assert storage.read_run(dest, "new") is None
     # the records of the interrupted write are there, but do not count
-    assert storage._read_records(storage.parse_dest(dest), "new", 5) is not None
+    assert storage.open_store(dest).get(storage.run_key("new", storage.RECORDS)) is not None
     storage.write_run(dest, "new", rows("new"), manifest("new"))
     assert storage.list_runs(dest) == ["new"]
 
@@ -134,8 +144,9 @@ def test_records_manifest_mismatch_detected(tmp_path):
     m = json.loads(mpath.read_text())
     m["records_sha256"] = "0" * 64
     mpath.write_text(json.dumps(m))
-    with pytest.raises(StorageError, match="do not match"):
+    with pytest.raises(CorruptRunError, match="does not match the checksum in its manifest") as info:
         storage.read_runs(dest)
+    assert info.value.run_id == "r1" and "\n" not in str(info.value)
 
 
 def test_unwritable_local_destination(tmp_path):
@@ -144,6 +155,9 @@ def test_unwritable_local_destination(tmp_path):
     with pytest.raises(StorageError) as e:
         storage.check_writable(blocker / "results")
     assert "not writable" in str(e.value) and "\n" not in str(e.value)
+    # checking a destination that does not exist yet creates nothing
+    storage.check_writable(tmp_path / "a" / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
     with pytest.raises(StorageError):
         storage.write_run(blocker / "results", "r1", rows("r1"), {})
 
@@ -151,7 +165,7 @@ def test_unwritable_local_destination(tmp_path):
 def test_bad_destinations():
     for bad in ["", "s3://", "gs://bucket/x"]:
         with pytest.raises(StorageError):
-            storage.parse_dest(bad)
+            storage.open_store(bad)
     for bad_id in ["", ".hidden", "a/b", "../x"]:
         with pytest.raises(StorageError, match="invalid run_id"):
             storage.write_run("/tmp/unused", bad_id, rows("x"), {})

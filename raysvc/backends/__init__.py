@@ -1,48 +1,50 @@
-"""VLM backends by name.
-
-``conse-lite0`` (the embedded default), ``conse-lite1``, ``conse-lite2``, and
-``open_clip:<model>[:<weights>]`` where weights is a pretrained tag, a checkpoint
-file or ``random`` (the default; tests use it, real runs on clusters use a tag).
+"""VLM backends by name: ``conse-lite0`` (the embedded default), ``conse-lite1``,
+``conse-lite2``, and the family ``open_clip:<model>[:<weights>]`` where weights is a
+pretrained tag, a checkpoint file or ``random`` (the default; tests use it, real runs on
+clusters use a tag). Each backend module registers itself in :data:`BACKBONES`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Mapping
+from typing import Any
 
 from raysvc._compat import import_torchvision
 from raysvc.backends.base import PromptEncoder, VLMBackend
-from raysvc.errors import UnknownNameError
+from raysvc.options import Options
+from raysvc.registry import Registry
 
-CONSE_NAMES = ("conse-lite0", "conse-lite1", "conse-lite2")
-DEFAULT_BACKBONE = "conse-lite0"
-
-
-def backbone_names() -> list[str]:
-    return [*CONSE_NAMES, "open_clip:<model>[:<pretrained tag|checkpoint path|random>]"]
+BACKBONES: Registry[VLMBackend] = Registry("backbone", "raysvc.backends")
 
 
-def validate_backbone(name: str) -> None:
-    """Reject malformed names cheaply, before any weights load."""
-    if name in CONSE_NAMES:
-        return
-    if name.startswith("open_clip:") and len(name.split(":", 2)[1]) > 0:
-        return
-    raise UnknownNameError("backbone", name, backbone_names())
+@dataclasses.dataclass(frozen=True)
+class BackboneRef:
+    """Which backend, at which input size, with which options: small and picklable, so a
+    worker process can load the same backend (:meth:`load`) and caches can key on it."""
+
+    name: str
+    image_size: int | None = None
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, name: str, image_size: int | None = None, params: Mapping[str, Any] | None = None) -> BackboneRef:
+        return cls(name, image_size, tuple(sorted((params or {}).items())))
+
+    def load(self) -> VLMBackend:
+        return load_backend(self.name, self.image_size, dict(self.params))
+
+
+def load_backend(name: str, image_size: int | None = None, params: Mapping[str, Any] | None = None) -> VLMBackend:
+    """The backend called ``name`` with validated ``params``; loaded once per process and shared."""
+    return _load(BACKBONES.resolve(name).cls, BACKBONES.options(name, params), image_size)
 
 
 @functools.lru_cache(maxsize=4)
-def load_backend(name: str, image_size: int | None = None) -> VLMBackend:
-    """The backend called ``name``; loaded once per process and shared."""
-    validate_backbone(name)
+def _load(cls: type[VLMBackend], options: Options, image_size: int | None) -> VLMBackend:
     import_torchvision()  # open_clip and transformers import it
-    if name in CONSE_NAMES:
-        from raysvc.backends.conse import ConSEBackend
-
-        return ConSEBackend(variant=name.removeprefix("conse-"), image_size=image_size)
-    from raysvc.backends.openclip import OpenCLIPBackend
-
-    _, model, *weights = name.split(":", 2)
-    return OpenCLIPBackend(model, weights[0] if weights else "random")
+    return cls(options, image_size)
 
 
-__all__ = ["PromptEncoder", "VLMBackend", "backbone_names", "load_backend", "validate_backbone", "DEFAULT_BACKBONE"]
+__all__ = ["BACKBONES", "BackboneRef", "PromptEncoder", "VLMBackend", "load_backend"]

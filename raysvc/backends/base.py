@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from PIL import Image
 from torch import nn
+
+from raysvc.options import NoOptions, Options
 
 
 class PromptEncoder(nn.Module, abc.ABC):
@@ -38,8 +41,12 @@ class VLMBackend(abc.ABC):
     embed_dim: dimension of the shared image/text space.
     logit_scale: multiplier of cosine similarities in zero-shot and prompt-learning logits.
     image_size: side of the square images the image encoder receives.
+
+    Subclasses declare a nested ``Options`` dataclass and are built as
+    ``cls(options, image_size)`` (``image_size`` None: the model's own).
     """
 
+    Options: ClassVar[type[Options]] = NoOptions
     model_id: str
     embed_dim: int
     logit_scale: float

@@ -9,8 +9,10 @@ MiniLM accepts ``inputs_embeds``, so prompt learning works as with CLIP.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -18,8 +20,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from raysvc.backends import BACKBONES
 from raysvc.backends.base import PromptEncoder, VLMBackend
 from raysvc.errors import ConfigError
+from raysvc.options import Options, option
 
 VARIANTS = {"lite0": 224, "lite1": 240, "lite2": 260}
 # EfficientNet-Lite was trained on (x - 127) / 128
@@ -76,16 +80,26 @@ class MiniLMPromptEncoder(PromptEncoder):
         return F.normalize(_mean_pool(hidden, self.attention_mask), dim=-1)
 
 
+@BACKBONES.register("conse-lite2", preset={"variant": "lite2"})
+@BACKBONES.register("conse-lite1", preset={"variant": "lite1"})
+@BACKBONES.register("conse-lite0", preset={"variant": "lite0"})
 class ConSEBackend(VLMBackend):
-    """EfficientNet-Lite ImageNet probabilities mapped into MiniLM's sentence space."""
+    """EfficientNet-Lite ImageNet probabilities mapped into MiniLM's sentence space (offline)."""
 
-    def __init__(self, variant: str = "lite0", top_t: int = 10, image_size: int | None = None):
-        if variant not in VARIANTS:
-            raise ConfigError(f"unknown ConSE variant {variant!r}; known: {', '.join(VARIANTS)}")
-        if top_t < 1 or top_t > 1000:
-            raise ConfigError(f"top_t must be in 1..1000, got {top_t}")
+    @dataclasses.dataclass(frozen=True)
+    class Options(Options):
+        variant: Literal["lite0", "lite1", "lite2"] = option("lite0", "EfficientNet-Lite size (set by the name)")
+        top_t: int = option(10, "ImageNet classes whose prompt embeddings make up an image's embedding")
+
+        def check(self):
+            if not 1 <= self.top_t <= 1000:
+                raise ConfigError(f"option top_t={self.top_t!r}: must be in 1..1000")
+
+    def __init__(self, options: Options | None = None, image_size: int | None = None):
+        options = options or self.Options()
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
+        variant, top_t = options.variant, options.top_t
         self.variant, self.top_t = variant, top_t
         self.image_size = image_size or VARIANTS[variant]
         self.model_id = f"conse-{variant}-t{top_t}-s{self.image_size}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,8 +12,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from raysvc.backends import BACKBONES
 from raysvc.backends.base import PromptEncoder, VLMBackend
 from raysvc.errors import ConfigError
+from raysvc.options import Options, option
 
 
 class CLIPPromptEncoder(PromptEncoder):
@@ -49,23 +52,48 @@ def _weights_id(weights: str) -> str:
     return weights
 
 
-class OpenCLIPBackend(VLMBackend):
-    """``weights`` is an open_clip pretrained tag, a checkpoint file path, or "random"."""
+def _parse_name(name: str) -> dict[str, str]:
+    model, sep, weights = name.removeprefix("open_clip:").partition(":")
+    return {"model": model, "weights": weights} if sep else {"model": model}
 
-    def __init__(self, model_name: str, weights: str = "random"):
+
+def _pretrained(model: str, weights: str) -> str | None:
+    """open_clip's ``pretrained`` argument for ``weights``; ConfigError when it names nothing."""
+    import open_clip
+
+    if model not in open_clip.list_models():
+        raise ConfigError(f"unknown open_clip model {model!r}; see open_clip.list_models()")
+    if weights == "random":
+        return None
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return str(path)
+    if weights in open_clip.list_pretrained_tags_by_model(model):
+        return weights  # downloaded by open_clip: needs the hub, as on clusters
+    raise ConfigError(f"weights {weights!r} for {model} are neither a file, 'random' nor a pretrained tag")
+
+
+@BACKBONES.register_family("open_clip:<model>[:<pretrained tag|checkpoint path|random>]",
+                           lambda name: name.startswith("open_clip:"), _parse_name, fixed=("model", "weights"))
+class OpenCLIPBackend(VLMBackend):
+    """Any open_clip model; weights by pretrained tag (needs the hub), checkpoint file or random."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Options(Options):
+        model: str = option("", "open_clip architecture (set by the name)")
+        weights: str = option("random", "pretrained tag, checkpoint path or 'random' (set by the name)")
+
+        def check(self):
+            from raysvc._compat import import_torchvision
+
+            import_torchvision()
+            _pretrained(self.model, self.weights)
+
+    def __init__(self, options: Options, image_size: int | None = None):
         import open_clip
 
-        if model_name not in open_clip.list_models():
-            raise ConfigError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
-        path = Path(weights).expanduser()
-        if weights == "random":
-            pretrained = None
-        elif path.is_file():
-            pretrained = str(path)
-        elif weights in open_clip.list_pretrained_tags_by_model(model_name):
-            pretrained = weights  # downloaded by open_clip: needs the hub, as on clusters
-        else:
-            raise ConfigError(f"weights {weights!r} for {model_name} are neither a file, 'random' nor a pretrained tag")
+        model_name, weights = options.model, options.weights
+        pretrained = _pretrained(model_name, weights)
         model, _, self._transform = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
         self.model = model.eval()
         self.tokenizer = open_clip.get_tokenizer(model_name)

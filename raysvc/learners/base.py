@@ -14,8 +14,10 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from raysvc.backends import BackboneRef
 from raysvc.datasets import ImageDataset
 from raysvc.features import EncodedDataset
+from raysvc.options import NoOptions, Options
 
 TrainFn = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -36,14 +38,13 @@ class LocalRunner:
 class Experiment:
     """What a learner may read: the dataset, its cached embeddings and the split.
 
-    pool, test: dataset indices. ``backbone`` and ``image_size`` name the VLM so a
-    worker process can load the same one.
+    pool, test: dataset indices. ``backbone`` names the VLM so a worker process can load
+    the same one.
     """
 
     dataset: ImageDataset
     encoded: EncodedDataset
-    backbone: str
-    image_size: int | None
+    backbone: BackboneRef
     pool: np.ndarray
     test: np.ndarray
 
@@ -57,16 +58,22 @@ class Experiment:
 
 
 class Learner(abc.ABC):
-    """Trained anew every round on the labeled pool positions and their labels."""
+    """Trained anew every round on the labeled pool positions and their labels.
+
+    Subclasses set ``name`` (registry key) and a nested ``Options`` dataclass.
+    """
 
     name: ClassVar[str]
+    Options: ClassVar[type[Options]] = NoOptions
 
-    def __init__(self, experiment: Experiment):
+    def __init__(self, experiment: Experiment, options: Options | None = None):
         self.experiment = experiment
+        self.options = self.Options() if options is None else options
 
     @abc.abstractmethod
-    def fit(self, labeled: np.ndarray, labels: np.ndarray, seed: int, runner: TrainRunner) -> None:
-        """Train on pool positions ``labeled`` with ``labels`` (oracle or pseudo)."""
+    def fit(self, positions: np.ndarray, labels: np.ndarray, seed: int, runner: TrainRunner) -> None:
+        """Train on the pool images at ``positions`` (indices into the pool) with ``labels``
+        (oracle or pseudo)."""
 
     @abc.abstractmethod
     def predict_proba(self, split: str) -> np.ndarray:

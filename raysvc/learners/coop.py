@@ -11,37 +11,40 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from raysvc.errors import ConfigError
-from raysvc.learners.base import Experiment, Learner, TrainRunner
+from raysvc.learners import register
+from raysvc.learners.base import Learner, TrainRunner
+from raysvc.options import Options, option
 
-PROMPT_KINDS = ("unified", "classwise", "both")
+PromptKind = Literal["unified", "classwise", "both"]
 
 
 @dataclasses.dataclass(frozen=True)
-class CoOpConfig:
-    n_ctx: int = 16
-    prompt: str = "unified"
-    epochs: int = 200
-    lr: float = 0.002
-    batch_size: int = 32
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    init_std: float = 0.02
+class CoOpConfig(Options):
+    """CoOp's options; the defaults are the CoOp paper's (16 context vectors, SGD at lr 0.002)."""
 
-    def __post_init__(self):
-        if self.prompt not in PROMPT_KINDS:
-            raise ConfigError(f"coop.prompt must be one of {', '.join(PROMPT_KINDS)}, got {self.prompt!r}")
+    n_ctx: int = option(16, "learnable context vectors before each class name")
+    prompt: PromptKind = option("unified", "one shared context, one per class, or both (eq. 14)")
+    epochs: int = option(200, "training epochs per round")
+    lr: float = option(0.002, "SGD learning rate (cosine schedule)")
+    batch_size: int = option(32, "minibatch size")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "SGD weight decay")
+    init_std: float = option(0.02, "std of the random context initialisation")
+
+    def check(self):
         for field in ("n_ctx", "epochs", "batch_size"):
             if getattr(self, field) < 1:
-                raise ConfigError(f"coop.{field} must be >= 1, got {getattr(self, field)}")
-        if self.lr <= 0 or self.init_std <= 0:
-            raise ConfigError("coop.lr and coop.init_std must be positive")
+                raise ConfigError(f"option {field}={getattr(self, field)!r}: must be >= 1")
+        for field in ("lr", "init_std"):
+            if not getattr(self, field) > 0:
+                raise ConfigError(f"option {field}={getattr(self, field)!r}: must be positive")
 
 
 def _context_shapes(config: CoOpConfig, n_classes: int, token_dim: int) -> dict[str, tuple[int, ...]]:
@@ -57,10 +60,8 @@ def prompt_logits(image_features: torch.Tensor, class_embeddings: list[torch.Ten
 
 def train_coop(payload: dict[str, Any]) -> dict[str, Any]:
     """Learn the context vectors; pure function of the payload (runs on any worker)."""
-    from raysvc.backends import load_backend
-
     config = CoOpConfig(**payload["config"])
-    backend = load_backend(payload["backbone"], payload["image_size"])
+    backend = payload["backbone"].load()
     encoder = backend.prompt_encoder(payload["classnames"], config.n_ctx)
     generator = torch.Generator().manual_seed(payload["seed"])
     contexts = {
@@ -86,29 +87,28 @@ def train_coop(payload: dict[str, Any]) -> dict[str, Any]:
     return {kind: c.detach().numpy() for kind, c in contexts.items()}
 
 
+@register
 class CoOpLearner(Learner):
-    name = "coop"
+    """CoOp prompt learning on cached image embeddings."""
 
-    def __init__(self, experiment: Experiment, config: CoOpConfig = CoOpConfig()):
-        super().__init__(experiment)
-        self.config = config
+    name = "coop"
+    Options = CoOpConfig
+
+    def __init__(self, experiment, options: CoOpConfig | None = None):
+        super().__init__(experiment, options)
         self.class_embeddings: list[np.ndarray] | None = None  # None: zero-shot prompts
 
-    def fit(self, labeled: np.ndarray, labels: np.ndarray, seed: int, runner: TrainRunner) -> None:
+    def fit(self, positions: np.ndarray, labels: np.ndarray, seed: int, runner: TrainRunner) -> None:
         exp = self.experiment
         contexts = runner.run(train_coop, {
             "backbone": exp.backbone,
-            "image_size": exp.image_size,
             "classnames": list(exp.dataset.classnames),
-            "features": exp.encoded.image_features[exp.pool[labeled]],
+            "features": np.asarray(exp.encoded.image_features[exp.pool[positions]], dtype=np.float32),
             "labels": np.asarray(labels),
-            "config": dataclasses.asdict(self.config),
+            "config": self.options.to_dict(),
             "seed": seed,
         })
-        from raysvc.backends import load_backend
-
-        backend = load_backend(exp.backbone, exp.image_size)
-        encoder = backend.prompt_encoder(exp.dataset.classnames, self.config.n_ctx)
+        encoder = exp.backbone.load().prompt_encoder(exp.dataset.classnames, self.options.n_ctx)
         with torch.no_grad():
             self.class_embeddings = [encoder(torch.as_tensor(c)).numpy() for c in contexts.values()]
 
@@ -118,11 +118,15 @@ class CoOpLearner(Learner):
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         self.class_embeddings = [state[k] for k in sorted(state)] or None
 
-    def predict_proba(self, split: str) -> np.ndarray:
+    def predict_proba(self, split: str, chunk: int = 65_536) -> np.ndarray:
         encoded = self.experiment.encoded
         rows = self.rows(split)
         if self.class_embeddings is None:
             return encoded.zeroshot_probs(rows)
-        logits = prompt_logits(torch.as_tensor(encoded.image_features[rows]),
-                               [torch.as_tensor(t) for t in self.class_embeddings], encoded.logit_scale)
-        return logits.softmax(-1).numpy()
+        classes = [torch.as_tensor(t) for t in self.class_embeddings]
+        out = np.empty((len(rows), len(classes[0])), dtype=np.float32)
+        with torch.no_grad():  # float32 row chunks: the store may hold float16
+            for start in range(0, len(rows), chunk):
+                x = torch.as_tensor(np.asarray(encoded.image_features[rows[start : start + chunk]], dtype=np.float32))
+                out[start : start + len(x)] = prompt_logits(x, classes, encoded.logit_scale).softmax(-1).numpy()
+        return out

@@ -39,63 +39,50 @@ import torch
 import torch.nn.functional as F
 
 from raysvc.errors import ConfigError
-from raysvc.learners import register_learner
-from raysvc.learners.base import Experiment, Learner, TrainRunner
-from raysvc.learners.students import (
-    DEFAULT_STUDENT, decode_images, make_student, normalisation, to_input, validate_student,
-)
-
-TEACHERS = ("none", "zeroshot", "fewshot")
+from raysvc.learners import register
+from raysvc.learners.base import Learner, TrainRunner
+from raysvc.learners.students import Student, decode_images, make_student, normalisation, to_input
+from raysvc.options import Options, option
 
 
 @dataclasses.dataclass(frozen=True)
-class KDConfig:
-    """Student training options (``learner_params``); validated at construction.
+class KDConfig(Options):
+    """Student training options of the ActiveKD learners (``learner_params``)."""
 
-    student / student_weights: see :mod:`raysvc.learners.students`.
-    image_size: the student's input side (28-pixel images are upsampled).
-    epochs: each epoch is ceil(pool size / batch_size) optimisation steps.
-    labeled_fraction: share of each batch drawn from the labeled images.
-    temperature, alpha, beta, ce_weight, kd_weight: DHO loss and head combination.
-    probe_steps / probe_lr: the kd-fewshot teacher's full-batch optimisation.
-    """
+    student: Student = option("efficientnet-lite0", "the student network (see raysvc.learners.students)")
+    student_weights: str | None = option(None, "None: the student's default weights; 'random'; a state-dict file")
+    image_size: int = option(64, "the student's input side (small images are upsampled)")
+    epochs: int = option(5, "epochs per round; an epoch is ceil(pool / batch_size) steps")
+    lr: float = option(1e-3, "AdamW learning rate (cosine schedule)")
+    weight_decay: float = option(1e-4, "AdamW weight decay")
+    batch_size: int = option(64, "minibatch size")
+    labeled_fraction: float = option(0.5, "share of each batch drawn from the labeled images")
+    temperature: float = option(2.0, "distillation temperature T")
+    alpha: float = option(0.5, "weight of the CE head when the heads are mixed at inference")
+    beta: float = option(1.0, "temperature of the KD head at inference")
+    ce_weight: float = option(1.0, "weight of the CE loss")
+    kd_weight: float = option(1.0, "weight of the KD loss")
+    flip: bool = option(True, "random horizontal flips")
+    probe_steps: int = option(300, "kd-fewshot: full-batch steps of the CLAP teacher")
+    probe_lr: float = option(0.1, "kd-fewshot: learning rate of the CLAP teacher")
+    inference_batch_size: int = option(256, "batch size of student inference")
 
-    student: str = DEFAULT_STUDENT
-    student_weights: str | None = None
-    image_size: int = 64
-    epochs: int = 5
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 64
-    labeled_fraction: float = 0.5
-    temperature: float = 2.0
-    alpha: float = 0.5
-    beta: float = 1.0
-    ce_weight: float = 1.0
-    kd_weight: float = 1.0
-    flip: bool = True
-    probe_steps: int = 300
-    probe_lr: float = 0.1
-    inference_batch_size: int = 256
-
-    def __post_init__(self):
-        validate_student(self.student)
+    def check(self):
         for field in ("image_size", "epochs", "batch_size", "probe_steps", "inference_batch_size"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"kd.{field} must be a positive integer, got {value!r}")
+            if getattr(self, field) < 1:
+                raise ConfigError(f"option {field}={getattr(self, field)!r}: must be >= 1")
         if self.image_size < 32:
-            raise ConfigError(f"kd.image_size must be >= 32, got {self.image_size}")
+            raise ConfigError(f"option image_size={self.image_size!r}: must be >= 32")
         for field in ("lr", "temperature", "beta", "probe_lr"):
             if not getattr(self, field) > 0:
-                raise ConfigError(f"kd.{field} must be positive, got {getattr(self, field)!r}")
+                raise ConfigError(f"option {field}={getattr(self, field)!r}: must be positive")
         for field in ("weight_decay", "ce_weight", "kd_weight"):
             if not getattr(self, field) >= 0:
-                raise ConfigError(f"kd.{field} must be >= 0, got {getattr(self, field)!r}")
+                raise ConfigError(f"option {field}={getattr(self, field)!r}: must be >= 0")
         if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"kd.alpha must be in [0, 1], got {self.alpha!r}")
+            raise ConfigError(f"option alpha={self.alpha!r}: must be in [0, 1]")
         if not 0.0 < self.labeled_fraction <= 1.0:
-            raise ConfigError(f"kd.labeled_fraction must be in (0, 1], got {self.labeled_fraction!r}")
+            raise ConfigError(f"option labeled_fraction={self.labeled_fraction!r}: must be in (0, 1]")
 
 
 # --- losses ---------------------------------------------------------------------------
@@ -274,17 +261,16 @@ _STATE_KEYS = ("pool_probs", "test_probs", "pool_embeddings", "pool_ce_probs", "
 class KDLearner(Learner):
     """A student distilled from the VLM teacher (``teacher_kind``: none, zeroshot or fewshot)."""
 
-    name: ClassVar[str] = "kd"
-    teacher_kind: ClassVar[str] = "zeroshot"
+    teacher_kind: ClassVar[str]
+    Options = KDConfig
 
-    def __init__(self, experiment: Experiment, config: KDConfig = KDConfig()):
-        super().__init__(experiment)
-        self.config = config
+    def __init__(self, experiment, options: KDConfig | None = None):
+        super().__init__(experiment, options)
         encoded, n_classes = experiment.encoded, experiment.dataset.n_classes
         n_teacher = len(encoded.text_features)
         if n_teacher != n_classes:
             raise ConfigError(
-                f"teacher {experiment.backbone!r} scores {n_teacher} classes but dataset "
+                f"teacher {experiment.backbone.name!r} scores {n_teacher} classes but dataset "
                 f"{experiment.dataset.name!r} has {n_classes}"
             )
         self._zeroshot = {s: encoded.zeroshot_probs(self.rows(s)) for s in ("pool", "test")}
@@ -296,10 +282,10 @@ class KDLearner(Learner):
     def images(self, split: str) -> torch.Tensor:
         if split not in self._images:
             ds = self.experiment.dataset
-            self._images[split] = decode_images([ds.load(i) for i in self.rows(split)], self.config.image_size)
+            self._images[split] = decode_images([ds.load(i) for i in self.rows(split)], self.options.image_size)
         return self._images[split]
 
-    def teacher_probs(self, labeled: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray] | None:
+    def teacher_probs(self, positions: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray] | None:
         """This round's teacher probabilities on pool and test (None: no teacher)."""
         if self.teacher_kind == "none":
             return None
@@ -307,45 +293,46 @@ class KDLearner(Learner):
             return self._zeroshot
         exp = self.experiment
         feats = exp.encoded.image_features
-        protos = fit_clap(feats[exp.pool[labeled]], labels, exp.encoded.text_features, exp.encoded.logit_scale,
-                          self.config.probe_steps, self.config.probe_lr)
+        protos = fit_clap(feats[exp.pool[positions]], labels, exp.encoded.text_features, exp.encoded.logit_scale,
+                          self.options.probe_steps, self.options.probe_lr)
         out = {}
         for split in ("pool", "test"):
-            logits = clap_logits(torch.as_tensor(feats[self.rows(split)]), torch.as_tensor(protos), exp.encoded.logit_scale)
+            split_feats = torch.as_tensor(np.asarray(feats[self.rows(split)], dtype=np.float32))
+            logits = clap_logits(split_feats, torch.as_tensor(protos), exp.encoded.logit_scale)
             out[split] = logits.softmax(-1).numpy()
         return out
 
-    def fit(self, labeled: np.ndarray, labels: np.ndarray, seed: int, runner: TrainRunner) -> None:
-        labeled, labels = np.asarray(labeled, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+    def fit(self, positions: np.ndarray, labels: np.ndarray, seed: int, runner: TrainRunner) -> None:
+        positions, labels = np.asarray(positions, dtype=np.int64), np.asarray(labels, dtype=np.int64)
         start = time.perf_counter()
-        teacher = self.teacher_probs(labeled, labels)
+        teacher = self.teacher_probs(positions, labels)
         teacher_seconds = time.perf_counter() - start
         start = time.perf_counter()
         pool_images, test_images = self.images("pool"), self.images("test")
         decode_seconds = time.perf_counter() - start
         start = time.perf_counter()
         result = runner.run(train_student, {
-            "config": dataclasses.asdict(self.config),
+            "config": self.options.to_dict(),
             "n_classes": self.experiment.dataset.n_classes,
             "images": pool_images.numpy(),
-            "labeled": labeled,
+            "labeled": positions,
             "labels": labels,
             "teacher_probs": None if teacher is None else teacher["pool"],
             "seed": int(seed),
         })
         train_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        student = make_student(self.config.student, self.experiment.dataset.n_classes, "random")
+        student = make_student(self.options.student, self.experiment.dataset.n_classes, "random")
         student.load_state_dict({k: torch.as_tensor(v) for k, v in result["state_dict"].items()})
-        mean, std = normalisation(self.config.student)
-        bs = self.config.inference_batch_size
+        mean, std = normalisation(self.options.student)
+        bs = self.options.inference_batch_size
         z_ce, z_kd, h = student_outputs(student, pool_images, mean, std, bs)
         t_ce, t_kd, _ = student_outputs(student, test_images, mean, std, bs)
         state = {"pool_embeddings": h.astype(np.float32), "pool_ce_probs": _softmax(z_ce).astype(np.float32)}
         if teacher is None:
             state["pool_probs"], state["test_probs"] = state["pool_ce_probs"], _softmax(t_ce).astype(np.float32)
         else:
-            a, b = self.config.alpha, self.config.beta
+            a, b = self.options.alpha, self.options.beta
             state["pool_kd_probs"] = _softmax(z_kd).astype(np.float32)
             state["pool_probs"] = combine_heads(torch.as_tensor(z_ce), torch.as_tensor(z_kd), a, b).numpy()
             state["test_probs"] = combine_heads(torch.as_tensor(t_ce), torch.as_tensor(t_kd), a, b).numpy()
@@ -385,11 +372,11 @@ class KDLearner(Learner):
 
     @property
     def student(self) -> str:
-        return self.config.student
+        return self.options.student
 
     @property
     def teacher(self) -> str:
-        return "" if self.teacher_kind == "none" else self.experiment.backbone
+        return "" if self.teacher_kind == "none" else self.experiment.backbone.name
 
     def get_state(self) -> dict[str, np.ndarray]:
         return dict(self._state)
@@ -398,30 +385,25 @@ class KDLearner(Learner):
         self._state = {k: np.asarray(state[k]) for k in _STATE_KEYS if k in state}
 
 
+@register
 class NoDistillLearner(KDLearner):
+    """A student trained on the labeled images only (ActiveKD's no-distillation baseline)."""
+
     name = "no-distill"
     teacher_kind = "none"
 
 
+@register
 class ZeroShotKDLearner(KDLearner):
+    """A student distilled from the VLM's zero-shot predictions (DHO)."""
+
     name = "kd-zeroshot"
     teacher_kind = "zeroshot"
 
 
+@register
 class FewShotKDLearner(KDLearner):
+    """A student distilled from a CLAP few-shot teacher re-fitted every round (DHO)."""
+
     name = "kd-fewshot"
     teacher_kind = "fewshot"
-
-
-LEARNERS = {cls.name: cls for cls in (NoDistillLearner, ZeroShotKDLearner, FewShotKDLearner)}
-
-
-def _factory(cls: type[KDLearner]):
-    def make(experiment: Experiment, params: dict[str, Any]) -> Learner:
-        return cls(experiment, KDConfig(**params))
-
-    return make
-
-
-for _name, _cls in LEARNERS.items():
-    register_learner(_name, _factory(_cls))

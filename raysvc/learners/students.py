@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -28,9 +29,9 @@ from torch import nn
 
 from raysvc.errors import ConfigError, UnknownNameError
 
+Student = Literal["efficientnet-lite0", "resnet18", "mobilenetv2_100", "tiny_vit"]
+STUDENTS = get_args(Student)
 _TIMM_NAMES = {"resnet18": "resnet18", "mobilenetv2_100": "mobilenetv2_100", "tiny_vit": "tiny_vit_5m_224"}
-STUDENTS = ("efficientnet-lite0", *_TIMM_NAMES)
-DEFAULT_STUDENT = "efficientnet-lite0"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -5,8 +5,10 @@
   through the object store.
 - :class:`~raysvc.service.train.RayTrainRunner` / :func:`make_runner`: a TrainRunner on
   ``ray.train.torch.TorchTrainer``.
-- :func:`~raysvc.service.grid.load_grid` / :func:`run_grid`: YAML grids as Ray Tune
-  experiments with per-round checkpoints and idempotent result writes.
+- :func:`~raysvc.service.gridspec.load_grid`: YAML grids, validated (:mod:`~raysvc.service.gridspec`);
+  :func:`~raysvc.service.driver.run_grid`: a grid as a Ray Tune experiment
+  (:mod:`~raysvc.service.driver`), whose trials (:mod:`~raysvc.service.trial`) checkpoint
+  every round and write results idempotently.
 
 Submodules import Ray lazily enough that ``import raysvc.service`` stays cheap.
 """
@@ -15,14 +17,13 @@ from __future__ import annotations
 
 __all__ = [
     "FeatureService", "RayEncode", "feature_service", "shutdown_feature_service",
-    "RayTrainRunner", "make_runner", "GridSpec", "GridResult", "load_grid", "run_grid", "run_manifest",
+    "RayTrainRunner", "make_runner", "GridSpec", "GridResult", "load_grid", "run_grid",
 ]  # fmt: skip
 
 _WHERE = {
     "FeatureService": "encoders", "RayEncode": "encoders", "feature_service": "encoders",
     "shutdown_feature_service": "encoders", "RayTrainRunner": "train", "make_runner": "train",
-    "GridSpec": "grid", "GridResult": "grid", "load_grid": "grid", "run_grid": "grid",
-    "run_manifest": "manifest",
+    "GridSpec": "gridspec", "GridResult": "driver", "load_grid": "gridspec", "run_grid": "driver",
 }  # fmt: skip
 
 

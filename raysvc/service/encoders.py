@@ -1,7 +1,7 @@
 """Shared feature encoding: one named Ray actor encodes each dataset once per backbone.
 
 :class:`FeatureService` wraps a :class:`~raysvc.features.FeatureStore`. For each key
-``(dataset fingerprint, backbone, image size)`` the first caller makes it encode (or load
+``(dataset fingerprint, prompts, backbone)`` the first caller makes it encode (or load
 from its disk cache) and ``ray.put`` the :class:`EncodedDataset` once; every caller,
 including concurrent ones that waited for that first pass, gets the same ObjectRef, so
 trials ``ray.get`` read-only numpy views on the node's shared object store (zero-copy)
@@ -16,6 +16,8 @@ its ``encode_seconds``; the others see 0.0, as on a cache hit.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import threading
 import time
@@ -23,22 +25,27 @@ from typing import Any
 
 import ray
 
+from raysvc.backends import BackboneRef
 from raysvc.datasets import ImageDataset
 from raysvc.features import EncodedDataset
 
 NAMESPACE = "raysvc"
 DEFAULT_ACTOR = "raysvc-features"
 
-Key = tuple[str, str, int | None]
+Key = tuple[str, str, BackboneRef]
 
 
-def encode_key(dataset: ImageDataset, backbone: str, image_size: int | None) -> Key:
-    return (dataset.fingerprint, backbone, image_size)
+def encode_key(dataset: ImageDataset, backbone: BackboneRef) -> Key:
+    prompts = hashlib.sha256(json.dumps(dataset.prompts()).encode()).hexdigest()[:12]
+    return (dataset.fingerprint, prompts, backbone)
 
 
 def key_name(key: Key) -> str:
     """A readable form of a key for ``encode_counts()``: ``fingerprint|backbone|size``."""
-    return f"{key[0]}|{key[1]}|{key[2] if key[2] is not None else 'default'}"
+    backbone = key[2]
+    options = "".join(f",{k}={v}" for k, v in backbone.params)
+    size = backbone.image_size if backbone.image_size is not None else "default"
+    return f"{key[0]}|{backbone.name}{options}|{size}"
 
 
 class _FeatureServiceImpl:
@@ -52,7 +59,7 @@ class _FeatureServiceImpl:
         if threads:
             torch.set_num_threads(int(threads))
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.store = FeatureStore(cache_dir or DEFAULT_ROOT, batch_size=batch_size, progress=False)
+        self.store = FeatureStore(cache_dir or DEFAULT_ROOT, batch_size=batch_size, progress="lines")
         self._refs: dict[Key, ray.ObjectRef] = {}
         self._seconds: dict[Key, float] = {}
         self._passes: dict[Key, int] = {}
@@ -74,18 +81,16 @@ class _FeatureServiceImpl:
             self._requests[key] = self._requests.get(key, 0) + 1
         return {"ref": ref, "charged": False}
 
-    def encode(self, dataset: ImageDataset, backbone: str, image_size: int | None) -> dict[str, Any]:
+    def encode(self, dataset: ImageDataset, backbone: BackboneRef) -> dict[str, Any]:
         """Encode ``dataset`` unless done already; concurrent callers of one key wait for one pass."""
-        from raysvc.backends import load_backend
-
-        key = encode_key(dataset, backbone, image_size)
+        key = encode_key(dataset, backbone)
         with self._lock(key):
             with self._guard:
                 self._requests[key] = self._requests.get(key, 0) + 1
                 if key in self._refs:
                     return {"ref": self._refs[key], "charged": False}
             start = time.perf_counter()
-            backend = load_backend(backbone, image_size)
+            backend = backbone.load()
             if self.device != "cpu":
                 backend.to(self.device)  # this process only: trials keep their CPU copy
             encoded = self.store.encode(dataset, backend)
@@ -111,9 +116,6 @@ class _FeatureServiceImpl:
                 }
                 for k in self._requests
             }
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 FeatureService = ray.remote(_FeatureServiceImpl)
@@ -186,13 +188,13 @@ class RayEncode:
             self._actor = ray.get_actor(self.actor_name, namespace=NAMESPACE)
         return self._actor
 
-    def __call__(self, dataset: ImageDataset, backbone: str, image_size: int | None) -> EncodedDataset:
-        key = encode_key(dataset, backbone, image_size)
+    def __call__(self, dataset: ImageDataset, backbone: BackboneRef) -> EncodedDataset:
+        key = encode_key(dataset, backbone)
         for attempt in range(self.attempts):
             try:
                 answer = ray.get(self.actor.lookup.remote(key))
                 if answer is None:
-                    answer = ray.get(self.actor.encode.remote(dataset, backbone, image_size))
+                    answer = ray.get(self.actor.encode.remote(dataset, backbone))
                 encoded: EncodedDataset = ray.get(answer["ref"])  # zero-copy numpy views
             except (ray.exceptions.OwnerDiedError, ray.exceptions.ObjectLostError, ray.exceptions.RayActorError):
                 if attempt + 1 == self.attempts:

@@ -82,7 +82,6 @@ class RayTrainRunner:
         self.max_failures = max_failures
         self.storage_path = storage_path
         self._sink = None
-        self.calls = 0
 
     @classmethod
     def from_options(cls, options: dict[str, Any] | None) -> RayTrainRunner:
@@ -133,7 +132,6 @@ class RayTrainRunner:
                 shutil.rmtree(storage, ignore_errors=True)
         if result is None:
             raise RuntimeError(f"Ray Train run {call_id} finished without a result from rank 0")
-        self.calls += 1
         return result
 
     def close(self) -> None:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from typing import Literal, get_args
+
 from raysvc.errors import ConfigError
 from raysvc.strategies._faiss import as_f32, gather_f32
 from raysvc.strategies.base import Pool
 
-FEATURE_KINDS = ("image", "guided")
+FeatureKind = Literal["image", "guided"]
+FEATURE_KINDS = get_args(FeatureKind)
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -74,7 +77,7 @@ def pool_features(pool: Pool, kind: str, rows: np.ndarray | None = None) -> np.n
 
 
 class FeatureRequires:
-    """A strategy's ``requires`` that follows its ``features`` parameter.
+    """A strategy's ``requires`` that follows its ``features`` option.
 
     Read on the class it names what ``default_kind`` needs; read on an instance,
     what that instance's kind needs. ``extra`` fields are needed either way.
@@ -85,5 +88,5 @@ class FeatureRequires:
         self.extra = frozenset(extra)
 
     def __get__(self, obj, owner=None) -> frozenset[str]:
-        kind = self.default_kind if obj is None else obj.features
+        kind = self.default_kind if obj is None else obj.options.features
         return kind_requires(kind) | self.extra

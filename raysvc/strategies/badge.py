@@ -21,6 +21,7 @@ class Badge(Strategy):
 
     name = "badge"
     requires = frozenset({"probs", "features"})
+    optional = frozenset({"embeddings", "head_probs"})
 
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
         h = pool.embeddings if pool.embeddings is not None else pool.features

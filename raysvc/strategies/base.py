@@ -6,8 +6,9 @@ indices to send to the oracle and, for selective querying, indices that receive 
 free pseudo-label. Strategies do no I/O and keep no state between rounds; whatever
 they need across rounds (the round number, the labels known so far) is in the pool.
 
-Each strategy declares the pool fields it reads in ``requires`` so callers (and the
-Ray layer) know what to compute before selecting.
+Each strategy declares the pool fields it reads in ``requires`` so callers (the loop,
+the Ray layer) compute only those before selecting, and its typed options as a nested
+``Options`` dataclass (:mod:`raysvc.options`), validated before any work is done.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import ClassVar
 import numpy as np
 
 from raysvc.errors import ConfigError, PoolExhaustedError
+from raysvc.options import NoOptions, Options
 
 POOL_FIELDS = frozenset({"features", "probs", "text_features", "embeddings", "head_probs"})
 
@@ -27,8 +29,10 @@ POOL_FIELDS = frozenset({"features", "probs", "text_features", "embeddings", "he
 class Pool:
     """Everything a strategy may read about the pool in one round.
 
-    features: (N, D) L2-normalised image embeddings from the VLM backbone.
-    probs: (N, C) class probabilities of the current model (zero-shot before any training).
+    features: (N, D) L2-normalised image embeddings from the VLM backbone (float32 or
+        float16, as stored), or None.
+    probs: (N, C) class probabilities of the current model (zero-shot before any
+        training), or None.
     labeled: (N,) bool, True for images that already carry a label (oracle or pseudo).
     labels: (N,) int, the known label of labeled images, -1 elsewhere.
     text_features: (C, D) L2-normalised class text embeddings, or None.
@@ -36,36 +40,42 @@ class Pool:
     head_probs: per-head (N, C) probabilities of a multi-head model (ActiveKD's CE and KD
         heads, which share ``embeddings``), or None.
     round: 1-based index of the round being selected for.
+    n_classes: C; taken from ``probs`` (or ``text_features``) when not given.
+
+    Only the fields a strategy ``requires`` need be set.
     """
 
-    features: np.ndarray
-    probs: np.ndarray
+    features: np.ndarray | None
+    probs: np.ndarray | None
     labeled: np.ndarray
     labels: np.ndarray
     text_features: np.ndarray | None = None
     embeddings: np.ndarray | None = None
     head_probs: tuple[np.ndarray, ...] | None = None
     round: int = 1
+    n_classes: int | None = None
 
     def __post_init__(self):
         n = len(self.labeled)
         if self.labeled.dtype != bool:
             raise ConfigError("pool.labeled must be a boolean mask")
-        for name in ("features", "probs", "labels"):
-            if len(getattr(self, name)) != n:
-                raise ConfigError(f"pool.{name} has {len(getattr(self, name))} rows, expected {n}")
-        if self.embeddings is not None and len(self.embeddings) != n:
-            raise ConfigError(f"pool.embeddings has {len(self.embeddings)} rows, expected {n}")
-        if self.head_probs is not None and any(p.shape != self.probs.shape for p in self.head_probs):
-            raise ConfigError("pool.head_probs must each have the shape of pool.probs")
-        if self.text_features is not None and len(self.text_features) != self.probs.shape[1]:
+        for name in ("features", "probs", "labels", "embeddings"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ConfigError(f"pool.{name} has {len(value)} rows, expected {n}")
+        if self.n_classes is None:
+            known = self.probs if self.probs is not None else self.text_features
+            if known is None:
+                raise ConfigError("pool.n_classes is needed when neither probs nor text_features is given")
+            object.__setattr__(self, "n_classes", int(known.shape[1] if known is self.probs else len(known)))
+        if self.probs is not None and self.probs.shape[1] != self.n_classes:
+            raise ConfigError(f"pool.probs has {self.probs.shape[1]} columns for {self.n_classes} classes")
+        if self.head_probs is not None and any(p.shape != (n, self.n_classes) for p in self.head_probs):
+            raise ConfigError("pool.head_probs must each be (N, n_classes)")
+        if self.text_features is not None and len(self.text_features) != self.n_classes:
             raise ConfigError("pool.text_features must have one row per class")
         if self.round < 1:
             raise ConfigError("pool.round is 1-based")
-
-    @property
-    def n_classes(self) -> int:
-        return self.probs.shape[1]
 
     @property
     def unlabeled_indices(self) -> np.ndarray:
@@ -98,13 +108,22 @@ class Selection:
 class Strategy(abc.ABC):
     """Base of every query strategy.
 
-    Subclasses set ``name`` (registry key) and ``requires`` (the :data:`POOL_FIELDS`
-    they read), validate their parameters in ``__init__`` and implement
+    Subclasses set ``name`` (registry key), ``requires`` (the :data:`POOL_FIELDS` they
+    need), ``optional`` (those they read when present) and, when they take options, a
+    nested ``Options`` dataclass; they implement
     :meth:`_select`. :meth:`select` checks the pool and budget once for all of them.
     """
 
     name: ClassVar[str]
     requires: ClassVar[frozenset[str]] = frozenset()
+    # fields read when the learner provides them (students' own features), else ignored
+    optional: ClassVar[frozenset[str]] = frozenset()
+    Options: ClassVar[type[Options]] = NoOptions
+
+    def __init__(self, options: Options | None = None):
+        self.options = self.Options() if options is None else options
+        if type(self.options) is not self.Options:
+            raise TypeError(f"{type(self).__name__} takes {self.Options.__name__}, got {type(self.options).__name__}")
 
     def select(self, pool: Pool, budget: int, seed: int) -> Selection:
         """Choose ``budget`` unlabeled images to query (pseudo-labels come on top)."""
@@ -131,5 +150,5 @@ class Strategy(abc.ABC):
         """Return the selection; ``budget`` is valid and the pool has what ``requires`` names."""
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        params = ", ".join(f"{k}={v!r}" for k, v in self.options.to_dict().items())
         return f"{type(self).__name__}({params})"

@@ -8,17 +8,16 @@ clusters (by unlabeled members) first.
 
 from __future__ import annotations
 
-from typing import ClassVar
+import dataclasses
+from typing import ClassVar, Literal
 
 import numpy as np
 
-from raysvc.errors import ConfigError
+from raysvc.options import Options, option
 from raysvc.strategies._faiss import kmeans
-from raysvc.strategies._guided import FeatureRequires, check_kind, pool_features
+from raysvc.strategies._guided import FeatureKind, FeatureRequires, pool_features
 from raysvc.strategies.base import Pool, Selection, Strategy
 from raysvc.strategies.registry import register
-
-K_RULES = ("paper", "official")
 _CHUNK = 65_536
 
 
@@ -58,26 +57,25 @@ class ClusterBalanced(Strategy):
     as in the authors' code. ``features``: "guided" (paper) or "image".
     """
 
+    @dataclasses.dataclass(frozen=True)
+    class Options(Options):
+        features: FeatureKind = option("guided", "cluster on class-guided (paper) or plain image features")
+        k_rule: Literal["paper", "official"] = option("paper", "K = round x budget (paper) or C + n_labeled (official)")
+
     name = "cb"
     requires = FeatureRequires("guided")
     # the official code uses K = factor x C + n_labeled; cbsq overrides the factor
     official_class_factor: ClassVar[int] = 1
 
-    def __init__(self, features: str = "guided", k_rule: str = "paper"):
-        if k_rule not in K_RULES:
-            raise ConfigError(f"k_rule must be one of {', '.join(K_RULES)}, got {k_rule!r}")
-        self.features = check_kind(features)
-        self.k_rule = k_rule
-
     def n_clusters(self, pool: Pool, budget: int) -> int:
         """K for this round (K-means clips it to the pool size)."""
-        if self.k_rule == "paper":
+        if self.options.k_rule == "paper":
             return pool.round * budget
         return self.official_class_factor * pool.n_classes + int(pool.labeled.sum())
 
     def candidate_order(self, pool: Pool, budget: int, rng: np.random.Generator) -> np.ndarray:
         """Every unlabeled index, in the order cluster-balanced selection would query them."""
-        x = pool_features(pool, self.features)
+        x = pool_features(pool, self.options.features)
         centroids, assignment, _ = kmeans(x, self.n_clusters(pool, budget), seed=int(rng.integers(2**31)))
         return cluster_order(x, centroids, assignment, ~pool.labeled, rng)
 

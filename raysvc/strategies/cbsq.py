@@ -4,15 +4,17 @@ The round's ``budget`` candidates come from cluster-balanced selection. A candid
 the model is already sure of gets its predicted class as a free pseudo-label instead
 of an oracle query, so the labeled set grows by ``budget`` while the oracle answers
 fewer: sure means its confidence reaches the class threshold tau_c, the confidence of
-sure means its confidence reaches the class threshold tau_c, the confidence of
 that class's labeled images (the mean of p(c|x) over labeled images of class c).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from raysvc.errors import ConfigError
+from raysvc.options import option
 from raysvc.strategies._guided import FeatureRequires
 from raysvc.strategies.base import Pool, Selection
 from raysvc.strategies.cb import ClusterBalanced
@@ -39,15 +41,17 @@ class ClusterBalancedSelectiveQuery(ClusterBalanced):
     ``k_rule="official"`` uses K = 4C + n_labeled, as in the authors' code.
     """
 
+    @dataclasses.dataclass(frozen=True)
+    class Options(ClusterBalanced.Options):
+        max_pseudo: int | None = option(None, "at most this many pseudo-labels per round (None: no cap)")
+
+        def check(self):
+            if self.max_pseudo is not None and self.max_pseudo < 0:
+                raise ConfigError(f"option max_pseudo={self.max_pseudo!r}: must be >= 0")
+
     name = "cbsq"
     requires = FeatureRequires("guided", extra={"probs"})
     official_class_factor = 4
-
-    def __init__(self, features: str = "guided", k_rule: str = "paper", max_pseudo: int | None = None):
-        super().__init__(features=features, k_rule=k_rule)
-        if max_pseudo is not None and (not isinstance(max_pseudo, (int, np.integer)) or max_pseudo < 0):
-            raise ConfigError(f"max_pseudo must be a non-negative integer or None, got {max_pseudo!r}")
-        self.max_pseudo = max_pseudo
 
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
         order = self.candidate_order(pool, budget, rng)[:budget]
@@ -58,6 +62,6 @@ class ClusterBalancedSelectiveQuery(ClusterBalanced):
         predicted = probs.argmax(axis=1)
         # a class with no labeled image has no threshold and is never pseudo-labeled
         confident = probs.max(axis=1) >= np.nan_to_num(tau, nan=np.inf)[predicted]
-        cap = budget if self.max_pseudo is None else self.max_pseudo
+        cap = budget if self.options.max_pseudo is None else self.options.max_pseudo
         pseudo = confident & (np.cumsum(confident) <= cap)
         return Selection(query=order[~pseudo], pseudo=order[pseudo], pseudo_labels=predicted[pseudo])

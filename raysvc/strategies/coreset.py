@@ -17,6 +17,7 @@ class CoreSet(Strategy):
 
     name = "coreset"
     requires = frozenset({"features"})
+    optional = frozenset({"embeddings"})
 
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
         points = pool.embeddings if pool.embeddings is not None else pool.features

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from raysvc.errors import ConfigError
+from raysvc.options import Options, option
 from raysvc.strategies._faiss import as_f32, kmeans
-from raysvc.strategies._guided import FeatureRequires, check_kind, pool_features
+from raysvc.strategies._guided import FeatureKind, FeatureRequires, pool_features
 from raysvc.strategies.base import Pool, Selection, Strategy
 from raysvc.strategies.cb import cluster_order
 from raysvc.strategies.registry import register
@@ -48,27 +51,31 @@ class DropQuery(Strategy):
     centroid. Too few candidates: all of them, then random unlabeled images.
     """
 
+    @dataclasses.dataclass(frozen=True)
+    class Options(Options):
+        features: FeatureKind = option("image", "cluster the candidates on image or class-guided features")
+        n_dropouts: int = option(3, "feature dropouts per image")
+        rate: float = option(0.75, "dropout rate")
+
+        def check(self):
+            if self.n_dropouts < 1:
+                raise ConfigError(f"option n_dropouts={self.n_dropouts!r}: must be >= 1")
+            if not 0 < self.rate < 1:
+                raise ConfigError(f"option rate={self.rate!r}: must be in (0, 1)")
+
     name = "dropquery"
     requires = FeatureRequires("image", extra={"text_features"})
 
-    def __init__(self, features: str = "image", n_dropouts: int = 3, rate: float = 0.75):
-        if not isinstance(n_dropouts, (int, np.integer)) or n_dropouts < 1:
-            raise ConfigError(f"n_dropouts must be a positive integer, got {n_dropouts!r}")
-        if not isinstance(rate, (int, float, np.number)) or not 0 < rate < 1:
-            raise ConfigError(f"rate must be in (0, 1), got {rate!r}")
-        self.features = check_kind(features)
-        self.n_dropouts = int(n_dropouts)
-        self.rate = float(rate)
-
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
+        opts = self.options
         unlabeled = pool.unlabeled_indices
-        flips = dropout_flips(pool.features, pool.text_features, self.n_dropouts, self.rate, rng, rows=unlabeled)
-        candidates = unlabeled[2 * flips >= self.n_dropouts]
+        flips = dropout_flips(pool.features, pool.text_features, opts.n_dropouts, opts.rate, rng, rows=unlabeled)
+        candidates = unlabeled[2 * flips >= opts.n_dropouts]
         if len(candidates) <= budget:
             rest = np.setdiff1d(unlabeled, candidates)
             fill = rng.choice(rest, size=budget - len(candidates), replace=False)
             return Selection(query=np.concatenate([candidates, fill]))
-        x = pool_features(pool, self.features, rows=candidates)
+        x = pool_features(pool, opts.features, rows=candidates)
         centroids, assignment, _ = kmeans(x, budget, seed=int(rng.integers(2**31)))
         # the first pass of this order is each cluster's nearest member; it goes on
         # round robin should K-means leave a cluster empty

@@ -4,12 +4,14 @@ BADGE proposes a candidate set larger than the budget; PCB then draws from it cl
 class so the pseudo-labeled classes of the labeled set stay balanced.
 """
 
+import dataclasses
 import math
 from typing import ClassVar
 
 import numpy as np
 
 from raysvc.errors import ConfigError
+from raysvc.options import Options, option
 from raysvc.strategies._badge import LazyGradientFactor, badge_select
 from raysvc.strategies.base import Pool, Selection, Strategy
 from raysvc.strategies.registry import register
@@ -53,8 +55,17 @@ class PCB(Strategy):
     Pools of more than ``max_badge_pool`` unlabeled images: BADGE runs on a seeded
     uniform subsample of that many unlabeled images (see ``max_badge_pool``)."""
 
+    @dataclasses.dataclass(frozen=True)
+    class Options(Options):
+        candidate_factor: float = option(10.0, "BADGE proposes this many times the budget as candidates")
+
+        def check(self):
+            if not self.candidate_factor >= 1:
+                raise ConfigError(f"option candidate_factor={self.candidate_factor!r}: must be >= 1")
+
     name = "pcb"
     requires = frozenset({"probs", "features"})
+    optional = frozenset({"embeddings"})
 
     # BADGE proposes its candidates from at most this many unlabeled images: above it, from
     # a seeded uniform subsample of that size (each of the candidate_factor x budget
@@ -62,16 +73,9 @@ class PCB(Strategy):
     # would read the (N, C) probabilities 10 000 times). Below it, the whole unlabeled pool.
     max_badge_pool: ClassVar[int] = 20_000
 
-    def __init__(self, candidate_factor: float = 10):
-        if isinstance(candidate_factor, bool) or not isinstance(candidate_factor, (int, float)):
-            raise ConfigError(f"pcb candidate_factor must be a number, got {candidate_factor!r}")
-        if not candidate_factor >= 1:
-            raise ConfigError(f"pcb candidate_factor must be >= 1, got {candidate_factor!r}")
-        self.candidate_factor = candidate_factor
-
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
         h = pool.embeddings if pool.embeddings is not None else pool.features
-        n_candidates = min(math.ceil(self.candidate_factor * budget), len(pool.unlabeled_indices))
+        n_candidates = min(math.ceil(self.options.candidate_factor * budget), len(pool.unlabeled_indices))
         pairs = [(LazyGradientFactor(pool.probs), h)]
         excluded = pool.labeled
         unlabeled = pool.unlabeled_indices

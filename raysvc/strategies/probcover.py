@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from raysvc.errors import ConfigError
+from raysvc.options import Options, option
 from raysvc.strategies._faiss import EXACT_KNN_MAX, knn_blocks
-from raysvc.strategies._guided import FeatureRequires, check_kind, pool_features
+from raysvc.strategies._guided import FeatureKind, FeatureRequires, pool_features
 from raysvc.strategies.base import Pool, Selection, Strategy
 from raysvc.strategies.registry import register
 
@@ -45,22 +48,26 @@ class ProbCover(Strategy):
     own and its nearest cell).
     """
 
+    @dataclasses.dataclass(frozen=True)
+    class Options(Options):
+        features: FeatureKind = option("image", "cover image or class-guided features")
+        delta: float = option(0.6, "ball radius, L2 distance of unit vectors")
+        max_neighbors: int = option(256, "balls hold at most this many nearest images")
+
+        def check(self):
+            if not 0 < self.delta <= 2:
+                raise ConfigError(f"option delta={self.delta!r}: must be in (0, 2] (L2 distance of unit vectors)")
+            if self.max_neighbors < 1:
+                raise ConfigError(f"option max_neighbors={self.max_neighbors!r}: must be >= 1")
+
     name = "probcover"
     requires = FeatureRequires("image")
-
-    def __init__(self, features: str = "image", delta: float = 0.6, max_neighbors: int = 256):
-        if not isinstance(delta, (int, float, np.number)) or not 0 < delta <= 2:
-            raise ConfigError(f"delta must be in (0, 2] (L2 distance of unit vectors), got {delta!r}")
-        if not isinstance(max_neighbors, (int, np.integer)) or max_neighbors < 1:
-            raise ConfigError(f"max_neighbors must be a positive integer, got {max_neighbors!r}")
-        self.features = check_kind(features)
-        self.delta = float(delta)
-        self.max_neighbors = int(max_neighbors)
 
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
         n = len(pool.labeled)
         seed = int(rng.integers(2**31)) if n > EXACT_KNN_MAX else 0  # small pools: rng stream unchanged
-        sources, targets = ball_graph(pool_features(pool, self.features), self.delta, self.max_neighbors, seed=seed)
+        sources, targets = ball_graph(
+            pool_features(pool, self.options.features), self.options.delta, self.options.max_neighbors, seed=seed)
         ball_order = np.argsort(sources, kind="stable")
         ball_start = np.searchsorted(sources[ball_order], np.arange(n + 1))
         balls_of_order = np.argsort(targets, kind="stable")

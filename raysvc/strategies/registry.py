@@ -1,47 +1,27 @@
-"""One registry of strategies, filled by each strategy module's ``@register``."""
+"""The strategy registry: every module of this package registers its strategy with ``@register``."""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from typing import Any
 
-from raysvc.errors import ConfigError, UnknownNameError
+from raysvc.registry import Registry
 from raysvc.strategies.base import Strategy
 
-_REGISTRY: dict[str, type[Strategy]] = {}
+STRATEGIES: Registry[Strategy] = Registry("strategy", "raysvc.strategies")
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise RuntimeError(f"strategy {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load_all() -> None:
-    import raysvc.strategies as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        if not info.name.startswith("_") and info.name not in {"base", "registry"}:
-            importlib.import_module(f"{package.__name__}.{info.name}")
+    return STRATEGIES.register(cls.name)(cls)
 
 
 def strategy_names() -> list[str]:
-    _load_all()
-    return sorted(_REGISTRY)
+    return STRATEGIES.names()
 
 
 def strategy_class(name: str) -> type[Strategy]:
-    _load_all()
-    if name not in _REGISTRY:
-        raise UnknownNameError("strategy", name, _REGISTRY)
-    return _REGISTRY[name]
+    return STRATEGIES.resolve(name).cls
 
 
-def make_strategy(name: str, **params) -> Strategy:
-    """Build a strategy by name; unknown names and bad parameters raise ConfigError."""
-    cls = strategy_class(name)
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        raise ConfigError(f"strategy {name!r}: {exc}") from None
+def make_strategy(name: str, **params: Any) -> Strategy:
+    """The strategy ``name`` with validated ``params``; unknown names and bad options raise ConfigError."""
+    return strategy_class(name)(STRATEGIES.options(name, params))

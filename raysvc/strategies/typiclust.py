@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from raysvc.errors import ConfigError
+from raysvc.options import Options, option
 from raysvc.strategies._faiss import kmeans, knn
-from raysvc.strategies._guided import FeatureRequires, check_kind, pool_features
+from raysvc.strategies._guided import FeatureKind, FeatureRequires, pool_features
 from raysvc.strategies.base import Pool, Selection, Strategy
 from raysvc.strategies.registry import register
-
-
-def _positive_int(name: str, value) -> int:
-    if not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def most_typical(x: np.ndarray, n_neighbors: int) -> int:
@@ -41,28 +38,33 @@ class TypiClust(Strategy):
     visit is round robin, so the budget is always filled.
     """
 
+    @dataclasses.dataclass(frozen=True)
+    class Options(Options):
+        features: FeatureKind = option("image", "cluster on image or class-guided features")
+        max_clusters: int = option(500, "at most this many K-means clusters")
+        n_neighbors: int = option(20, "neighbours that define typicality")
+        min_cluster_size: int = option(5, "clusters of at most this many images are visited last")
+
+        def check(self):
+            for name in ("max_clusters", "n_neighbors"):
+                if getattr(self, name) < 1:
+                    raise ConfigError(f"option {name}={getattr(self, name)!r}: must be >= 1")
+            if self.min_cluster_size < 0:
+                raise ConfigError(f"option min_cluster_size={self.min_cluster_size!r}: must be >= 0")
+
     name = "typiclust"
     requires = FeatureRequires("image")
 
-    def __init__(
-        self, features: str = "image", max_clusters: int = 500, n_neighbors: int = 20, min_cluster_size: int = 5
-    ):
-        self.features = check_kind(features)
-        self.max_clusters = _positive_int("max_clusters", max_clusters)
-        self.n_neighbors = _positive_int("n_neighbors", n_neighbors)
-        if not isinstance(min_cluster_size, (int, np.integer)) or min_cluster_size < 0:
-            raise ConfigError(f"min_cluster_size must be a non-negative integer, got {min_cluster_size!r}")
-        self.min_cluster_size = int(min_cluster_size)
-
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
-        x = pool_features(pool, self.features)
-        k = min(int(pool.labeled.sum()) + budget, self.max_clusters)
+        opts = self.options
+        x = pool_features(pool, opts.features)
+        k = min(int(pool.labeled.sum()) + budget, opts.max_clusters)
         centroids, assignment, _ = kmeans(x, k, seed=int(rng.integers(2**31)))
         k = len(centroids)
         sizes = np.bincount(assignment, minlength=k)
         n_labeled = np.bincount(assignment[pool.labeled], minlength=k)
         tiebreak = rng.permutation(k)
-        visit = np.lexsort((tiebreak, -sizes, n_labeled, sizes <= self.min_cluster_size))
+        visit = np.lexsort((tiebreak, -sizes, n_labeled, sizes <= opts.min_cluster_size))
         by_cluster = np.argsort(assignment, kind="stable")
         groups = np.split(by_cluster, np.cumsum(sizes)[:-1])
         available = ~pool.labeled
@@ -72,7 +74,7 @@ class TypiClust(Strategy):
                 members = groups[c][available[groups[c]]]
                 if len(members) == 0:
                     continue
-                pick = int(members[most_typical(x[members], self.n_neighbors)])
+                pick = int(members[most_typical(x[members], opts.n_neighbors)])
                 picks.append(pick)
                 available[pick] = False
                 if len(picks) == budget:

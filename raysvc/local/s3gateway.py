@@ -15,10 +15,10 @@ Top-level directories of the volume are buckets (``--multi-buckets``), so
 
 Command line (for make targets; ``start`` daemonises and returns)::
 
-    python -m raysvc.gateway start  [--root .s3] [--port 9000] [--bucket NAME ...]
-    python -m raysvc.gateway status [--root .s3]
-    python -m raysvc.gateway env    [--root .s3] [--port 9000]   # export lines for a shell
-    python -m raysvc.gateway stop   [--root .s3]
+    python -m raysvc.local.s3gateway start  [--root .s3] [--port 9000] [--bucket NAME ...]
+    python -m raysvc.local.s3gateway status [--root .s3]
+    python -m raysvc.local.s3gateway env    [--root .s3] [--port 9000]   # export lines for a shell
+    python -m raysvc.local.s3gateway stop   [--root .s3]
 
 Credentials come from ``RAYSVC_S3_ACCESS_KEY`` / ``RAYSVC_S3_SECRET_KEY`` (defaults
 ``raysvc`` / ``raysvc-secret``); clients use them as ``AWS_ACCESS_KEY_ID`` /
@@ -39,7 +39,8 @@ import sysconfig
 import time
 from pathlib import Path
 
-from raysvc.errors import StorageError
+from raysvc.errors import StorageError, one_line
+from raysvc.storage.s3 import DEFAULT_REGION, client_config
 
 HOST = "127.0.0.1"
 DEFAULT_ROOT = ".s3"
@@ -49,7 +50,6 @@ DEFAULT_SECRET_KEY = "raysvc-secret"
 VOLUME_NAME = "raysvc"
 LOG_NAME = "gateway.log"
 PID_NAME = "gateway.pid"
-REGION = "us-east-1"
 _START_MARK = "--- raysvc starting gateway"
 
 
@@ -63,11 +63,6 @@ def find_juicefs() -> str | None:
         if c.is_file() and os.access(c, os.X_OK):
             return str(c)
     return shutil.which("juicefs")
-
-
-def _one_line(text: str, limit: int = 400) -> str:
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def _log_tail(path: Path, lines: int = 3) -> str:
@@ -165,7 +160,7 @@ class S3Gateway:
             "AWS_ENDPOINT_URL": self.endpoint_url,
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_DEFAULT_REGION": REGION,
+            "AWS_DEFAULT_REGION": DEFAULT_REGION,
             "AWS_REQUEST_CHECKSUM_CALCULATION": "WHEN_REQUIRED",
             "AWS_RESPONSE_CHECKSUM_VALIDATION": "WHEN_REQUIRED",
         }
@@ -173,22 +168,14 @@ class S3Gateway:
     def client(self, connect_timeout: float = 5, read_timeout: float = 60):
         """A boto3 S3 client for this gateway (no botocore retries)."""
         import boto3
-        from botocore.config import Config
 
         return boto3.session.Session().client(
             "s3",
             endpoint_url=self.endpoint_url,
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
-            region_name=REGION,
-            config=Config(
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-                s3={"addressing_style": "path"},
-                connect_timeout=connect_timeout,
-                read_timeout=read_timeout,
-                retries={"total_max_attempts": 1},
-            ),
+            region_name=DEFAULT_REGION,
+            config=client_config(self.endpoint_url, connect_timeout, read_timeout),
         )
 
     # ----------------------------------------------------------- pidfile
@@ -242,11 +229,11 @@ class S3Gateway:
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=self.root)
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise StorageError(_one_line(f"cannot format the S3 gateway volume in {self.root}: {e}")) from None
+            raise StorageError(one_line(f"cannot format the S3 gateway volume in {self.root}: {e}")) from None
         if r.returncode != 0:
             tail = [ln.strip() for ln in (r.stdout + r.stderr).splitlines() if ln.strip()][-3:]
             raise StorageError(
-                _one_line(f"cannot format the S3 gateway volume in {self.root}: {' | '.join(tail)}")
+                one_line(f"cannot format the S3 gateway volume in {self.root}: {' | '.join(tail)}")
             )
 
     def start(self, timeout: float = 30.0) -> S3Gateway:
@@ -270,7 +257,7 @@ class S3Gateway:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise StorageError(_one_line(f"cannot create S3 gateway root {self.root}: {e}")) from None
+            raise StorageError(one_line(f"cannot create S3 gateway root {self.root}: {e}")) from None
         if not _port_free(self.port):
             raise StorageError(f"cannot start the S3 gateway: {HOST}:{self.port} is already in use")
         self._format(binary)
@@ -291,7 +278,7 @@ class S3Gateway:
                     cwd=self.root, env=env, start_new_session=True,
                 )  # fmt: skip
         except OSError as e:
-            raise StorageError(_one_line(f"cannot run {binary}: {e}")) from None
+            raise StorageError(one_line(f"cannot run {binary}: {e}")) from None
         self._pid = self._proc.pid
         tmp = self.pid_path.with_suffix(".pid.tmp")
         tmp.write_text(json.dumps({"pid": self._pid, "port": self.port, "endpoint_url": self.endpoint_url}))
@@ -373,9 +360,9 @@ class S3Gateway:
             code = e.response.get("Error", {}).get("Code", "")
             if code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 return
-            raise StorageError(_one_line(f"cannot create bucket {name!r} at {self.endpoint_url}: {e}")) from None
+            raise StorageError(one_line(f"cannot create bucket {name!r} at {self.endpoint_url}: {e}")) from None
         except BotoCoreError as e:
-            raise StorageError(_one_line(f"cannot create bucket {name!r} at {self.endpoint_url}: {e}")) from None
+            raise StorageError(one_line(f"cannot create bucket {name!r} at {self.endpoint_url}: {e}")) from None
 
     def __enter__(self) -> S3Gateway:
         return self.start()
@@ -389,7 +376,7 @@ class S3Gateway:
 
 # ------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m raysvc.gateway", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m raysvc.local.s3gateway", description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=["start", "stop", "status", "env"])
     p.add_argument("--root", default=os.environ.get("RAYSVC_S3_ROOT", DEFAULT_ROOT))
     p.add_argument("--port", type=int, default=None, help=f"default {DEFAULT_PORT}, or the running one's")

@@ -1,0 +1,131 @@
+"""What every dataset is: indexable RGB images with labels, class names, prompts and a
+fingerprint; the seeded pool/test split; the base of named dataset sources."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+import numpy as np
+from PIL import Image
+
+from raysvc.errors import DatasetError
+from raysvc.options import NoOptions, Options
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ImageDataset:
+    """Images addressed by index; ``load(i)`` returns an RGB PIL image.
+
+    ``test_indices`` is set when the dataset ships its own test split (CoOp split files,
+    the packaged emoji set); otherwise :func:`pool_test_split` draws one. ``native_size``
+    is the side of the stored images when they are small (the backbone need not upsample
+    them all the way). ``descriptions`` replace the template for the text side: one list
+    of sentences per class, whose embeddings are averaged (the PCB setting's class
+    descriptions). ``skipped`` names unreadable images left out (``skip_bad_images``).
+    """
+
+    name: str
+    classnames: tuple[str, ...]
+    labels: np.ndarray
+    fingerprint: str
+    loader: Callable[[int], Image.Image]
+    template: str = "a photo of a {}."
+    native_size: int | None = None
+    test_indices: np.ndarray | None = None
+    descriptions: tuple[tuple[str, ...], ...] | None = None
+    skipped: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classnames)
+
+    def load(self, index: int) -> Image.Image:
+        return self.loader(int(index))
+
+    def prompts(self) -> list[tuple[str, ...]]:
+        """The sentences of each class: its descriptions, else the template filled in."""
+        if self.descriptions is not None:
+            return [tuple(d) for d in self.descriptions]
+        return [(self.template.format(c),) for c in self.classnames]
+
+    def subset(self, indices: np.ndarray) -> ImageDataset:
+        """The images at ``indices`` (in that order), as a dataset with its own fingerprint."""
+        indices = np.asarray(indices, dtype=np.int64)
+        digest = hashlib.sha256(self.fingerprint.encode() + indices.tobytes()).hexdigest()[:16]
+        parent = self.loader
+        if self.test_indices is not None:
+            position = np.full(len(self.labels), -1, dtype=np.int64)
+            position[indices] = np.arange(len(indices))
+            kept_test = position[self.test_indices]
+            test = np.sort(kept_test[kept_test >= 0])
+        else:
+            test = None
+        return dataclasses.replace(
+            self,
+            labels=self.labels[indices],
+            fingerprint=f"{self.name}-subset-{digest}",
+            loader=lambda i: parent(int(indices[i])),
+            test_indices=test,
+        )
+
+
+class DatasetSource(abc.ABC):
+    """A named dataset (registered in :data:`raysvc.datasets.DATASETS`): typed options, and
+    :meth:`load`, which checks what it can cheaply and reads images lazily."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[Options]] = NoOptions
+
+    def __init__(self, options: Options | None = None):
+        self.options = self.Options() if options is None else options
+
+    @abc.abstractmethod
+    def load(self) -> ImageDataset: ...
+
+
+def array_dataset(name: str, images: np.ndarray, labels: np.ndarray, classnames: Sequence[str], *,
+                  invert: bool = False, **fields) -> ImageDataset:
+    """A dataset of uint8 (N, H, W[, 3]) arrays in memory; ``invert`` shows 255 - pixels."""
+    labels = np.asarray(labels, dtype=np.int64)
+    digest = hashlib.sha256(images.tobytes() + labels.tobytes() + (b"inverted" if invert else b"")).hexdigest()[:16]
+
+    def load(i: int) -> Image.Image:
+        pixels = images[i]
+        return Image.fromarray(255 - pixels if invert else pixels).convert("RGB")
+
+    return ImageDataset(name=name, classnames=tuple(classnames), labels=labels, fingerprint=f"{name}-{digest}",
+                        loader=load, **fields)
+
+
+def pool_test_split(dataset: ImageDataset, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, class-stratified pool/test split (or the dataset's own test split)."""
+    if dataset.test_indices is not None:
+        test = np.sort(dataset.test_indices)
+        return np.setdiff1d(np.arange(len(dataset)), test), test
+    rng = np.random.default_rng(seed)
+    test = []
+    for label in range(dataset.n_classes):
+        members = np.flatnonzero(dataset.labels == label)
+        if len(members) == 0:
+            raise DatasetError(f"class {dataset.classnames[label]!r} has no images")
+        n_test = int(round(test_fraction * len(members)))
+        test.append(rng.choice(members, size=n_test, replace=False))
+    test = np.sort(np.concatenate(test))
+    return np.setdiff1d(np.arange(len(dataset)), test), test
+
+
+def per_class_subset(dataset: ImageDataset, per_class: int, seed: int) -> ImageDataset:
+    """At most ``per_class`` images of each class, drawn with a seed (small pools for tests)."""
+    rng = np.random.default_rng(seed)
+    keep = [
+        rng.choice(members, size=min(per_class, len(members)), replace=False)
+        for members in (np.flatnonzero(dataset.labels == c) for c in range(dataset.n_classes))
+    ]
+    return dataset.subset(np.sort(np.concatenate(keep)))

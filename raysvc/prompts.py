@@ -1,0 +1,74 @@
+"""Class prompts: CoOp's per-dataset templates, a run's own template, class descriptions.
+
+CoOp (and both papers after it) prompt each dataset with its own template,
+``CUSTOM_TEMPLATES`` in the CoOp code (``trainers/alvlm.py`` of
+ml-postech/active-prompt-learning @105a662 carries the same table); a dataset folder
+with one of the usual names (``oxford_pets``, ...) gets its template by default. The PCB
+setting prompts with class descriptions written by a language model (Menon & Vondrick
+2023): a JSON file maps each class name to sentences whose embeddings are averaged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from raysvc.datasets import ImageDataset
+from raysvc.errors import ConfigError, DatasetError
+
+# dataset folder name (as in CoOp's DATASETS.md) -> CoOp's template
+COOP_TEMPLATES = {
+    "oxford_pets": "a photo of a {}, a type of pet.",
+    "oxford_flowers": "a photo of a {}, a type of flower.",
+    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
+    "dtd": "{} texture.",
+    "eurosat": "a centered satellite photo of {}.",
+    "stanford_cars": "a photo of a {}.",
+    "food-101": "a photo of {}, a type of food.",
+    "sun397": "a photo of a {}.",
+    "caltech-101": "a photo of a {}.",
+    "ucf101": "a photo of a person doing {}.",
+    "imagenet": "a photo of a {}.",
+}
+
+
+def read_descriptions(path: str) -> dict[str, tuple[str, ...]]:
+    """Class name -> sentences, from a JSON object of non-empty lists of strings."""
+    try:
+        raw = json.loads(Path(path).expanduser().read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read class descriptions {path!r}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"class descriptions {path!r} are not valid JSON: {exc}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"class descriptions {path!r} must be a JSON object: class name -> list of sentences")
+    out = {}
+    for name, sentences in raw.items():
+        if isinstance(sentences, str):
+            sentences = [sentences]
+        if not isinstance(sentences, list) or not sentences or not all(isinstance(s, str) and s for s in sentences):
+            raise ConfigError(f"class descriptions {path!r}: {name!r} needs a non-empty list of sentences")
+        out[str(name)] = tuple(sentences)
+    return out
+
+
+def with_prompts(dataset: ImageDataset, template: str | None, descriptions_path: str | None) -> ImageDataset:
+    """``dataset`` prompted with ``template`` and/or the descriptions in ``descriptions_path``.
+
+    Only the text side changes, so the images' fingerprint (the feature cache key) stays.
+    A description file must cover every class (by class name, or by the name with spaces
+    as underscores, as the descriptor files of the PCB code write them).
+    """
+    if template is not None:
+        dataset = dataclasses.replace(dataset, template=template)
+    if descriptions_path is not None:
+        described = read_descriptions(descriptions_path)
+        rows = []
+        for name in dataset.classnames:
+            sentences = described.get(name) or described.get(name.replace(" ", "_"))
+            if sentences is None:
+                raise DatasetError(f"class descriptions {descriptions_path!r} have no entry for class {name!r}")
+            rows.append(sentences)
+        dataset = dataclasses.replace(dataset, descriptions=tuple(rows))
+    return dataset
