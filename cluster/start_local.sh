@@ -9,7 +9,7 @@
 #   source .ray-local.env
 #   ray job submit --working-dir . -- python -m jobs.grid jobs/configs/demo.yaml --out s3://raysvc/demo
 #   ray status
-# Stop with cluster/stop_local.sh (same RAY_TMP).
+# Stop with cluster/stop_local.sh (same RAY_TMP); cluster/stop_local.sh --list shows what it would end.
 #
 # Settings (environment variables; a port of 0 lets the OS pick a free one):
 #   NUM_CPUS=2                  CPUs the head offers
@@ -132,6 +132,7 @@ undo() {
     trap - EXIT INT TERM
     if ((!started)); then
         echo "$PROG: start failed; stopping what it had started" >&2
+        rm -f "$ENV_FILE.tmp"
         "${STOP[@]}" >&2 || true
     fi
     exit "$rc"

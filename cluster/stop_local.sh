@@ -111,7 +111,6 @@ end_procs() {  # SIGTERM this cluster's processes that $1 picks (raylet|not-gcs|
         pick == "all" || (pick == "raylet" && $3 == "raylet") || (pick == "not-gcs" && $3 != "gcs_server") {
             print $1 ":" $2 }')
     ((${#entries[@]})) || return 0
-    total=$((total + ${#entries[@]}))
     for e in "${entries[@]}"; do kill -TERM "${e%%:*}" 2>/dev/null; done
     for ((i = 0; i < STOP_GRACE * 10; i++)); do
         mapfile -t left < <(alive_of "${entries[@]}")
@@ -129,7 +128,7 @@ end_procs() {  # SIGTERM this cluster's processes that $1 picks (raylet|not-gcs|
 
 status=0
 total=0
-if ((have_state)) && [[ -n "$(collect)" ]]; then
+if ((have_state)) && total=$(collect | wc -l) && ((total)); then
     end_procs raylet      # first, so the agents and workers that fate-share with it go quietly
     end_procs not-gcs     # then everything but the GCS
     end_procs all         # then the GCS, and anything started meanwhile
@@ -139,7 +138,7 @@ if ((have_state)) && [[ -n "$(collect)" ]]; then
         echo >&2
         status=1
     else
-        echo "Ray head ($RAY_TMP) stopped: $total processes"
+        echo "Ray head ($RAY_TMP) stopped: $total process(es)"
     fi
 else
     echo "no local Ray cluster running from $RAY_TMP"
