@@ -255,7 +255,7 @@ def _reason_from_message(message: str, run_id: str) -> str:
     """Plain words for a :func:`raysvc.storage.read_run` error, from its message (S3, or a fallback)."""
     m = re.search(r"is not valid JSON: (.*)$", message)
     if m:
-        return f"manifest.json is not valid JSON ({m.group(1)}): it is truncated or was edited"
+        return f"manifest.json is not valid JSON: it is truncated or was edited ({m.group(1)})"
     m = re.search(r"are corrupt: (.*)$", message)
     if m:
         return f"records.parquet is not a readable Parquet file ({m.group(1)})"
@@ -284,7 +284,7 @@ def _diagnose_local(root: Path, run_id: str) -> str | None:
     try:
         manifest = json.loads(raw)
     except ValueError as e:
-        return f"{_MANIFEST} is not valid JSON ({e}): it is truncated or was edited"
+        return f"{_MANIFEST} is not valid JSON: it is truncated or was edited ({e})"
     if not isinstance(manifest, dict):
         return f"{_MANIFEST} is not a JSON object (it holds a {type(manifest).__name__})"
     try:
