@@ -80,11 +80,12 @@ class SkippedRun:
 
 @dataclasses.dataclass
 class Loaded:
-    """What :func:`load_results` read: the checked records and the runs it left out."""
+    """What :func:`load_results` read: the checked records, the runs it left out, the kept runs' manifests."""
 
     records: pd.DataFrame
     skipped: list[SkippedRun]
     source: str
+    manifests: dict[str, dict] = dataclasses.field(default_factory=dict)  # run_id -> manifest
 
 
 def _names(items: Sequence[str]) -> str:
@@ -332,7 +333,7 @@ def _bad_runs_error(source: str, bad: list[SkippedRun], n_runs: int) -> BadRunEr
         b = bad[0]
         return BadRunError(
             f"run {b.run_id!r} in {source} cannot be read: {b.reason}; rerun it, delete "
-            f"{_run_path(source, b.run_id)}, or pass --skip-bad to report the other runs",
+            f"{_run_path(source, b.run_id)}, or pass --skip-bad to go on without it",
             bad,
         )
     return BadRunError(
@@ -340,7 +341,7 @@ def _bad_runs_error(source: str, bad: list[SkippedRun], n_runs: int) -> BadRunEr
         + "; ".join(f"{b.run_id!r}: {b.reason}" for b in bad[:_NAMED])
         + (f"; and {len(bad) - _NAMED} more" if len(bad) > _NAMED else "")
         + f"; rerun them, delete their folders under {source.rstrip('/')}/runs/, "
-        "or pass --skip-bad to report the other runs",
+        "or pass --skip-bad to go on without them",
         bad,
     )
 
@@ -398,7 +399,8 @@ def load_results(source, *, skip_bad: bool = False, retry_seconds: float | None 
             )
         triples = kept
     table = check_runs(triples, name)
-    return Loaded(check_frame(table.to_pandas(), name), skipped, name)
+    manifests = {run_id: manifest for run_id, _, manifest in triples}
+    return Loaded(check_frame(table.to_pandas(), name), skipped, name, manifests)
 
 
 def load_runs(source, *, retry_seconds: float | None = None) -> pd.DataFrame:
