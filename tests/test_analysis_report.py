@@ -404,8 +404,13 @@ def test_runs_table_lists_every_run(results, tmp_path):
     assert row["finished_at"] == finished(1) and row["seed"] == 1 and row["backbone"] == "b1"
     assert df.attrs["skipped"] == []
     # rounds counts the rounds recorded (an initial round 0 included); the last round gives the numbers
-    write(tmp_path, rows_for("gamma", "random", 0, [0.3, 0.4, 0.5], rounds=[0, 1, 2]))
-    one = runs.runs_table(tmp_path).iloc[0]
+    write(tmp_path, rows_for("gamma", "random", 0, [0.3, 0.4, 0.5], rounds=[0, 1, 2], run_id="zz"))
+    # sorted by configuration and seed, not by run id
+    write(tmp_path, rows_for("gamma", "random", 1, [0.3, 0.4], run_id="aa"))
+    write(tmp_path, rows_for("delta", "cbsq", 0, [0.3, 0.4], run_id="mm"))
+    listed = runs.runs_table(tmp_path)
+    assert list(listed["run_id"]) == ["mm", "zz", "aa"]
+    one = listed.iloc[1]
     assert one["rounds"] == 3 and one["test_acc"] == pytest.approx(0.5) and one["n_queried"] == 30
 
 
