@@ -167,8 +167,12 @@ def _finish(fig: Figure, axes: list, out_path, colours: dict, seeds: _Seeds | No
                 entries.append((Patch(color=colours[lab], alpha=BAND_ALPHA, linewidth=0), handles[lab]))
             else:
                 entries.append(handles[lab])
-        fig.legend(entries, [texts.get(lab, lab) for lab in order], loc="outside lower center",
-                   ncols=min(4, len(order)), fontsize="small", title=title or None, title_fontsize="small")
+        shown = [texts.get(lab, lab) for lab in order]
+        # as many columns as fit the figure's width (about 7 points per character at this size)
+        width = max(len(t) for t in shown) * 7 + 40
+        ncols = max(1, min(4, len(order), int(fig.get_figwidth() * 72 // width)))
+        fig.legend(entries, shown, loc="outside lower center", ncols=ncols, fontsize="small", title=title or None,
+                   title_fontsize="small")
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
