@@ -6,6 +6,7 @@
 ``clusters``  t-SNE and K-means ARI of image vs class-guided features
 ``gradfam``   GradFAM heatmaps of convolutional image encoders
 ``report``    ``build_report(source, out_dir)``: report.md + CSVs + figures; the CLI entry
+``runs``      ``runs_table(source)``: one line per stored run (``python -m analysis.runs SOURCE``)
 
 Submodules import lazily so ``import analysis`` stays cheap (no torch, no matplotlib).
 """

@@ -14,6 +14,13 @@ Every run is checked against :data:`raysvc.records.SCHEMA` before anything is mi
   without a teacher);
 * ``round`` is unique within the run and the run-level columns are constant.
 
+A run that cannot be read (a truncated or edited ``records.parquet``, a manifest that
+is not valid JSON, records missing beside their manifest) is a :class:`BadRunError`
+that names the run and says in plain words what is wrong with it. With
+``skip_bad=True`` (``raysvc report --skip-bad``), :func:`load_results` leaves such runs
+out, and runs that fail the schema checks above, and returns each as a
+:class:`SkippedRun` (run id and reason) beside the records of the others.
+
 An empty source (nothing written there yet, a typo in the path) is an
 :class:`EmptySourceError`. All errors are one line and subclass
 :class:`raysvc.errors.RaysvcError`, so the CLI prints them and exits non-zero.
@@ -21,13 +28,19 @@ An empty source (nothing written there yet, a typo in the path) is an
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
+import re
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from raysvc.errors import RaysvcError
+from raysvc.errors import RaysvcError, StorageError
 from raysvc.records import COLUMNS, RUN_COLUMNS, SCHEMA, SCHEMA_VERSION
 
 # how many offending runs an error message names before it says "and N more"
@@ -46,6 +59,35 @@ class SchemaMismatchError(AnalysisError):
     """Runs were written with another record schema (version, columns or types)."""
 
 
+class BadRunError(AnalysisError, StorageError):
+    """Stored runs cannot be read (corrupt or edited files); ``bad`` lists them with reasons."""
+
+    def __init__(self, message: str, bad: Sequence["SkippedRun"] = ()):
+        super().__init__(message)
+        self.bad = list(bad)
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedRun:
+    """A run left out of an analysis, and why (plain words, one line)."""
+
+    run_id: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"run {self.run_id!r}: {self.reason}"
+
+
+@dataclasses.dataclass
+class Loaded:
+    """What :func:`load_results` read: the checked records, the runs it left out, the kept runs' manifests."""
+
+    records: pd.DataFrame
+    skipped: list[SkippedRun]
+    source: str
+    manifests: dict[str, dict] = dataclasses.field(default_factory=dict)  # run_id -> manifest
+
+
 def _names(items: Sequence[str]) -> str:
     shown = ", ".join(items[:_NAMED])
     return shown + (f" and {len(items) - _NAMED} more" if len(items) > _NAMED else "")
@@ -60,6 +102,64 @@ def _run_version(table: pa.Table, manifest: dict) -> object:
         if len(values) > 1:
             return "mixed " + "/".join(map(str, sorted(values)))
     return manifest.get("schema_version") if isinstance(manifest, dict) else None
+
+
+def _schema_parts(table: pa.Table) -> list[str]:
+    """What keeps a run's table from matching :data:`SCHEMA` (empty when it matches)."""
+    have = table.schema
+    missing = [c for c in COLUMNS if c not in have.names]
+    extra = [c for c in have.names if c not in SCHEMA.names]
+    wrong = [
+        f"{c} is {have.field(c).type}, expected {SCHEMA.field(c).type}"
+        for c in COLUMNS
+        if c in have.names and have.field(c).type != SCHEMA.field(c).type
+    ]
+    nulls = [
+        c for c in COLUMNS
+        if c in have.names and table.column(c).null_count and not pa.types.is_floating(SCHEMA.field(c).type)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing {', '.join(missing)}")
+    if extra:
+        parts.append(f"unknown {', '.join(extra)}")
+    parts += wrong
+    if nulls:
+        parts.append(f"nulls in {', '.join(nulls)}")
+    if table.num_rows == 0:
+        parts.append("no rows")
+    return parts
+
+
+def _row_parts(run_id: str, table: pa.Table) -> list[str]:
+    """Row-level problems of a run that matches the schema: repeated rounds, changing run columns."""
+    df = table.select(["run_id", "round", *[c for c in RUN_COLUMNS if c != "run_id"]]).to_pandas()
+    parts = []
+    ids = sorted(set(df["run_id"].astype(str)))
+    if ids != [run_id]:
+        parts.append(f"its rows carry run_id {', '.join(map(repr, ids))}")
+    twice = sorted(set(df.loc[df.duplicated("round", keep=False), "round"].tolist()))
+    if twice:
+        parts.append(f"round {', '.join(map(str, twice))} recorded twice")
+    varying = [c for c in RUN_COLUMNS if c != "run_id" and df[c].nunique(dropna=False) > 1]
+    if varying:
+        parts.append(f"run-level columns change between rounds ({', '.join(varying)})")
+    return parts
+
+
+def run_problem(run_id: str, table: pa.Table, manifest: dict) -> str | None:
+    """Why one readable run cannot be analysed with the others, in plain words; None when it can."""
+    version = _run_version(table, manifest)
+    if version != SCHEMA_VERSION:
+        return (
+            f"written with record schema version {'unknown' if version is None else version} "
+            f"(this raysvc reads version {SCHEMA_VERSION})"
+        )
+    parts = _schema_parts(table)
+    if parts:
+        return f"does not match the record schema ({'; '.join(parts)})"
+    parts = _row_parts(run_id, table)
+    return "; ".join(parts) if parts else None
 
 
 def check_runs(runs: Iterable, source: str = "the source") -> pa.Table:
@@ -82,38 +182,18 @@ def check_runs(runs: Iterable, source: str = "the source") -> pa.Table:
         raise SchemaMismatchError(
             f"{len(wrong_version)} of {len(runs)} runs in {source} were written with another record schema "
             f"than this raysvc reads (version {SCHEMA_VERSION}): {_names(wrong_version)}; "
-            f"analyse them with the raysvc version that wrote them, or re-run them"
+            f"analyse them with the raysvc version that wrote them, or re-run them "
+            f"(--skip-bad leaves them out)"
         )
     problems = []
     for run_id, table, _ in runs:
-        have = table.schema
-        missing = [c for c in COLUMNS if c not in have.names]
-        extra = [c for c in have.names if c not in SCHEMA.names]
-        wrong = [
-            f"{c} is {have.field(c).type}, expected {SCHEMA.field(c).type}"
-            for c in COLUMNS
-            if c in have.names and have.field(c).type != SCHEMA.field(c).type
-        ]
-        nulls = [
-            c for c in COLUMNS
-            if c in have.names and table.column(c).null_count and not pa.types.is_floating(SCHEMA.field(c).type)
-        ]
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing)}")
-        if extra:
-            parts.append(f"unknown {', '.join(extra)}")
-        parts += wrong
-        if nulls:
-            parts.append(f"nulls in {', '.join(nulls)}")
-        if table.num_rows == 0:
-            parts.append("no rows")
+        parts = _schema_parts(table)
         if parts:
             problems.append(f"{run_id!r} ({'; '.join(parts)})")
     if problems:
         raise SchemaMismatchError(
             f"{len(problems)} of {len(runs)} runs in {source} do not match the record schema "
-            f"version {SCHEMA_VERSION}: {_names(problems)}"
+            f"version {SCHEMA_VERSION}: {_names(problems)} (--skip-bad leaves them out)"
         )
     tables = [table.select(COLUMNS).cast(SCHEMA) for _, table, _ in runs]
     return pa.concat_tables(tables)
@@ -147,10 +227,180 @@ def check_frame(df: pd.DataFrame, source: str = "the results") -> pd.DataFrame:
     return df[COLUMNS].sort_values(["run_id", "round"], kind="stable").reset_index(drop=True)
 
 
-def _read(source: str | os.PathLike, retry_seconds: float | None):
+# ------------------------------------------------------------------ reading
+_RECORDS, _MANIFEST = "records.parquet", "manifest.json"  # the layout raysvc.storage documents
+_CHECKSUM = "records.parquet does not match the checksum in its manifest (the file was changed or is corrupt)"
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def _local_root(source: str) -> Path | None:
+    """The folder of a local destination (plain path or ``file://``); None for ``s3://``."""
+    if source.startswith("s3://"):
+        return None
+    return Path(source.removeprefix("file://")).expanduser().absolute()
+
+
+def _run_path(source: str, run_id: str) -> str:
+    return f"{source.rstrip('/')}/runs/{run_id}"
+
+
+def _about_run(error: Exception, run_id: str) -> bool:
+    """True when a storage error is about this run, not the store (unreachable, no access, ...)."""
+    return repr(run_id) in str(error)
+
+
+def _reason_from_message(message: str, run_id: str) -> str:
+    """Plain words for a :func:`raysvc.storage.read_run` error, from its message (S3, or a fallback)."""
+    m = re.search(r"is not valid JSON: (.*)$", message)
+    if m:
+        return f"manifest.json is not valid JSON: it is truncated or was edited ({m.group(1)})"
+    m = re.search(r"are corrupt: (.*)$", message)
+    if m:
+        return f"records.parquet is not a readable Parquet file ({m.group(1)})"
+    if "do not match its manifest" in message:
+        return (
+            "records.parquet is missing or does not match the checksum in its manifest "
+            "(the file was changed, is corrupt, or was being rewritten)"
+        )
+    m = re.search(r"cannot read (manifest|records) of run .*?: (.*)$", message)
+    if m:
+        return f"cannot read {_MANIFEST if m.group(1) == 'manifest' else _RECORDS}: {m.group(2)}"
+    if "invalid run_id" in message:
+        return "its folder name is not a valid run id (letters, digits and . _ = + -, not leading '.')"
+    return _one_line(message)
+
+
+def _diagnose_local(root: Path, run_id: str) -> str | None:
+    """Read a local run's files and say what is wrong with them; None when nothing is (now)."""
+    folder = root / "runs" / run_id
+    try:
+        raw = (folder / _MANIFEST).read_bytes()
+    except FileNotFoundError:
+        return None  # deleted or being rewritten meanwhile
+    except OSError as e:
+        return f"cannot read {_MANIFEST}: {e.strerror or e}"
+    try:
+        manifest = json.loads(raw)
+    except ValueError as e:
+        return f"{_MANIFEST} is not valid JSON: it is truncated or was edited ({e})"
+    if not isinstance(manifest, dict):
+        return f"{_MANIFEST} is not a JSON object (it holds a {type(manifest).__name__})"
+    try:
+        records = (folder / _RECORDS).read_bytes()
+    except FileNotFoundError:
+        return f"{_RECORDS} is missing (its {_MANIFEST} is there)"
+    except OSError as e:
+        return f"cannot read {_RECORDS}: {e.strerror or e}"
+    expected = manifest.get("records_sha256")
+    if expected is not None and expected != hashlib.sha256(records).hexdigest():
+        return _CHECKSUM
+    try:
+        pq.read_table(pa.BufferReader(records))
+    except (pa.ArrowException, OSError) as e:
+        return f"{_RECORDS} is not a readable Parquet file ({_one_line(e)})"
+    return None
+
+
+def _read_one(source: str, run_id: str, retry_seconds: float | None):
+    """``(Run or None, reason or None)`` for one listed run; store-level failures propagate."""
     from raysvc import storage
 
-    return storage.read_runs(source, retry_seconds=retry_seconds)
+    root = _local_root(source)
+    for attempt in (1, 2):
+        try:
+            return storage.read_run(source, run_id, retry_seconds=retry_seconds), None
+        except StorageError as e:
+            if not _about_run(e, run_id):
+                raise
+            error: Exception = e
+        except (AttributeError, TypeError) as e:  # a manifest that is JSON but not an object
+            error = e
+        reason = _diagnose_local(root, run_id) if root is not None else None
+        if reason is not None:
+            return None, reason
+        if root is None or attempt == 2:
+            if isinstance(error, StorageError):
+                return None, _reason_from_message(str(error), run_id)
+            return None, f"{_MANIFEST} cannot be read as a run manifest ({type(error).__name__}: {error})"
+        # the files look whole now: the run was rewritten while being read; read it once more
+
+
+def _bad_runs_error(source: str, bad: list[SkippedRun], n_runs: int) -> BadRunError:
+    if len(bad) == 1:
+        b = bad[0]
+        return BadRunError(
+            f"run {b.run_id!r} in {source} cannot be read: {b.reason}; rerun it, delete "
+            f"{_run_path(source, b.run_id)}, or pass --skip-bad to go on without it",
+            bad,
+        )
+    return BadRunError(
+        f"{len(bad)} of {n_runs} runs in {source} cannot be read: "
+        + "; ".join(f"{b.run_id!r}: {b.reason}" for b in bad[:_NAMED])
+        + (f"; and {len(bad) - _NAMED} more" if len(bad) > _NAMED else "")
+        + f"; rerun them, delete their folders under {source.rstrip('/')}/runs/, "
+        "or pass --skip-bad to go on without them",
+        bad,
+    )
+
+
+def read_results(source, *, skip_bad: bool = False, retry_seconds: float | None = None):
+    """``(runs, skipped)``: every run under ``source`` that can be read, and the ones that cannot.
+
+    Without ``skip_bad`` any unreadable run raises one :class:`BadRunError` naming every
+    such run with its reason. Failures of the store itself (unreachable, access denied)
+    always raise.
+    """
+    from raysvc import storage
+
+    name = os.fspath(source)
+    ids = storage.list_runs(source, retry_seconds=retry_seconds)
+    runs, bad = [], []
+    for run_id in ids:
+        run, reason = _read_one(name, run_id, retry_seconds)
+        if reason is not None:
+            bad.append(SkippedRun(run_id, reason))
+        elif run is not None:  # None: deleted while listing
+            runs.append(run)
+    if bad and not skip_bad:
+        raise _bad_runs_error(name, bad, len(ids))
+    return runs, bad
+
+
+def load_results(source, *, skip_bad: bool = False, retry_seconds: float | None = None) -> Loaded:
+    """Like :func:`load_runs`, and with ``skip_bad`` leaves out runs that cannot be analysed.
+
+    Skipped are runs that cannot be read and runs that fail the schema checks; each
+    comes back as a :class:`SkippedRun` in ``skipped``. Without ``skip_bad`` they raise
+    (:class:`BadRunError`, :class:`SchemaMismatchError`). When every run is skipped the
+    source counts as empty (:class:`EmptySourceError` naming them).
+    """
+    if isinstance(source, pd.DataFrame):
+        return Loaded(check_frame(source), [], "a DataFrame")
+    name = os.fspath(source)
+    runs, skipped = read_results(source, skip_bad=skip_bad, retry_seconds=retry_seconds)
+    triples = [(r[0], r[1], r[2]) for r in runs]
+    if skip_bad:
+        kept = []
+        for run_id, table, manifest in triples:
+            problem = run_problem(run_id, table, manifest)
+            if problem is None:
+                kept.append((run_id, table, manifest))
+            else:
+                skipped.append(SkippedRun(run_id, problem))
+        skipped.sort(key=lambda s: s.run_id)
+        if skipped and not kept:
+            raise EmptySourceError(
+                f"no readable runs in {name}: all {len(skipped)} were skipped: "
+                + "; ".join(f"{s.run_id!r}: {s.reason}" for s in skipped[:_NAMED])
+                + (f"; and {len(skipped) - _NAMED} more" if len(skipped) > _NAMED else "")
+            )
+        triples = kept
+    table = check_runs(triples, name)
+    manifests = {run_id: manifest for run_id, _, manifest in triples}
+    return Loaded(check_frame(table.to_pandas(), name), skipped, name, manifests)
 
 
 def load_runs(source, *, retry_seconds: float | None = None) -> pd.DataFrame:
@@ -158,16 +408,14 @@ def load_runs(source, *, retry_seconds: float | None = None) -> pd.DataFrame:
 
     ``source`` is a local directory, ``file://DIR``, ``s3://BUCKET[/PREFIX]``, or an
     already-loaded DataFrame (checked and returned sorted). Columns are exactly
-    :data:`raysvc.records.COLUMNS`; rows are sorted by run_id then round.
+    :data:`raysvc.records.COLUMNS`; rows are sorted by run_id then round. A run that
+    cannot be read is a :class:`BadRunError` naming it (see :func:`load_results` to
+    leave such runs out).
     """
-    if isinstance(source, pd.DataFrame):
-        return check_frame(source)
-    name = os.fspath(source)
-    runs = _read(source, retry_seconds)
-    table = check_runs([(r[0], r[1], r[2]) for r in runs], name)
-    return check_frame(table.to_pandas(), name)
+    return load_results(source, retry_seconds=retry_seconds).records
 
 
 __all__ = [
-    "AnalysisError", "EmptySourceError", "SchemaMismatchError", "check_frame", "check_runs", "load_runs",
+    "AnalysisError", "BadRunError", "EmptySourceError", "Loaded", "SchemaMismatchError", "SkippedRun",
+    "check_frame", "check_runs", "load_results", "load_runs", "read_results", "run_problem",
 ]  # fmt: skip

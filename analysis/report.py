@@ -3,17 +3,21 @@
 :func:`build_report` loads the runs under ``SOURCE`` (local path, ``file://`` or
 ``s3://``; see :mod:`analysis.load`), and writes to ``DIR``:
 
-``report.md``             runs overview, main table, by-round tables, queries, timing, figures
+``report.md``             runs overview, main table, by-round tables, queries, timing,
+                          one-time encoding, figures, skipped runs (``--skip-bad``)
 ``main.csv``              the main table: strategies x datasets at the chosen round (+ Average)
 ``rounds_<dataset>.csv``  strategies x rounds per dataset
 ``queries.csv``           oracle queries vs labeled-set size, saved, pseudo-label accuracy
-``timing.csv``            seconds per stage
+``timing.csv``            seconds per stage (select, train; the one-time encoding is in report.md)
 ``aggregate.csv``         mean/std/n_seeds of every metric per configuration and round
 ``records.csv``           the raw rows that were analysed
 ``accuracy_vs_round.png``, ``accuracy_vs_queries.png``, ``queries_saved.png``
 
 CSV numbers are unscaled (accuracies as fractions); markdown prints accuracies in
-percent. Clusters (t-SNE/ARI) and GradFAM need features and a backbone, not results:
+percent. The main and by-round tables start with a ``zero-shot`` row (the backbone with
+no labels). A run that cannot be read stops the report with an error naming it and what
+is wrong; ``--skip-bad`` reports the other runs instead and names each skipped run on
+stderr and in report.md. Clusters (t-SNE/ARI) and GradFAM need features and a backbone, not results:
 see :mod:`analysis.clusters` and :mod:`analysis.gradfam`.
 """
 
@@ -29,11 +33,12 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import figures as figs
-from analysis.load import AnalysisError, load_runs
+from analysis.load import AnalysisError, SkippedRun, load_results
 from analysis.tables import (
     CONFIG_KEYS,
     Table,
     aggregate,
+    encoding_table,
     markdown_table,
     paper_tables,
     queries_table,
@@ -44,6 +49,11 @@ from raysvc.records import SCHEMA_VERSION
 
 ACCURACY_METRICS = ("test_acc", "zeroshot_acc", "teacher_acc", "pseudo_acc")
 FILTER_KEYS = ("dataset", "strategy", "learner", "backbone")
+FIGURE_CAPTION = (
+    "Lines are means over seeds; shaded bands are ± one standard deviation over seeds (n seeds as the "
+    "legend says; no band for a single seed). The Average panel shows the mean of the dataset means, "
+    "without a band. The dashed line is the zero-shot accuracy (the backbone with no labels)."
+)
 
 
 @dataclasses.dataclass
@@ -51,16 +61,19 @@ class Report:
     out_dir: Path
     markdown: str
     main: Table
-    tables: dict[str, Table]  # "main", "rounds/<dataset>", "queries" (when any pseudo-label), "timing"
+    # "main", "rounds/<dataset>", "queries" (when any pseudo-label), "timing", "encoding"
+    tables: dict[str, Table]
     figures: dict[str, figs.FigureResult]  # "accuracy_vs_round", "accuracy_vs_queries", "queries_saved"
     files: list[Path]
     n_runs: int
+    skipped: list[SkippedRun] = dataclasses.field(default_factory=list)  # runs left out by skip_bad
 
     def __str__(self) -> str:
         """What the CLI prints: the main table and where the report went."""
+        skipped = f", {len(self.skipped)} skipped" if self.skipped else ""
         return (
             f"{self.main.title}\n\n{self.main.to_markdown()}\n\n"
-            f"wrote {self.out_dir / 'report.md'} ({len(self.files)} files, {self.n_runs} runs)"
+            f"wrote {self.out_dir / 'report.md'} ({len(self.files)} files, {self.n_runs} runs{skipped})"
         )
 
 
@@ -98,18 +111,23 @@ def build_report(
     at_round: int | None = None,
     filters: dict | None = None,
     retry_seconds: float | None = None,
+    skip_bad: bool = False,
 ) -> Report:
     """Write report.md, CSVs and PNGs for the runs under ``source`` into ``out_dir``.
 
     ``metric`` is the accuracy the main and by-round tables and the accuracy figures
     show; ``at_round`` the main table's round (default each dataset's last);
     ``filters`` maps dataset/strategy/learner/backbone to a value or list to keep.
+    ``skip_bad`` leaves out runs that cannot be read or do not match the record schema
+    (see :func:`analysis.load.load_results`) and lists them in ``Report.skipped`` and
+    report.md; without it such a run raises an error naming it.
     """
     if metric not in ACCURACY_METRICS:
         raise AnalysisError(f"metric must be one of {', '.join(ACCURACY_METRICS)}, got {metric!r}")
     name = "a DataFrame" if isinstance(source, pd.DataFrame) else os.fspath(source)
-    df = load_runs(source, retry_seconds=retry_seconds)
-    df = _filter_records(df, filters or {})
+    loaded = load_results(source, skip_bad=skip_bad, retry_seconds=retry_seconds)
+    skipped = loaded.skipped
+    df = _filter_records(loaded.records, filters or {})
     agg = aggregate(df)
     out = Path(out_dir)
     try:
@@ -127,6 +145,7 @@ def build_report(
     if (agg["n_pseudo_mean"].fillna(0) > 0).any():
         tables["queries"] = queries_table(agg, only_selective=True)
     tables["timing"] = timing_table(df)
+    tables["encoding"] = encoding_table(df)
 
     csv(df, "records.csv")
     csv(agg, "aggregate.csv")
@@ -146,13 +165,19 @@ def build_report(
     files += [f.path for f in figures.values()]
 
     n_runs = df["run_id"].nunique()
+    skipped_note = (
+        f" {len(skipped)} run{'s' if len(skipped) != 1 else ''} could not be analysed and "
+        f"{'were' if len(skipped) != 1 else 'was'} left out (see [Skipped runs](#skipped-runs))."
+        if skipped else ""
+    )
     lines = [
         "# Active-learning results",
         "",
         f"Source: `{name}` — {n_runs} runs, "
         f"{df['dataset'].nunique()} datasets, {df['strategy'].nunique()} strategies, record schema "
         f"version {SCHEMA_VERSION}. Cells are mean ± std over seeds (sample std, ddof=1; the ± is left "
-        "out for a single seed); the best value of each column is **bold**. Accuracies in percent.",
+        "out for a single seed); the best value of each column is **bold**. Accuracies in percent."
+        + skipped_note,
         "",
         "## Runs",
         "",
@@ -160,11 +185,15 @@ def build_report(
         "",
         "## Main table",
         "",
-        tables["main"].title + ". The Average is over datasets, only for rows present in all of them.",
+        tables["main"].title + ". The Average is over datasets, only for rows present in all of them."
+        + (" The zero-shot row is a baseline and is never bold."
+           if tables["main"].baseline_mean is not None else ""),
         "",
         tables["main"].to_markdown(),
         "",
         "![accuracy by round](accuracy_vs_round.png)",
+        "",
+        FIGURE_CAPTION,
         "",
     ]
     for key, table in tables.items():
@@ -184,19 +213,42 @@ def build_report(
     lines += [
         "![accuracy vs oracle queries](accuracy_vs_queries.png)",
         "",
+        FIGURE_CAPTION.replace(" The Average panel shows the mean of the dataset means, without a band.", ""),
+        "",
         "![queries saved](queries_saved.png)",
         "",
         "## Seconds per stage",
         "",
-        tables["timing"].title + ": select and train per round, encode (features; 0 on a cache hit) and total per run.",
+        tables["timing"].title + ". Select and train seconds per round, and their total per run (select + train "
+        "over all rounds). The feature encoding is a one-time cost per dataset and backbone, not per strategy: "
+        "see below.",
         "",
         tables["timing"].to_markdown(),
         "",
+        "## One-time feature encoding",
+        "",
+        tables["encoding"].title + ". Each dataset and backbone is encoded once and the features are shared: "
+        "the run that encoded records the seconds in its first round, every other run hits the cache and "
+        "records 0. The sum is the encoding work actually done (0 when every run found the features cached).",
+        "",
+        tables["encoding"].to_markdown(),
+        "",
     ]
+    if skipped:
+        lines += [
+            "## Skipped runs",
+            "",
+            f"Left out by `--skip-bad`: {len(skipped)} run{'s' if len(skipped) != 1 else ''} that could not be "
+            "read or do not match the record schema. Rerun them, or delete their folders under "
+            f"`{name.rstrip('/')}/runs/`.",
+            "",
+            markdown_table(["run", "reason"], [[f"`{s.run_id}`", s.reason] for s in skipped], n_left=2),
+            "",
+        ]
     markdown = "\n".join(lines)
     (out / "report.md").write_text(markdown, encoding="utf-8")
     files.insert(0, out / "report.md")
-    return Report(out, markdown, tables["main"], tables, figures, files, n_runs)
+    return Report(out, markdown, tables["main"], tables, figures, files, n_runs, list(skipped))
 
 
 # ----------------------------------------------------------------------- CLI
@@ -210,7 +262,16 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     for key in FILTER_KEYS:
         parser.add_argument(f"--{key}", action="append", default=None, metavar=key.upper(),
                             help=f"keep only this {key} (repeatable)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="report the readable runs and name each run left out (corrupt or edited files, another "
+                             "record schema) on stderr and in report.md, instead of stopping at the first such run")
     return parser
+
+
+def print_skipped(skipped, prog: str = "raysvc report", file=None) -> None:
+    """One stderr line per run left out by --skip-bad."""
+    for s in skipped:
+        print(f"{prog}: skipped {s}", file=file or sys.stderr)
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -221,8 +282,9 @@ def run_report(args: argparse.Namespace) -> int:
     filters = {k: getattr(args, k, None) for k in FILTER_KEYS}
     report = build_report(
         args.source, args.out, metric=getattr(args, "metric", "test_acc"), at_round=getattr(args, "at_round", None),
-        filters=filters,
+        filters=filters, skip_bad=getattr(args, "skip_bad", False),
     )
+    print_skipped(report.skipped)
     print(report)
     return 0
 

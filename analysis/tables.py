@@ -23,11 +23,20 @@ Conventions, decided once for every table and figure:
   highest (lowest for seconds) *printed* value, so printed ties are all bold.
 * An ``Average`` over datasets is given only for rows present in every dataset (NaN
   otherwise: an average over fewer datasets is not comparable).
+* The zero-shot accuracy (the backbone with no labels at all; every round of a run
+  records the same value) is a baseline per dataset and backbone: mean ± std over all
+  runs of that dataset and backbone (:func:`zeroshot_baseline`). The paper tables show
+  it as a ``zero-shot`` row first, never bold.
+* Feature encoding is a one-time cost per dataset and backbone, charged to the first
+  round of whichever run encoded first (the others hit the cache and record 0). It is
+  summed over runs per dataset and backbone (:func:`encoding_table`), not averaged per
+  strategy.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -42,6 +51,7 @@ METRICS = (
     "select_seconds", "train_seconds", "encode_seconds",
 )  # fmt: skip
 AVERAGE = "Average"
+ZEROSHOT = "zero-shot"
 
 METRIC_LABELS = {
     "test_acc": "test accuracy (%)", "zeroshot_acc": "zero-shot accuracy (%)", "teacher_acc": "teacher accuracy (%)",
@@ -148,6 +158,8 @@ class Table:
     where no spread applies. Columns listed in ``no_best`` are never marked; otherwise
     a column's best printed value is bold when ``higher_is_better`` is not None.
     ``scale``/``digits`` apply to every column unless ``styles`` names the column.
+    ``baseline_mean``/``baseline_std`` (same index names and columns, or None) are
+    reference rows such as ``zero-shot``: printed first, never bold, not compared.
     """
 
     title: str
@@ -158,6 +170,8 @@ class Table:
     digits: int = 2
     styles: dict = dataclasses.field(default_factory=dict)  # column -> (scale, digits, higher_is_better)
     no_best: tuple = ()
+    baseline_mean: pd.DataFrame | None = None
+    baseline_std: pd.DataFrame | None = None
 
     def _style(self, column) -> tuple[float, int, bool | None]:
         return self.styles.get(column, (self.scale, self.digits, self.higher_is_better))
@@ -176,14 +190,15 @@ class Table:
             out[col] = shown == target
         return out
 
-    def cell(self, row, col, bold: bool = False) -> str:
+    def cell(self, row, col, bold: bool = False, baseline: bool = False) -> str:
+        mean, std = (self.baseline_mean, self.baseline_std) if baseline else (self.mean, self.std)
         scale, digits, _ = self._style(col)
-        m = self.mean.loc[row, col]
+        m = mean.loc[row, col] if col in mean.columns else float("nan")
         if pd.isna(m):
             return "–"
         text = f"{float(m) * scale:.{digits}f}"
-        if self.std is not None and col in self.std.columns:
-            s = self.std.loc[row, col]
+        if std is not None and col in std.columns:
+            s = std.loc[row, col]
             if not pd.isna(s):
                 text += f" ± {float(s) * scale:.{digits}f}"
         return f"**{text}**" if bold else text
@@ -193,6 +208,10 @@ class Table:
         names = [str(n) for n in self.mean.index.names]
         header = names + [str(c) for c in self.mean.columns]
         rows = []
+        if self.baseline_mean is not None:
+            for row in self.baseline_mean.index:
+                labels = list(row) if isinstance(row, tuple) else [row]
+                rows.append([str(v) for v in labels] + [self.cell(row, c, baseline=True) for c in self.mean.columns])
         for row in self.mean.index:
             labels = list(row) if isinstance(row, tuple) else [row]
             cells = [self.cell(row, c, bool(best.loc[row, c])) for c in self.mean.columns]
@@ -200,13 +219,20 @@ class Table:
         return markdown_table(header, rows, n_left=len(names))
 
     def to_frame(self) -> pd.DataFrame:
-        """Flat, unscaled numbers for CSV: ``<column>`` means and ``<column> std``."""
-        out = pd.DataFrame(index=self.mean.index)
-        for c in self.mean.columns:
-            out[str(c)] = self.mean[c]
-            if self.std is not None and c in self.std.columns:
-                out[f"{c} std"] = self.std[c]
-        return out.reset_index()
+        """Flat, unscaled numbers for CSV: ``<column>`` means and ``<column> std``; baseline rows first."""
+        parts = []
+        if self.baseline_mean is not None:
+            parts.append((self.baseline_mean, self.baseline_std))
+        parts.append((self.mean, self.std))
+        frames = []
+        for mean, std in parts:
+            out = pd.DataFrame(index=mean.index)
+            for c in self.mean.columns:
+                out[str(c)] = mean[c] if c in mean.columns else float("nan")
+                if self.std is not None and c in self.std.columns:
+                    out[f"{c} std"] = std[c] if std is not None and c in std.columns else float("nan")
+            frames.append(out.reset_index())
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
     def __str__(self) -> str:
         return f"{self.title}\n\n{self.to_markdown()}"
@@ -224,12 +250,16 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], n_left:
     return "\n".join(lines)
 
 
-def round_table(data, metric: str = "test_acc", dataset: str | None = None, rounds=None, **filters) -> Table:
+def round_table(
+    data, metric: str = "test_acc", dataset: str | None = None, rounds=None, zeroshot: bool = False, **filters
+) -> Table:
     """Strategies as rows, rounds as columns: ``metric`` mean ± std over seeds on one dataset.
 
     ``dataset`` may be omitted when the results hold one; ``rounds`` limits the columns;
     other ``filters`` (learner=, backbone=, ...) narrow the rows. Rows are labelled by
-    strategy plus every other configuration key that still varies.
+    strategy plus every other configuration key that still varies. ``zeroshot`` adds
+    the zero-shot baseline as reference rows (the same value in every round; see
+    :func:`zeroshot_baseline`), for accuracy metrics other than ``zeroshot_acc``.
     """
     agg = _as_aggregate(data)
     if dataset is None:
@@ -242,7 +272,66 @@ def round_table(data, metric: str = "test_acc", dataset: str | None = None, roun
     mean, std = _pivot(sel, keys, "round", metric)
     scale, digits, higher = _style(metric)
     title = f"{METRIC_LABELS.get(metric, metric)} on {dataset} by round (mean ± std over seeds)"
-    return Table(title, mean, std, higher, scale, digits)
+    table = Table(title, mean, std, higher, scale, digits)
+    if zeroshot and _wants_zeroshot(metric):
+        base = zeroshot_baseline(select(agg, dataset=dataset, **filters))
+        _add_baseline(table, base, keys, {c: dataset for c in mean.columns})
+    return table
+
+
+def _wants_zeroshot(metric: str) -> bool:
+    return is_accuracy(metric) and metric != "zeroshot_acc"
+
+
+def zeroshot_baseline(data, **filters) -> pd.DataFrame:
+    """Zero-shot accuracy per (dataset, backbone): ``mean``, ``std`` (ddof=1) and ``n_runs`` over runs.
+
+    Every round of a run records the same ``zeroshot_acc``; each run counts once. From an
+    aggregate, each configuration contributes the round where most of its seeds are
+    present, and the configurations' means and stds are pooled exactly over their runs.
+    """
+    agg = select(_as_aggregate(data), **filters)
+    agg = agg[agg["zeroshot_acc_mean"].notna()]
+    per_config = (
+        agg.sort_values(["n_seeds", "round"], ascending=[False, True], kind="stable")
+        .groupby(list(CONFIG_KEYS), sort=True, dropna=False).head(1)
+    )
+    rows = []
+    for (dataset, backbone), part in per_config.groupby(["dataset", "backbone"], sort=True, dropna=False):
+        n = part["n_seeds"].to_numpy(float)
+        m = part["zeroshot_acc_mean"].to_numpy(float)
+        s = np.nan_to_num(part["zeroshot_acc_std"].to_numpy(float))  # NaN for one seed: no spread inside
+        total = n.sum()
+        mean = float((n * m).sum() / total)
+        spread = float(((n - 1) * s**2).sum() + (n * (m - mean) ** 2).sum())
+        std = math.sqrt(max(spread, 0.0) / (total - 1)) if total > 1 else float("nan")
+        rows.append({"dataset": dataset, "backbone": backbone, "mean": mean, "std": std, "n_runs": int(total)})
+    return pd.DataFrame(rows, columns=["dataset", "backbone", "mean", "std", "n_runs"])
+
+
+def _add_baseline(table: Table, base: pd.DataFrame, keys: list[str], column_dataset: dict) -> None:
+    """Put zero-shot rows (one per backbone) into ``table``; ``column_dataset`` maps its columns to datasets."""
+    if base.empty:
+        return
+    index, means, stds = [], [], []
+    for backbone, part in base.groupby("backbone", sort=True):
+        by_dataset = part.set_index("dataset")
+        label = tuple(ZEROSHOT if k == "strategy" else backbone if k == "backbone" else "" for k in keys)
+        index.append(label if len(keys) > 1 else label[0])
+        means.append({c: by_dataset["mean"].get(d, np.nan) for c, d in column_dataset.items()})
+        stds.append({c: by_dataset["std"].get(d, np.nan) for c, d in column_dataset.items()})
+    if len(keys) > 1:
+        idx = pd.MultiIndex.from_tuples(index, names=table.mean.index.names)
+    else:
+        idx = pd.Index(index, name=table.mean.index.name)
+    table.baseline_mean = pd.DataFrame(means, index=idx, columns=list(column_dataset)).astype(float)
+    table.baseline_std = pd.DataFrame(stds, index=idx, columns=list(column_dataset)).astype(float)
+    lo, hi = int(base["n_runs"].min()), int(base["n_runs"].max())
+    n = f"n = {lo}" if lo == hi else f"n = {lo}–{hi} per dataset"
+    table.title += (
+        f"; zero-shot: the backbone with no labels, mean ± std over every run of the dataset and backbone ({n})"
+    )
+
 
 
 def _pivot(sel: pd.DataFrame, keys: list[str], column: str, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -265,15 +354,19 @@ def final_rounds(agg: pd.DataFrame) -> dict[str, int]:
 
 
 def dataset_table(
-    data, metric: str = "test_acc", at_round: int | None = None, average: bool = True, **filters
+    data, metric: str = "test_acc", at_round: int | None = None, average: bool = True, zeroshot: bool = False,
+    **filters,
 ) -> Table:
     """Strategies as rows, datasets as columns at one round, plus an ``Average`` column.
 
     ``at_round`` None takes each dataset's last round. The Average is the mean of a
     row's dataset means, NaN unless the row has a value on every dataset; it has no ±.
+    ``zeroshot`` adds the zero-shot baseline rows (:func:`zeroshot_baseline`; it does
+    not depend on the round), for accuracy metrics other than ``zeroshot_acc``.
     """
     agg = _as_aggregate(data)
     sel = select(agg, **filters)
+    base = zeroshot_baseline(sel) if zeroshot and _wants_zeroshot(metric) else None
     datasets = sorted(sel["dataset"].unique())  # before picking the round: a dataset without it stays, as NaN
     last = final_rounds(sel)
     wanted = {d: (at_round if at_round is not None else r) for d, r in last.items()}
@@ -289,7 +382,12 @@ def dataset_table(
     where = f"round {at_round}" if at_round is not None else "each dataset's last round (" + ", ".join(
         f"{d}: {wanted[d]}" for d in datasets) + ")"
     title = f"{METRIC_LABELS.get(metric, metric)} at {where} (mean ± std over seeds)"
-    return Table(title, mean, std, higher, scale, digits)
+    table = Table(title, mean, std, higher, scale, digits)
+    if base is not None:
+        _add_baseline(table, base, keys, {d: d for d in datasets})
+        if table.baseline_mean is not None and AVERAGE in mean.columns:
+            table.baseline_mean[AVERAGE] = table.baseline_mean[datasets].mean(axis=1, skipna=False)
+    return table
 
 
 def queries_table(data, only_selective: bool = False, **filters) -> Table:
@@ -318,42 +416,72 @@ def queries_table(data, only_selective: bool = False, **filters) -> Table:
                  styles=styles)
 
 
-def timing_table(source, **filters) -> Table:
-    """Seconds per stage per configuration: select and train per round, encode and total per run.
+def timing_table(source, encode: bool = False, **filters) -> Table:
+    """Seconds per stage per configuration: select and train per round, and their total per run.
 
-    Per run: mean select/train seconds over its rounds, the sum of its encode seconds
-    (charged to the first round; 0 on a feature-cache hit) and its total; then mean ± std over seeds.
+    Per run: mean select/train seconds over its rounds and its total (select + train over
+    all rounds); then mean ± std over seeds. The one-time feature encoding is left out:
+    it is charged to whichever run encoded first, so averaging it per strategy misleads;
+    see :func:`encoding_table`. ``encode=True`` gives the former view: an ``encode s/run``
+    column and the encoding counted in the total.
     """
     df = load_runs(source)
     per_run = df.groupby(["run_id", *CONFIG_KEYS, "seed"], dropna=False).agg(
         select=("select_seconds", "mean"), train=("train_seconds", "mean"), encode=("encode_seconds", "sum"),
         total_select=("select_seconds", "sum"), total_train=("train_seconds", "sum"),
     ).reset_index()
-    per_run["total"] = per_run["total_select"] + per_run["total_train"] + per_run["encode"]
+    per_run["total"] = per_run["total_select"] + per_run["total_train"] + (per_run["encode"] if encode else 0.0)
     per_run = select(per_run, **filters)
     keys = ["dataset", *row_keys(per_run)]
     names = {"select": "select s/round", "train": "train s/round", "encode": "encode s/run", "total": "total s/run"}
+    if not encode:
+        del names["encode"]
     groups = per_run.groupby(keys, dropna=False, sort=True)
     mean = groups[list(names)].mean().rename(columns=names)
     std = groups[list(names)].std().rename(columns=names)
-    return Table("Seconds per stage (mean ± std over seeds)", mean, std, None, 1.0, 3)  # rows span datasets: no "best"
+    title = "Seconds per stage (mean ± std over seeds)" + ("" if encode else "; feature encoding not included")
+    return Table(title, mean, std, None, 1.0, 3)  # rows span datasets: no "best"
 
 
-def paper_tables(data, metric: str = "test_acc", at_round: int | None = None, **filters) -> dict[str, Table]:
+def encoding_table(source, **filters) -> Table:
+    """The one-time feature encoding per (dataset, backbone): seconds summed over runs.
+
+    Each (dataset, backbone) is encoded once and shared; the run that encoded records the
+    seconds in its first round, the others 0 (a cache hit). The sum over runs is the
+    encoding work actually done (0 when every run found the features cached). Columns:
+    ``encode s (one-time)``, ``runs`` sharing the features, ``runs that encoded``.
+    """
+    df = select(load_runs(source), **filters)
+    per_run = df.groupby(["dataset", "backbone", "run_id"], sort=True)["encode_seconds"].sum().reset_index()
+    groups = per_run.groupby(["dataset", "backbone"], sort=True)
+    mean = pd.DataFrame({
+        "encode s (one-time)": groups["encode_seconds"].sum(),
+        "runs": groups["run_id"].nunique().astype(float),
+        "runs that encoded": groups["encode_seconds"].apply(lambda s: float((s > 0).sum())),
+    })  # fmt: skip
+    styles = {"encode s (one-time)": (1.0, 1, None), "runs": (1.0, 0, None), "runs that encoded": (1.0, 0, None)}
+    title = "One-time feature encoding per dataset and backbone (seconds summed over runs)"
+    return Table(title, mean, None, None, 1.0, 1, styles=styles)
+
+
+def paper_tables(
+    data, metric: str = "test_acc", at_round: int | None = None, zeroshot: bool = True, **filters
+) -> dict[str, Table]:
     """The main table (datasets at ``at_round`` + Average) and one by-round table per dataset.
 
-    Keys: ``"main"`` and ``"rounds/<dataset>"``.
+    Keys: ``"main"`` and ``"rounds/<dataset>"``. With ``zeroshot`` (the default) each
+    table starts with the zero-shot baseline rows (see :func:`zeroshot_baseline`).
     """
     agg = _as_aggregate(data)
     sel = select(agg, **filters)
-    out = {"main": dataset_table(sel, metric, at_round)}
+    out = {"main": dataset_table(sel, metric, at_round, zeroshot=zeroshot)}
     for d in sorted(sel["dataset"].unique()):
-        out[f"rounds/{d}"] = round_table(sel, metric, dataset=d)
+        out[f"rounds/{d}"] = round_table(sel, metric, dataset=d, zeroshot=zeroshot)
     return out
 
 
 __all__ = [
-    "AVERAGE", "CONFIG_KEYS", "GROUP_KEYS", "METRICS", "Table", "aggregate", "check_seeds", "dataset_table",
-    "final_rounds", "markdown_table", "paper_tables", "queries_table", "round_table", "row_keys", "select",
-    "timing_table", "with_derived",
+    "AVERAGE", "CONFIG_KEYS", "GROUP_KEYS", "METRICS", "ZEROSHOT", "Table", "aggregate", "check_seeds",
+    "dataset_table", "encoding_table", "final_rounds", "markdown_table", "paper_tables", "queries_table",
+    "round_table", "row_keys", "select", "timing_table", "with_derived", "zeroshot_baseline",
 ]  # fmt: skip
