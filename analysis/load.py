@@ -29,18 +29,13 @@ An empty source (nothing written there yet, a typo in the path) is an
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-import re
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from raysvc.errors import RaysvcError, StorageError
+from raysvc.errors import CorruptRunError, RaysvcError, StorageError
 from raysvc.records import COLUMNS, RUN_COLUMNS, SCHEMA, SCHEMA_VERSION
 
 # how many offending runs an error message names before it says "and N more"
@@ -228,104 +223,18 @@ def check_frame(df: pd.DataFrame, source: str = "the results") -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------ reading
-_RECORDS, _MANIFEST = "records.parquet", "manifest.json"  # the layout raysvc.storage documents
-_CHECKSUM = "records.parquet does not match the checksum in its manifest (the file was changed or is corrupt)"
-
-
-def _one_line(text) -> str:
-    return " ".join(str(text).split())
-
-
-def _local_root(source: str) -> Path | None:
-    """The folder of a local destination (plain path or ``file://``); None for ``s3://``."""
-    if source.startswith("s3://"):
-        return None
-    return Path(source.removeprefix("file://")).expanduser().absolute()
-
-
 def _run_path(source: str, run_id: str) -> str:
     return f"{source.rstrip('/')}/runs/{run_id}"
 
 
-def _about_run(error: Exception, run_id: str) -> bool:
-    """True when a storage error is about this run, not the store (unreachable, no access, ...)."""
-    return repr(run_id) in str(error)
-
-
-def _reason_from_message(message: str, run_id: str) -> str:
-    """Plain words for a :func:`raysvc.storage.read_run` error, from its message (S3, or a fallback)."""
-    m = re.search(r"is not valid JSON: (.*)$", message)
-    if m:
-        return f"manifest.json is not valid JSON: it is truncated or was edited ({m.group(1)})"
-    m = re.search(r"are corrupt: (.*)$", message)
-    if m:
-        return f"records.parquet is not a readable Parquet file ({m.group(1)})"
-    if "do not match its manifest" in message:
-        return (
-            "records.parquet is missing or does not match the checksum in its manifest "
-            "(the file was changed, is corrupt, or was being rewritten)"
-        )
-    m = re.search(r"cannot read (manifest|records) of run .*?: (.*)$", message)
-    if m:
-        return f"cannot read {_MANIFEST if m.group(1) == 'manifest' else _RECORDS}: {m.group(2)}"
-    if "invalid run_id" in message:
-        return "its folder name is not a valid run id (letters, digits and . _ = + -, not leading '.')"
-    return _one_line(message)
-
-
-def _diagnose_local(root: Path, run_id: str) -> str | None:
-    """Read a local run's files and say what is wrong with them; None when nothing is (now)."""
-    folder = root / "runs" / run_id
-    try:
-        raw = (folder / _MANIFEST).read_bytes()
-    except FileNotFoundError:
-        return None  # deleted or being rewritten meanwhile
-    except OSError as e:
-        return f"cannot read {_MANIFEST}: {e.strerror or e}"
-    try:
-        manifest = json.loads(raw)
-    except ValueError as e:
-        return f"{_MANIFEST} is not valid JSON: it is truncated or was edited ({e})"
-    if not isinstance(manifest, dict):
-        return f"{_MANIFEST} is not a JSON object (it holds a {type(manifest).__name__})"
-    try:
-        records = (folder / _RECORDS).read_bytes()
-    except FileNotFoundError:
-        return f"{_RECORDS} is missing (its {_MANIFEST} is there)"
-    except OSError as e:
-        return f"cannot read {_RECORDS}: {e.strerror or e}"
-    expected = manifest.get("records_sha256")
-    if expected is not None and expected != hashlib.sha256(records).hexdigest():
-        return _CHECKSUM
-    try:
-        pq.read_table(pa.BufferReader(records))
-    except (pa.ArrowException, OSError) as e:
-        return f"{_RECORDS} is not a readable Parquet file ({_one_line(e)})"
-    return None
-
-
 def _read_one(source: str, run_id: str, retry_seconds: float | None):
-    """``(Run or None, reason or None)`` for one listed run; store-level failures propagate."""
+    """``(Run or None, reason or None)`` for one listed run; failures of the store itself propagate."""
     from raysvc import storage
 
-    root = _local_root(source)
-    for attempt in (1, 2):
-        try:
-            return storage.read_run(source, run_id, retry_seconds=retry_seconds), None
-        except StorageError as e:
-            if not _about_run(e, run_id):
-                raise
-            error: Exception = e
-        except (AttributeError, TypeError) as e:  # a manifest that is JSON but not an object
-            error = e
-        reason = _diagnose_local(root, run_id) if root is not None else None
-        if reason is not None:
-            return None, reason
-        if root is None or attempt == 2:
-            if isinstance(error, StorageError):
-                return None, _reason_from_message(str(error), run_id)
-            return None, f"{_MANIFEST} cannot be read as a run manifest ({type(error).__name__}: {error})"
-        # the files look whole now: the run was rewritten while being read; read it once more
+    try:
+        return storage.read_run(source, run_id, retry_seconds=retry_seconds), None
+    except CorruptRunError as exc:
+        return None, exc.reason
 
 
 def _bad_runs_error(source: str, bad: list[SkippedRun], n_runs: int) -> BadRunError:

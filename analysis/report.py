@@ -44,7 +44,7 @@ from analysis.tables import (
     queries_table,
     timing_table,
 )
-from raysvc.errors import RaysvcError
+from raysvc.entry import Parser, entry_point
 from raysvc.records import SCHEMA_VERSION
 
 ACCURACY_METRICS = ("test_acc", "zeroshot_acc", "teacher_acc", "pseudo_acc")
@@ -289,15 +289,11 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+@entry_point("raysvc report")
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry (``python -m analysis.report SOURCE --out DIR``); errors print as one line."""
-    parser = add_report_arguments(argparse.ArgumentParser(prog="raysvc report", description=__doc__.splitlines()[0]))
-    args = parser.parse_args(argv)
-    try:
-        return run_report(args)
-    except RaysvcError as e:
-        print(f"raysvc report: error: {e}", file=sys.stderr)
-        return 2
+    parser = add_report_arguments(Parser(prog="raysvc report", description=__doc__.splitlines()[0]))
+    return run_report(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 import pandas as pd
 
 from analysis.load import load_results
-from raysvc.errors import RaysvcError
+from raysvc.entry import Parser, entry_point
 
 COLUMNS = (
     "run_id", "dataset", "strategy", "learner", "backbone", "student", "budget", "seed", "rounds", "test_acc",
@@ -99,15 +99,13 @@ def run_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+@entry_point("raysvc runs")
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry (``python -m analysis.runs SOURCE [--skip-bad]``); errors print as one line."""
-    parser = add_runs_arguments(argparse.ArgumentParser(prog="raysvc runs", description=__doc__.splitlines()[0]))
+    parser = add_runs_arguments(Parser(prog="raysvc runs", description=__doc__.splitlines()[0]))
     args = parser.parse_args(argv)
     try:
         return run_runs(args)
-    except RaysvcError as e:
-        print(f"raysvc runs: error: {e}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # piped into head: stop quietly
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- Python flushes stdout again at exit
         return 0

@@ -156,6 +156,9 @@ export PATH="$(dirname "$PY"):$PATH"      # jobs' "python" is the project's inte
 # the head (and so every worker and job) inherits the S3 endpoint and credentials
 eval "$("$PY" -m raysvc.local.s3gateway env --root "$S3_ROOT" --port "$S3_PORT")"
 export RAYSVC_CODE_REVISION=${RAYSVC_CODE_REVISION:-$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)}
+# jobs run in an uploaded copy of the checkout: Tune state goes to this checkout's .raysvc/,
+# where a later `jobs.grid --resume` finds it (never to the home directory)
+export RAYSVC_STATE_DIR=${RAYSVC_STATE_DIR:-$ROOT/.raysvc}
 
 ray_args=(--head --num-cpus "$NUM_CPUS" --disable-usage-stats
     --port "$RAY_PORT" --node-ip-address 127.0.0.1 --temp-dir "$RAY_TMP"

@@ -19,7 +19,7 @@ import json
 import os
 import sys
 
-from raysvc.cli import Parser, entry_point
+from raysvc.entry import Parser, entry_point
 
 
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,8 @@ import sys
 import uuid
 
 from jobs.grid import add_ray_arguments, init_ray
-from raysvc.cli import Parser, PrintHooks, add_run_arguments, entry_point, format_table, specs_from_args
+from raysvc.cli import PrintHooks, add_run_arguments, format_table, specs_from_args
+from raysvc.entry import Parser, entry_point
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import sys
 
-from raysvc.cli import Parser, add_run_arguments, entry_point, specs_from_args
+from raysvc.cli import add_run_arguments, specs_from_args
+from raysvc.entry import Parser, entry_point
 
 AXES = ("dataset", "strategy", "learner", "backbone", "seed")
 

@@ -15,45 +15,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import itertools
 import json
 import math
 import sys
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-from raysvc.errors import ConfigError, RaysvcError
+from raysvc.entry import Parser, entry_point
+from raysvc.errors import ConfigError
 from raysvc.run import RunHooks
 
 PARTS = ("dataset", "strategy", "learner", "backbone")
 PLURAL = {"dataset": "datasets", "strategy": "strategies", "learner": "learners", "backbone": "backbones",
           "seed": "seeds"}
-
-
-class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line on stderr and exit code 2."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def entry_point(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
-    """Decorator for a ``main(argv) -> int``: a RaysvcError becomes one line and exit code 2."""
-
-    def wrap(main: Callable[..., int]) -> Callable[..., int]:
-        @functools.wraps(main)
-        def run(argv: list[str] | None = None) -> int:
-            try:
-                return main(argv)
-            except RaysvcError as exc:
-                print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
-                return 2
-
-        return run
-
-    return wrap
 
 
 # ------------------------------------------------------------------ run options
@@ -236,7 +212,9 @@ def build_parser() -> Parser:
     for kind in ("datasets", "strategies", "learners", "backbones"):
         commands.add_parser(kind, help=f"list the {kind} and their options")
     from analysis.report import add_report_arguments
+    from analysis.runs import add_runs_arguments
 
+    add_runs_arguments(commands.add_parser("runs", help="list the runs stored at a folder or s3:// prefix"))
     add_report_arguments(commands.add_parser("report", help="tables and figures from stored results"))
     return parser
 
@@ -250,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         from analysis.report import run_report
 
         return run_report(args)
+    if args.command == "runs":
+        from analysis.runs import run_runs
+
+        return run_runs(args)
     return list_command(args.command)
 
 

@@ -39,7 +39,8 @@ class CorruptRunError(StorageError):
 
     def __init__(self, run_id: str, where: str, reason: str):
         self.run_id, self.where, self.reason = run_id, where, reason
-        super().__init__(f"run {run_id!r} in {where}: {reason}")
+        super().__init__(f"run {run_id!r} in {where} cannot be read: {reason}; "
+                         f"rerun it or delete {where.rstrip('/')}/runs/{run_id}")
 
 
 def one_line(text: Any, limit: int = 500) -> str:

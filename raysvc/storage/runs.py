@@ -35,6 +35,7 @@ RECORDS = "records.parquet"
 MANIFEST = "manifest.json"
 RUNS = "runs"
 STORAGE_FORMAT = 1
+CHECKSUM_MISMATCH = f"{RECORDS} does not match the checksum in its manifest (the file was changed or is corrupt)"
 _RUN_ID = re.compile(r"^[A-Za-z0-9_=+-][A-Za-z0-9._=+-]{0,199}$")
 Dest = str | os.PathLike | ObjectStore
 
@@ -125,21 +126,23 @@ def read_run(dest: Dest, run_id: str, *, retry_seconds: float | None = None) -> 
         try:
             manifest = json.loads(raw_manifest)
         except ValueError as exc:
-            reason = f"its manifest.json is not valid JSON ({one_line(exc, 120)})"
+            reason = f"{MANIFEST} is not valid JSON: it is truncated or was edited ({one_line(exc, 120)})"
+            continue
+        if not isinstance(manifest, dict):
+            reason = f"{MANIFEST} is not a JSON object (it holds a {type(manifest).__name__})"
             continue
         raw = store.get(run_key(run_id, RECORDS))
         if raw is None:
-            reason = "its manifest.json exists but records.parquet is missing"
+            reason = f"{RECORDS} is missing (its {MANIFEST} is there)"
             continue
         if manifest.get("records_sha256") not in (None, hashlib.sha256(raw).hexdigest()):
-            reason = ("its records.parquet does not match the checksum in its manifest.json "
-                      "(the file was changed or damaged after the run was written)")
+            reason = CHECKSUM_MISMATCH
             continue
         try:
             return Run(run_id, pq.read_table(pa.BufferReader(raw)), manifest)
         except (pa.ArrowException, OSError) as exc:
-            reason = f"its records.parquet cannot be read as parquet ({one_line(exc, 120)})"
-    raise CorruptRunError(run_id, str(store), reason + "; rerun it or delete its folder")
+            reason = f"{RECORDS} is not a readable Parquet file ({one_line(exc, 120)})"
+    raise CorruptRunError(run_id, str(store), reason)
 
 
 def read_runs(dest: Dest, run_ids: list[str] | None = None, *, retry_seconds: float | None = None) -> list[Run]:
