@@ -1,10 +1,14 @@
 """Ray's cost and gain: a grid on local Ray against the same cells one after another.
 
     python -m bench.grid                    # 8 cells (4 strategies x 2 seeds), 3 rounds, 2 CPUs
+    python -m bench.grid --cells-per-trial 1 --checkpoint-seconds 0   # the grid as it ran before
 
-Both sides use the same warm feature cache, so neither pays for encoding. Reported:
-- wall time of the grid (one cell per trial, two trials at a time) and of the
-  sequential loop in this process, and their ratio;
+Both sides use the same warm feature cache, so neither pays for encoding, and one torch
+thread per process (the sequential loop is what one core does; the grid runs one trial
+per CPU). Reported:
+- wall time of the grid (cells packed ``--cells-per-trial`` to a trial, default N / CPUs)
+  and of the sequential loop in this process, their ratio, and that ratio over P (the
+  grid's throughput as a share of P x the sequential throughput);
 - Ray's overhead per trial: slots x grid wall minus the trials' own run time, per trial;
 - Ray's overhead per round: a run's wall time outside selecting and training, per round,
   in a trial minus the same in the sequential loop: reporting and checkpointing each round,
@@ -52,23 +56,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--cells-per-trial", type=int, help="default: cells / cpus")
+    parser.add_argument("--checkpoint-seconds", type=float, default=30.0)
     parser.add_argument("--cache", default=str(DEFAULT_ROOT))
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
 
     import ray
+    import torch
 
     from raysvc.service.driver import run_grid
     from raysvc.service.gridspec import load_grid
 
+    torch.set_num_threads(1)
     os.environ["RAYSVC_CACHE"] = args.cache
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    n_cells = len(args.strategies) * len(args.seeds)
+    per_trial = args.cells_per_trial or -(-n_cells // args.cpus)
     grid = {
-        "name": f"bench-{int(time.time())}", "cells_per_trial": 1, "resources": {"cpu": 1},
+        "name": f"bench-{int(time.time())}", "cells_per_trial": per_trial, "resources": {"cpu": 1},
+        "checkpoint_seconds": args.checkpoint_seconds,
         "features": {"cache_dir": args.cache},
         "fixed": {"dataset": "animal-mnist", "rounds": args.rounds, "per_class": args.per_class,
                   "learner_params": {"epochs": args.epochs, "lr": 0.1}},
         "grid": {"strategy": args.strategies, "seed": args.seeds},
     }
+    load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory() as tmp:
         spec = load_grid(dict(grid, out=str(Path(tmp) / "results"), storage_path=str(Path(tmp) / "tune")))
         # warm the cache once so neither side pays for encoding
@@ -85,13 +98,14 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         runs = storage.read_runs(spec.out)
         records = pd.concat([r.table.to_pandas() for r in runs])
-    trial_seconds = sum(r.manifest["wall_seconds"] for r in runs)
+    run_seconds = sum(r.manifest["wall_seconds"] for r in runs)
     in_loop = records.groupby("run_id")[["select_seconds", "train_seconds"]].sum().sum(axis=1)
     walls = {r.run_id: r.manifest["wall_seconds"] for r in runs}
     grid_outside = [(walls[run_id] - in_loop[run_id]) / args.rounds for run_id in in_loop.index]
-    slots = min(args.cpus, len(spec.cells))
-    per_trial = (slots * result.wall_seconds - trial_seconds) / len(spec.cells)
+    slots = min(args.cpus, result.n_trials)
+    trial_overhead = (slots * result.wall_seconds - run_seconds) / result.n_trials
     per_round = sum(grid_outside) / len(grid_outside) - sum(seq_outside) / len(seq_outside)
+    speed_up = seq_wall / result.wall_seconds
     lines = [
         f"# Grid benchmark on {host()}",
         "",
@@ -99,15 +113,18 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"{len(spec.cells)} cells (animal-mnist, {args.per_class} images per class, {args.rounds} rounds, CoOp "
         f"{args.epochs} epochs; strategies {', '.join(args.strategies)}; seeds {args.seeds}), warm feature cache, "
-        f"{args.cpus} CPUs, one cell per trial.",
+        f"{args.cpus} CPUs, one torch thread per process, {per_trial} cells per trial ({result.n_trials} trials), "
+        f"checkpoints at most every {args.checkpoint_seconds:g} s. Load average before: {load_before}.",
         "",
-        "| measure | seconds |",
+        "| measure | value |",
         "|---|---|",
-        f"| sequential, one process | {seq_wall:.1f} |",
-        f"| Ray Tune grid ({slots} trials at a time) | {result.wall_seconds:.1f} |",
-        f"| speed-up of the grid | {seq_wall / result.wall_seconds:.2f}x |",
-        f"| Ray overhead per trial | {per_trial:.1f} |",
-        f"| Ray overhead per round (report, checkpoint, backbone load spread over rounds) | {per_round:.2f} |",
+        f"| sequential, one process (s) | {seq_wall:.1f} |",
+        f"| Ray Tune grid, {slots} trials at a time (s) | {result.wall_seconds:.1f} |",
+        f"| speed-up of the grid | {speed_up:.2f}x |",
+        f"| grid throughput / ({args.cpus} x sequential throughput) | {speed_up / args.cpus:.2f} |",
+        f"| Ray overhead per trial: slots x grid wall - runs' own wall, per trial (s) | {trial_overhead:.1f} |",
+        f"| Ray overhead per round: a run's time outside select and train per round, grid minus sequential (s)"
+        f" | {per_round:.2f} |",
     ]
     write_results(args.out, "grid", lines)
     return 0

@@ -235,7 +235,7 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(ray_cluster, s3_gateway
     spec = load_grid({
         "name": "killed", "out": f"{s3_gateway.dest}/killed", "storage_path": str(tmp_path / "tune"),
         "cells_per_trial": 2, "max_failures": 2, "features": {"cache_dir": str(feature_cache)},
-        "fixed": dict(FIXED, rounds=3, dataset="animal-mnist"),
+        "checkpoint_seconds": 0, "fixed": dict(FIXED, rounds=3, dataset="animal-mnist"),
         "grid": {"strategy": ["random", "entropy"], "seed": [0]},
     })
     thread, box = _run_in_thread(spec, log)

@@ -94,7 +94,7 @@ def run_grid(spec: GridSpec, *, resume: bool = False, skip_existing: bool = Fals
     settings = TrialSettings(
         grid=spec.name, out=spec.out, train=spec.train, ray_train=dict(spec.ray_train), actor=spec.actor_name,
         code_revision=driver_code_revision(), threads=max(1, int(spec.resources.cpu or 1)),
-        observer=observer or TrialObserver(),
+        checkpoint_seconds=spec.checkpoint_seconds, observer=observer or TrialObserver(),
     )
     path = spec.experiment_path
     errors: list[str] = []

@@ -10,6 +10,7 @@ A grid file::
     resources: {cpu: 1, gpu: 0}    # per trial
     features: {num_gpus: 0, num_cpus: 0, threads: null, cache_dir: null, detached: false, actor: null}
     max_failures: 2                # Tune retries of a trial whose worker died
+    checkpoint_seconds: 30         # checkpoint loop state at most this often (0: every round)
     max_concurrent_trials: null
     storage_path: null             # Tune's experiment storage (default: $RAYSVC_STATE_DIR/tune or ./.raysvc/tune)
     fixed:                         # RunSpec options shared by every cell
@@ -79,6 +80,7 @@ class GridSpec(Options):
     resources: Resources = dataclasses.field(default_factory=Resources, metadata={"help": "per trial"})
     features: FeatureSettings = dataclasses.field(default_factory=FeatureSettings, metadata={"help": "encoder actor"})
     max_failures: int = option(2, "Tune retries of a trial whose worker died (-1: forever)")
+    checkpoint_seconds: float = option(30.0, "checkpoint a trial's loop state at most this often (0: every round)")
     max_concurrent_trials: int | None = option(None, "at most this many trials at once")
     storage_path: str | None = option(None, "Tune experiment storage")
     description: str = option("", "free text")
@@ -86,6 +88,8 @@ class GridSpec(Options):
     def check(self):
         if self.cells_per_trial < 1:
             raise ConfigError(f"option cells_per_trial={self.cells_per_trial!r}: must be >= 1")
+        if self.checkpoint_seconds < 0:
+            raise ConfigError(f"option checkpoint_seconds={self.checkpoint_seconds!r}: must be >= 0")
         if self.max_failures < -1:
             raise ConfigError(f"option max_failures={self.max_failures!r}: must be >= -1")
         if not self.cells:

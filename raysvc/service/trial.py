@@ -1,10 +1,12 @@
 """One Tune trial of a grid: its cells run one after another through :func:`raysvc.run.execute`.
 
 After every completed round the trial reports the round's metrics (``test_acc``,
-``n_queried``, ...) with a ``tune.Checkpoint`` holding the pickled
-:class:`~raysvc.loop.LoopState` and which cells are done, so a retried trial
-(``FailureConfig(max_failures)``) resumes at its last completed round. A finished run is
-written (same run_id replaces: idempotent) before the checkpoint marks it done.
+``n_queried``, ...); at most every ``checkpoint_seconds`` (and whenever a run is done) the
+report carries a ``tune.Checkpoint`` holding the pickled :class:`~raysvc.loop.LoopState`
+and which cells are done, so a retried trial (``FailureConfig(max_failures)``) resumes at
+its last checkpointed round. Rounds are seeded, so redoing the few since then gives the
+same rows. A finished run is written (same run_id replaces: idempotent) before the
+checkpoint marks it done.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import functools
 import os
 import pickle
 import tempfile
+import time
 from typing import Any
 
 from raysvc.config import RunSpec
@@ -46,12 +49,17 @@ class TrialSettings:
     actor: str
     code_revision: str
     threads: int
+    checkpoint_seconds: float = 30.0
     observer: TrialObserver = TrialObserver()
 
 
-def _report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+def _report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+    """``tune.report`` of ``metrics``, with a checkpoint of ``state`` unless it is None."""
     from ray import tune
 
+    if state is None:
+        tune.report(metrics)
+        return
     with tempfile.TemporaryDirectory(prefix="raysvc-ckpt-") as tmp:
         with open(os.path.join(tmp, STATE_FILE), "wb") as fh:
             pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
@@ -74,10 +82,11 @@ REPORTED = ("round", "test_acc", "n_labeled", "n_queried", "n_pseudo", "zeroshot
 
 
 class TuneHooks(RunHooks):
-    """Report and checkpoint every round of cell ``index``; tell the observer."""
+    """Report every round of cell ``index``, checkpoint at most every ``checkpoint_seconds``;
+    tell the observer."""
 
-    def __init__(self, settings: TrialSettings, index: int, done: list[str]):
-        self.settings, self.index, self.done = settings, index, done
+    def __init__(self, settings: TrialSettings, index: int, done: list[str], clock: dict[str, float]):
+        self.settings, self.index, self.done, self.clock = settings, index, done, clock
 
     def started(self, spec, experiment) -> None:
         self.settings.observer.event("loaded", spec.run_id)
@@ -87,8 +96,12 @@ class TuneHooks(RunHooks):
         observe("round", row["run_id"], row["round"])
         metrics = {k: row[k] for k in REPORTED}
         metrics.update(cell=self.index, cells_done=len(self.done), run=row["run_id"])
-        _report(metrics, {"done": list(self.done), "current": {"run_id": row["run_id"], "state": state}})
-        observe("checkpointed", row["run_id"], row["round"])
+        due = time.monotonic() - self.clock["checkpointed"] >= self.settings.checkpoint_seconds
+        _report(metrics, {"done": list(self.done), "current": {"run_id": row["run_id"], "state": state}}
+                if due else None)
+        if due:
+            self.clock["checkpointed"] = time.monotonic()
+            observe("checkpointed", row["run_id"], row["round"])
 
     def writing(self, spec, rows) -> None:
         self.settings.observer.event("writing", spec.run_id, len(rows))
@@ -117,6 +130,7 @@ def grid_trainable(config: dict[str, Any]) -> None:
     runner = make_runner(settings.train, settings.ray_train)
     encode = RayEncode(settings.actor)
     context = {"grid": settings.grid, "trial_id": trial_id, "train": settings.train, "ray_train": settings.ray_train}
+    clock = {"checkpointed": time.monotonic()}
     try:
         for index, cell in enumerate(cells):
             spec = RunSpec.from_dict(cell)
@@ -127,12 +141,13 @@ def grid_trainable(config: dict[str, Any]) -> None:
                 state = current["state"]
                 settings.observer.event("resume", spec.run_id, state.completed)
             execute(spec, encode=encode, out=settings.out, runner=runner, state=state,
-                    hooks=TuneHooks(settings, index, done), load=_dataset, revision=settings.code_revision,
+                    hooks=TuneHooks(settings, index, done, clock), load=_dataset, revision=settings.code_revision,
                     context=context)
             current = None
             done.append(spec.run_id)
             _report({"cell": index, "cells_done": len(done), "run": spec.run_id, "run_written": 1},
                     {"done": list(done), "current": None})
+            clock["checkpointed"] = time.monotonic()
     finally:
         close = getattr(runner, "close", None)
         if close is not None:
