@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -76,7 +77,10 @@ CLASSES = {
     "tool": "tool",
     "place-building": "building",
 }
-TEMPLATE = "an emoji of a {}."
+# ConSE embeds an image as a mix of "a photo of a <ImageNet class>." sentences; class prompts of the
+# same form measured as well as any other single template on the pool (bench/emoji_prior.py), and
+# "an emoji of a {}." worst but for the bare name
+TEMPLATE = "a photo of a {}."
 
 TEST_FRACTION = 0.25
 SPLIT_SEED = 0
@@ -130,17 +134,30 @@ def _npm_pack(npm: str, spec: str, dest: Path) -> dict:
         raise DatasetError(f"emoji: cannot run {npm}: {exc.strerror or exc}") from None
     except subprocess.TimeoutExpired:
         raise DatasetError(f"emoji: npm pack {spec} took over 30 minutes; check the network") from None
-    if done.returncode != 0:
-        errors = [ln for ln in done.stderr.splitlines() if "ERR" in ln] or done.stderr.strip().splitlines() or ["?"]
-        raise DatasetError(f"emoji: npm pack {spec} failed: {errors[-1].strip()}")
     try:
-        record = json.loads(done.stdout)[0]
+        printed = json.loads(done.stdout)
+    except ValueError:
+        printed = None
+    if done.returncode != 0:
+        raise DatasetError(f"emoji: npm pack {spec} failed: {_npm_error(printed, done.stderr)}")
+    try:
+        record = printed[0]
         record["path"] = dest / record["filename"]
     except (ValueError, LookupError, TypeError):
         raise DatasetError(f"emoji: npm pack {spec} printed no tarball record; npm 7 or newer is needed") from None
     if not record["path"].is_file():
         raise DatasetError(f"emoji: npm pack {spec} wrote no {record['filename']}")
     return record
+
+
+def _npm_error(printed, stderr: str) -> str:
+    """The one line that says why npm failed: the summary of its --json error, else its first error line."""
+    if isinstance(printed, dict) and isinstance(printed.get("error"), dict):
+        error = printed["error"]
+        return " ".join(str(error.get(k)) for k in ("code", "summary") if error.get(k)).replace("\n", " ")
+    lines = [ln.strip() for ln in stderr.splitlines() if re.match(r"npm (error|ERR!)", ln.strip())]
+    useful = [ln for ln in lines if "complete log" not in ln] or lines or stderr.strip().splitlines() or ["no message"]
+    return useful[0]
 
 
 def _read_vendor(tarball: Path, vendor: str) -> tuple[list[dict], dict[str, np.ndarray], dict]:
@@ -214,7 +231,6 @@ def _assemble(tarballs: dict[str, Path], provenance: dict[str, dict]) -> tuple[d
         "side": SIDE,
         "classes": list(CLASSES.values()),
         "subcategories": dict(CLASSES),
-        "template": TEMPLATE,
         "packages": {
             v: {key: provenance[v].get(key) for key in ("name", "version", "integrity", "shasum")}
             | {"package.json license": per_vendor[v][2].get("license")}
