@@ -210,7 +210,8 @@ def _assemble(tarballs: dict[str, Path], provenance: dict[str, dict]) -> tuple[d
             raise DatasetError(f"emoji: {VENDORS[vendor]} and {VENDORS[vendors[0]]} disagree on the emoji list")
     missing = [f"{v}/{e['image']}" for e in chosen for v in vendors if e["image"] not in per_vendor[v][1]]
     if missing:
-        raise DatasetError(f"emoji: emoji.json lists images the tarballs lack, e.g. {missing[0]} ({len(missing)} in all)")
+        raise DatasetError(f"emoji: emoji.json lists images the tarballs lack, e.g. {missing[0]} "
+                           f"({len(missing)} in all)")
     label_of = {sub: i for i, sub in enumerate(CLASSES)}
     # both renderings of an emoji sit next to each other: row 2k is vendors[0], 2k+1 vendors[1]
     rows = [(e, v) for e in chosen for v in vendors]
