@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -104,7 +105,8 @@ def composite_on_white(png: bytes, name: str = "image") -> np.ndarray:
 
 def select_emoji(entries: Sequence[dict], vendors: Sequence[str] = tuple(VENDORS)) -> list[dict]:
     """The emoji.json entries of the chosen subcategories that every vendor has an image of,
-    in label order, then emoji sort order. Skin-tone variants are left out (they repeat a glyph)."""
+    in label order, then emoji sort order. Skin-tone variants are not separate entries (none of the
+    chosen subcategories has any)."""
     rank = {sub: i for i, sub in enumerate(CLASSES)}
     chosen = [e for e in entries if e.get("subcategory") in rank and all(e.get(f"has_img_{v}") for v in vendors)]
     return sorted(chosen, key=lambda e: (rank[e["subcategory"]], e["sort_order"]))
@@ -313,15 +315,15 @@ def load(root: Path = DEFAULT_ROOT) -> ImageDataset:
             arrays = {key: npz[key] for key in ("images", "labels", "test_indices")}
     except FileNotFoundError:
         raise DatasetError(f"emoji dataset not built in {root}: run `{how}`") from None
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise DatasetError(f"emoji dataset in {root} is unreadable ({exc}): delete it and run `{how}`") from None
     if meta.get("format") != FORMAT:
         raise DatasetError(f"emoji dataset in {root} is format {meta.get('format')}, not {FORMAT}: "
                            f"delete it and run `{how}`")
     images, labels, test = arrays["images"], arrays["labels"], arrays["test_indices"]
     classnames = tuple(meta["classes"])
+    # arrays only: the feature cache holds image embeddings, which class names and template do not touch
     digest = hashlib.sha256(images.tobytes() + labels.tobytes() + test.tobytes())
-    digest.update(json.dumps([classnames, TEMPLATE]).encode())
     return ImageDataset(
         name=NAME,
         classnames=classnames,
