@@ -7,7 +7,7 @@ export RAY_AUTH_MODE ?= disabled
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup test demo bench clean-cache
+.PHONY: setup data test demo bench clean-cache
 
 setup: $(STAMP)
 
@@ -22,12 +22,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps animal-mnist==0.4
 	touch $(STAMP)
 
-test: $(STAMP)
+# the emoji dataset: two npm packs, once; meta.json is written last, so it marks a whole build
+EMOJI := .data/emoji/meta.json
+data: $(EMOJI)
+
+$(EMOJI): | $(STAMP)
+	$(PY) -m raysvc.datasets.emoji build --root .data/emoji
+
+test: $(STAMP) $(EMOJI)
 	$(PY) -m pytest -q
 
 # a local Ray head and S3 gateway, the demo grid through `ray job submit`, then the
 # aggregated table read back from object storage; the cluster stops whatever happens
-demo: $(STAMP)
+demo: $(STAMP) $(EMOJI)
 	cluster/start_local.sh
 	. ./.ray-local.env && status=0; \
 	$(VENV)/bin/ray job submit --working-dir . -- python -m jobs.grid jobs/configs/demo.yaml --out s3://raysvc/demo \

@@ -159,6 +159,8 @@ export RAYSVC_CODE_REVISION=${RAYSVC_CODE_REVISION:-$(git -C "$ROOT" rev-parse H
 # jobs run in an uploaded copy of the checkout: Tune state goes to this checkout's .raysvc/,
 # where a later `jobs.grid --resume` finds it (never to the home directory)
 export RAYSVC_STATE_DIR=${RAYSVC_STATE_DIR:-$ROOT/.raysvc}
+# ... and the datasets built by `make data` (.data/ is ignored, so it is not uploaded)
+export RAYSVC_DATA=${RAYSVC_DATA:-$ROOT/.data}
 
 ray_args=(--head --num-cpus "$NUM_CPUS" --disable-usage-stats
     --port "$RAY_PORT" --node-ip-address 127.0.0.1 --temp-dir "$RAY_TMP"

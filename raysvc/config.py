@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from raysvc.errors import ConfigError
 from raysvc.options import Options, option
@@ -15,7 +15,7 @@ from raysvc.options import Options, option
 # their default, so rerunning an older configuration keeps its id and replaces its files.
 _ID_OPTIONAL = {
     "initial_per_class": 0, "backbone_params": {}, "dataset_params": {}, "prompt_template": None,
-    "class_descriptions": None,
+    "class_descriptions": None, "feature_centering": "none",
 }  # fmt: skip
 _NO_DEFAULT = object()
 PARAM_FIELDS = ("strategy_params", "learner_params", "backbone_params", "dataset_params")
@@ -49,6 +49,8 @@ class RunSpec(Options):
     split_file: str | None = option(None, "CoOp-style split JSON for an image folder")
     prompt_template: str | None = option(None, "class prompt template with one {}; none: the dataset's")
     class_descriptions: str | None = option(None, "JSON file: class name -> list of sentences, averaged per class")
+    feature_centering: Literal["none", "pool"] = option(
+        "none", "pool: subtract the unlabeled pool's mean image embedding (no labels used), then renormalise")
     strategy_params: dict[str, Any] = _params("the strategy's options (raysvc strategies)")
     learner_params: dict[str, Any] = _params("the learner's options (raysvc learners)")
     backbone_params: dict[str, Any] = _params("the backbone's options (raysvc backbones)")

@@ -17,7 +17,7 @@ from raysvc.backends import BackboneRef
 from raysvc.config import RunSpec
 from raysvc.datasets import ImageDataset, load_dataset, per_class_subset, pool_test_split
 from raysvc.errors import ConfigError, PoolExhaustedError
-from raysvc.features import EncodedDataset, FeatureStore
+from raysvc.features import EncodedDataset, FeatureStore, centred
 from raysvc.learners import Experiment, Learner, LocalRunner, TrainRunner, make_learner
 from raysvc.prompts import with_prompts
 from raysvc.records import SCHEMA_VERSION
@@ -88,7 +88,10 @@ def load_experiment(config: RunSpec, encode: Encode, load: LoadDataset = load_da
     pool, test = pool_test_split(dataset, config.test_fraction, config.split_seed)
     check_budget(config, len(pool), dataset.n_classes)
     backbone = BackboneRef.of(config.backbone, default_image_size(config, dataset), config.backbone_params)
-    return Experiment(dataset, encode(dataset, backbone), backbone, pool, test)
+    encoded = encode(dataset, backbone)
+    if config.feature_centering == "pool":
+        encoded = centred(encoded, pool)
+    return Experiment(dataset, encoded, backbone, pool, test)
 
 
 @dataclasses.dataclass

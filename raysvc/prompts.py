@@ -14,8 +14,19 @@ import dataclasses
 import json
 from pathlib import Path
 
-from raysvc.datasets import ImageDataset
+from typing import TYPE_CHECKING
+
 from raysvc.errors import ConfigError, DatasetError
+
+if TYPE_CHECKING:  # raysvc.datasets imports this module (folder templates)
+    from raysvc.datasets import ImageDataset
+
+# generic templates whose embeddings, averaged, prompt a class without choosing a form for
+# the images at hand (measured on the emoji pool: bench/emoji_prior.py)
+PROMPT_ENSEMBLE = (
+    "a photo of a {}.", "an emoji of a {}.", "a cartoon of a {}.", "an icon of a {}.", "a drawing of a {}.",
+    "a {}.", "{}",
+)  # fmt: skip
 
 # dataset folder name (as in CoOp's DATASETS.md) -> CoOp's template
 COOP_TEMPLATES = {
@@ -61,7 +72,7 @@ def with_prompts(dataset: ImageDataset, template: str | None, descriptions_path:
     as underscores, as the descriptor files of the PCB code write them).
     """
     if template is not None:
-        dataset = dataclasses.replace(dataset, template=template)
+        dataset = dataclasses.replace(dataset, templates=(template,))
     if descriptions_path is not None:
         described = read_descriptions(descriptions_path)
         rows = []

@@ -23,9 +23,10 @@ class ImageDataset:
     ``test_indices`` is set when the dataset ships its own test split (CoOp split files,
     the packaged emoji set); otherwise :func:`pool_test_split` draws one. ``native_size``
     is the side of the stored images when they are small (the backbone need not upsample
-    them all the way). ``descriptions`` replace the template for the text side: one list
-    of sentences per class, whose embeddings are averaged (the PCB setting's class
-    descriptions). ``skipped`` names unreadable images left out (``skip_bad_images``).
+    them all the way). A class is prompted with every template in ``templates`` (several
+    make a prompt ensemble: their embeddings are averaged), or with its ``descriptions``
+    (the PCB setting's class descriptions, also averaged) when given. ``skipped`` names
+    unreadable images left out (``skip_bad_images``).
     """
 
     name: str
@@ -33,7 +34,7 @@ class ImageDataset:
     labels: np.ndarray
     fingerprint: str
     loader: Callable[[int], Image.Image]
-    template: str = "a photo of a {}."
+    templates: tuple[str, ...] = ("a photo of a {}.",)
     native_size: int | None = None
     test_indices: np.ndarray | None = None
     descriptions: tuple[tuple[str, ...], ...] | None = None
@@ -53,7 +54,7 @@ class ImageDataset:
         """The sentences of each class: its descriptions, else the template filled in."""
         if self.descriptions is not None:
             return [tuple(d) for d in self.descriptions]
-        return [(self.template.format(c),) for c in self.classnames]
+        return [tuple(t.format(c) for t in self.templates) for c in self.classnames]
 
     def subset(self, indices: np.ndarray) -> ImageDataset:
         """The images at ``indices`` (in that order), as a dataset with its own fingerprint."""

@@ -148,7 +148,7 @@ def image_folder(
         labels=label_array,
         fingerprint=_files_fingerprint(name, root, paths, label_array, template + "|".join(names)),
         loader=_pil_loader(paths),
-        template=template,
+        templates=(template,),
         skipped=tuple(skipped),
     )
 
@@ -191,7 +191,7 @@ def _coop_split(root: Path, name: str, split_file: Path, template: str, skip_bad
         labels=label_array,
         fingerprint=_files_fingerprint(name, root, kept, label_array, template + split_file.read_text()),
         loader=_pil_loader(kept),
-        template=template,
+        templates=(template,),
         test_indices=test if len(test) else None,
         skipped=tuple(skipped),
     )

@@ -21,4 +21,4 @@ class MNIST5k(DatasetSource):
         images = np.ascontiguousarray(flat.reshape(-1, 28, 28), dtype=np.uint8)
         names = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
         return array_dataset("mnist-5k", images, labels, names, invert=True,
-                             template='a photo of the number: "{}".', native_size=28)
+                             templates=('a photo of the number: "{}".',), native_size=28)
