@@ -51,6 +51,7 @@ def reencoding_epochs(config: RunSpec, n_labeled: int, epochs: int) -> tuple[flo
     coop = CoOpConfig(epochs=epochs, lr=0.1, batch_size=n_labeled)
     payload = {"backbone": experiment.backbone,
                "classnames": list(experiment.dataset.classnames), "labels": labels, "seed": 0,
+               "text_features": experiment.encoded.text_features,
                "features": np.asarray(experiment.encoded.image_features[experiment.pool[rows]], dtype=np.float32),
                "config": coop.to_dict()}
     start = time.perf_counter()

@@ -51,6 +51,23 @@ def test_minilm_prompt_encoder_reproduces_text_encoding_and_trains_only_context(
     assert torch.allclose(classwise, expected, atol=1e-5)
 
 
+def test_ctx_init_words_make_the_untrained_prompt_the_zero_shot_prompt(conse):
+    """CoOp's ctx_init: a context of "a photo of a"'s word embeddings is that prompt."""
+    from raysvc.learners.coop import CoOpConfig, context_length, initial_contexts
+
+    names = ["cat", "fire truck"]
+    config = CoOpConfig(ctx_init="a photo of a", prompt="both")
+    n_ctx = context_length(config, conse)
+    assert n_ctx == 4
+    encoder = conse.prompt_encoder(names, n_ctx)
+    contexts = initial_contexts(config, encoder, len(names), torch.Generator().manual_seed(0))
+    assert contexts["unified"].shape == (4, 384) and contexts["classwise"].shape == (2, 4, 384)
+    with torch.no_grad():
+        expected = conse.encode_text([f"a photo of a {n}." for n in names])
+        for ctx in contexts.values():
+            assert torch.allclose(encoder(ctx), expected, atol=1e-5)
+
+
 def test_open_clip_random_weights_same_interface():
     backend = load_backend("open_clip:RN50")
     assert backend.model_id == "open_clip-RN50-random" and backend.embed_dim == 1024
@@ -62,6 +79,10 @@ def test_open_clip_random_weights_same_interface():
     ctx = backend.model.token_embedding(encoder.tokens)[0, 1:4].detach()
     with torch.no_grad():
         assert torch.allclose(encoder(ctx), backend.encode_text(["X X X cat.", "X X X dog."]), atol=1e-4)
+        words = backend.prompt_encoder(["cat", "dog"], n_ctx=4).word_embeddings("a photo of a")
+        assert words.shape == (4, encoder.token_dim)
+        photo = backend.prompt_encoder(["cat", "dog"], n_ctx=4)(words)
+        assert torch.allclose(photo, backend.encode_text(["a photo of a cat.", "a photo of a dog."]), atol=1e-4)
     assert backend.last_conv_layer() is not None
 
 

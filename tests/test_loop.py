@@ -51,7 +51,7 @@ def test_coop_fits_labeled_set_better_than_zero_shot(small_experiment, prompt):
     labels = exp.pool_labels[labeled]
     contexts = train_coop({
         "backbone": exp.backbone, "classnames": list(exp.dataset.classnames),
-        "features": features, "labels": labels, "seed": 0,
+        "features": features, "labels": labels, "seed": 0, "text_features": exp.encoded.text_features,
         "config": {"prompt": prompt, "epochs": 40, "batch_size": 64},
     })
     shapes = {k: v.shape for k, v in contexts.items()}
@@ -140,6 +140,26 @@ def test_float16_feature_store_keeps_embeddings_within_rounding(small_experiment
     assert np.abs(half.zeroshot_probs(np.arange(20)) - full).max() < 2e-2
     with pytest.raises(ConfigError, match="float16"):
         FeatureStore(tmp_path, dtype="int8")
+
+
+def test_pool_centring_removes_the_pool_mean_and_renormalises():
+    """Hand case: rows e1, e2 (the pool) and (1, 1)/sqrt 2; the pool's mean is (.5, .5)."""
+    from raysvc.features import EncodedDataset, centred
+
+    x = np.array([[1, 0], [0, 1], [2 ** -0.5, 2 ** -0.5]], dtype=np.float16)
+    encoded = EncodedDataset(x, np.eye(2, dtype=np.float32), np.array([0, 1, 0]), 10.0, "k", 0.0)
+    got = centred(encoded, np.array([0, 1]))
+    h = 2 ** -0.5
+    np.testing.assert_allclose(got.image_features.astype(np.float32), [[h, -h], [-h, h], [h, h]], atol=1e-3)
+    assert got.image_features.dtype == np.float16 and got.key.startswith("k-centred-")
+
+
+def test_prior_weight_mixes_the_zero_shot_cosines_into_the_logits():
+    """Hand case: learned cosines (1, 0), zero-shot cosines (0, 1), weight 0.25, scale 4 -> (3, 1)."""
+    image = torch.tensor([[1.0, 0.0]])
+    learned, prior = torch.eye(2), torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    np.testing.assert_allclose(prompt_logits(image, [learned], 4.0, prior, 0.25).numpy(), [[3.0, 1.0]])
+    np.testing.assert_allclose(prompt_logits(image, [learned], 4.0, prior, 0.0).numpy(), [[4.0, 0.0]])
 
 
 def test_run_ids_of_earlier_configurations_do_not_change():

@@ -33,6 +33,11 @@ class PromptEncoder(nn.Module, abc.ABC):
     @abc.abstractmethod
     def forward(self, ctx: torch.Tensor) -> torch.Tensor: ...
 
+    @abc.abstractmethod
+    def word_embeddings(self, words: str) -> torch.Tensor:
+        """(tokens, token_dim) input embeddings of ``words`` (no special tokens): CoOp's
+        ``ctx_init``, which starts the context as these words."""
+
 
 class VLMBackend(abc.ABC):
     """A frozen vision-language model.

@@ -62,6 +62,7 @@ class MiniLMPromptEncoder(PromptEncoder):
     def __init__(self, tokenizer, model, classnames: Sequence[str], n_ctx: int):
         super().__init__()
         self.model = model
+        self.tokenizer = tokenizer
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.n_ctx = n_ctx
@@ -78,6 +79,10 @@ class MiniLMPromptEncoder(PromptEncoder):
         embeds = torch.cat([words[:, :1], ctx.to(words.dtype), words[:, 1 + self.n_ctx :]], dim=1)
         hidden = self.model(inputs_embeds=embeds, attention_mask=self.attention_mask).last_hidden_state
         return F.normalize(_mean_pool(hidden, self.attention_mask), dim=-1)
+
+    def word_embeddings(self, words: str) -> torch.Tensor:
+        ids = self.tokenizer(words, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        return self.model.embeddings.word_embeddings(ids.to(self.input_ids.device)).detach()
 
 
 @BACKBONES.register("conse-lite2", preset={"variant": "lite2"})

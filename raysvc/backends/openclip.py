@@ -24,6 +24,7 @@ class CLIPPromptEncoder(PromptEncoder):
     def __init__(self, model, tokenizer, classnames: Sequence[str], n_ctx: int):
         super().__init__()
         self.model = model
+        self.tokenizer = tokenizer
         self.n_ctx = n_ctx
         self.token_dim = model.token_embedding.weight.shape[1]
         tokens = tokenizer([" ".join(["X"] * n_ctx) + f" {name}." for name in classnames])
@@ -42,6 +43,11 @@ class CLIPPromptEncoder(PromptEncoder):
         projection = model.text_projection
         x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
         return F.normalize(x, dim=-1)
+
+    def word_embeddings(self, words: str) -> torch.Tensor:
+        tokens = self.tokenizer([words])[0]
+        end = int(tokens.argmax())  # the end-of-text token has the largest id
+        return self.model.token_embedding(tokens[1:end].to(self.tokens.device)).detach()
 
 
 def _weights_id(weights: str) -> str:

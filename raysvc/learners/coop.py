@@ -1,10 +1,18 @@
 """CoOp prompt learning on cached image embeddings (Zhou et al., IJCV 2022).
 
-Sixteen context vectors, N(0, 0.02) and re-initialised every round, are learned in
-front of each class name; image embeddings come from the feature store, so only the
-frozen text encoder runs per step. ``prompt`` selects one context shared by all
-classes ("unified"), one per class ("classwise"), or both, whose logits use the
-mean of the two cosines (Kim et al. 2024, eq. 14).
+Context vectors, re-initialised every round, are learned in front of each class name;
+image embeddings come from the feature store, so only the frozen text encoder runs per
+step. ``prompt`` selects one context shared by all classes ("unified"), one per class
+("classwise"), or both, whose logits use the mean of the two cosines (Kim et al. 2024,
+eq. 14).
+
+The context starts as 16 random vectors, N(0, 0.02) (the papers' setting), or as the
+embeddings of ``ctx_init``'s words (CoOp's ``ctx_init``: with "a photo of a" the
+untrained prompt is that zero-shot prompt). Two options keep the prior the VLM had:
+``kg_weight`` pulls each learned class embedding towards the zero-shot one during
+training (KgCoOp, Yao et al., CVPR 2023, eq. 7: lambda x mean_c ||w_c - w_c^clip||^2),
+and ``prior_weight`` mixes the zero-shot cosines into the logits, in training and
+prediction alike.
 """
 
 from __future__ import annotations
@@ -37,6 +45,10 @@ class CoOpConfig(Options):
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(5e-4, "SGD weight decay")
     init_std: float = option(0.02, "std of the random context initialisation")
+    ctx_init: str | None = option(None, "start the context as these words (e.g. 'a photo of a'); n_ctx is then "
+                                        "their token count; none: random (the papers')")
+    kg_weight: float = option(0.0, "KgCoOp: weight of mean_c ||w_c - zero-shot w_c||^2 in the loss")
+    prior_weight: float = option(0.0, "share of the zero-shot cosines in the logits (0: CoOp's)")
 
     def check(self):
         for field in ("n_ctx", "epochs", "batch_size"):
@@ -45,16 +57,42 @@ class CoOpConfig(Options):
         for field in ("lr", "init_std"):
             if not getattr(self, field) > 0:
                 raise ConfigError(f"option {field}={getattr(self, field)!r}: must be positive")
+        if self.kg_weight < 0:
+            raise ConfigError(f"option kg_weight={self.kg_weight!r}: must be >= 0")
+        if not 0 <= self.prior_weight < 1:
+            raise ConfigError(f"option prior_weight={self.prior_weight!r}: must be in [0, 1)")
+        if self.ctx_init is not None and not self.ctx_init.strip():
+            raise ConfigError("option ctx_init='': give words, or none for a random context")
 
 
-def _context_shapes(config: CoOpConfig, n_classes: int, token_dim: int) -> dict[str, tuple[int, ...]]:
-    shapes = {"unified": (config.n_ctx, token_dim), "classwise": (n_classes, config.n_ctx, token_dim)}
-    return shapes if config.prompt == "both" else {config.prompt: shapes[config.prompt]}
+def _kinds(config: CoOpConfig) -> tuple[str, ...]:
+    return ("unified", "classwise") if config.prompt == "both" else (config.prompt,)
 
 
-def prompt_logits(image_features: torch.Tensor, class_embeddings: list[torch.Tensor], scale: float) -> torch.Tensor:
-    """Scaled cosine logits, averaging the cosines over the prompt kinds (eq. 14)."""
+def initial_contexts(config: CoOpConfig, encoder, n_classes: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The context of every prompt kind before training: ``ctx_init``'s word embeddings
+    (shared, or copied to every class), else N(0, init_std) draws."""
+    if config.ctx_init is not None:
+        words = encoder.word_embeddings(config.ctx_init).float()
+        return {k: words.clone() if k == "unified" else words.expand(n_classes, -1, -1).clone() for k in _kinds(config)}
+    shapes = {"unified": (config.n_ctx, encoder.token_dim), "classwise": (n_classes, config.n_ctx, encoder.token_dim)}
+    return {k: torch.randn(shapes[k], generator=generator) * config.init_std for k in _kinds(config)}
+
+
+def context_length(config: CoOpConfig, backend) -> int:
+    """The number of context slots: ``ctx_init``'s token count, else ``n_ctx``."""
+    if config.ctx_init is None:
+        return config.n_ctx
+    return len(backend.prompt_encoder(["x"], 1).word_embeddings(config.ctx_init))
+
+
+def prompt_logits(image_features: torch.Tensor, class_embeddings: list[torch.Tensor], scale: float,
+                  prior: torch.Tensor | None = None, prior_weight: float = 0.0) -> torch.Tensor:
+    """Scaled cosine logits, averaging the cosines over the prompt kinds (eq. 14), with a
+    ``prior_weight`` share of the cosines to the zero-shot class embeddings ``prior``."""
     cosines = torch.stack([image_features @ t.T for t in class_embeddings]).mean(0)
+    if prior is not None and prior_weight:
+        cosines = (1.0 - prior_weight) * cosines + prior_weight * (image_features @ prior.T)
     return scale * cosines
 
 
@@ -62,14 +100,13 @@ def train_coop(payload: dict[str, Any]) -> dict[str, Any]:
     """Learn the context vectors; pure function of the payload (runs on any worker)."""
     config = CoOpConfig(**payload["config"])
     backend = payload["backbone"].load()
-    encoder = backend.prompt_encoder(payload["classnames"], config.n_ctx)
+    encoder = backend.prompt_encoder(payload["classnames"], context_length(config, backend))
     generator = torch.Generator().manual_seed(payload["seed"])
-    contexts = {
-        kind: torch.nn.Parameter(torch.randn(shape, generator=generator) * config.init_std)
-        for kind, shape in _context_shapes(config, len(payload["classnames"]), encoder.token_dim).items()
-    }
+    contexts = {kind: torch.nn.Parameter(ctx)
+                for kind, ctx in initial_contexts(config, encoder, len(payload["classnames"]), generator).items()}
     features = torch.as_tensor(payload["features"], dtype=torch.float32)
     labels = torch.as_tensor(payload["labels"], dtype=torch.long)
+    prior = torch.as_tensor(payload["text_features"], dtype=torch.float32)
     optimizer = torch.optim.SGD(contexts.values(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(labels) / config.batch_size)
@@ -78,8 +115,12 @@ def train_coop(payload: dict[str, Any]) -> dict[str, Any]:
         order = torch.randperm(len(labels), generator=generator)
         for start in range(0, len(labels), config.batch_size):
             batch = order[start : start + config.batch_size]
-            logits = prompt_logits(features[batch], [encoder(c) for c in contexts.values()], backend.logit_scale)
+            classes = [encoder(c) for c in contexts.values()]
+            logits = prompt_logits(features[batch], classes, backend.logit_scale, prior, config.prior_weight)
             loss = F.cross_entropy(logits, labels[batch])
+            if config.kg_weight:
+                loss = loss + config.kg_weight * torch.stack(
+                    [(t - prior).pow(2).sum(-1).mean() for t in classes]).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -105,10 +146,12 @@ class CoOpLearner(Learner):
             "classnames": list(exp.dataset.classnames),
             "features": np.asarray(exp.encoded.image_features[exp.pool[positions]], dtype=np.float32),
             "labels": np.asarray(labels),
+            "text_features": np.asarray(exp.encoded.text_features, dtype=np.float32),
             "config": self.options.to_dict(),
             "seed": seed,
         })
-        encoder = exp.backbone.load().prompt_encoder(exp.dataset.classnames, self.options.n_ctx)
+        backend = exp.backbone.load()
+        encoder = backend.prompt_encoder(exp.dataset.classnames, context_length(self.options, backend))
         with torch.no_grad():
             self.class_embeddings = [encoder(torch.as_tensor(c)).numpy() for c in contexts.values()]
 
@@ -124,9 +167,11 @@ class CoOpLearner(Learner):
         if self.class_embeddings is None:
             return encoded.zeroshot_probs(rows)
         classes = [torch.as_tensor(t) for t in self.class_embeddings]
+        prior = torch.as_tensor(np.asarray(encoded.text_features, dtype=np.float32))
         out = np.empty((len(rows), len(classes[0])), dtype=np.float32)
         with torch.no_grad():  # float32 row chunks: the store may hold float16
             for start in range(0, len(rows), chunk):
                 x = torch.as_tensor(np.asarray(encoded.image_features[rows[start : start + chunk]], dtype=np.float32))
-                out[start : start + len(x)] = prompt_logits(x, classes, encoded.logit_scale).softmax(-1).numpy()
+                logits = prompt_logits(x, classes, encoded.logit_scale, prior, self.options.prior_weight)
+                out[start : start + len(x)] = logits.softmax(-1).numpy()
         return out
