@@ -199,7 +199,7 @@ def test_store_down_gives_up_after_retry_window(s3, monkeypatch):
 
 
 @pytest.mark.skipif(find_juicefs() is None, reason="juicefs binary not found")
-def test_write_survives_gateway_restart(tmp_path, monkeypatch):
+def test_write_survives_gateway_restart(tmp_path, monkeypatch, capsys):
     gw = S3Gateway(tmp_path / "gw", free_port(), "restart-key", "restart-secret")
     with gw:
         gw.ensure_bucket("results")
@@ -230,6 +230,11 @@ def test_write_survives_gateway_restart(tmp_path, monkeypatch):
 
         runs = {r.run_id: r for r in storage.read_runs(dest)}
         assert sorted(runs) == ["before", "during"]
+        # the outage was said once when the retries started and once when the store answered
+        notices = [line for line in capsys.readouterr().err.splitlines() if line.startswith("raysvc: S3 store")]
+        assert len(notices) == 2, notices
+        assert "unavailable" in notices[0] and "retrying for up to 60s" in notices[0]
+        assert "answers again after" in notices[1]
         assert same(runs["during"].table, rows("during", n=5))
         assert same(runs["before"].table, rows("before"))
 
