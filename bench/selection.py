@@ -131,10 +131,14 @@ def ensure_pool(args, n: int) -> Path:
 
 
 def load_pool(path: Path, round_: int):
+    """The pool as the loop builds it: features in their stored dtype (a float16 pool stays
+    float16: ``raysvc.loop.pool_rows`` hands the strategy the stored rows, no float32 copy)."""
+    from raysvc.loop import pool_rows
     from raysvc.strategies import Pool
 
+    features = np.load(path / "features.npy")
     return Pool(
-        features=np.load(path / "features.npy"),
+        features=pool_rows(features, np.arange(len(features))),
         probs=np.load(path / "probs.npy"),
         labeled=np.load(path / "labeled.npy"),
         labels=np.load(path / "labels.npy"),
