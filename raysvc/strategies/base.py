@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -23,6 +23,10 @@ from raysvc.errors import ConfigError, PoolExhaustedError
 from raysvc.options import NoOptions, Options
 
 POOL_FIELDS = frozenset({"features", "probs", "text_features", "embeddings", "head_probs"})
+
+# A strategy whose paper's text and authors' code disagree takes ``variant``: "official"
+# (the code that produced the published numbers, the default) or "paper" (the text).
+Variant = Literal["official", "paper"]
 
 
 @dataclasses.dataclass(frozen=True)
