@@ -113,15 +113,15 @@ def test_two_rounds_end_to_end(experiment, learner):
         assert rows[0]["teacher_acc"] == pytest.approx(rows[0]["zeroshot_acc"])
 
 
-def test_state_round_trip_and_dual_head_badge(experiment):
+def test_state_round_trip_and_student_badge(experiment):
     from raysvc.learners.base import LocalRunner
     from raysvc.strategies import Pool, make_strategy
-    from raysvc.strategies.badge import badge_select, gradient_factor
+    from raysvc.strategies.badge import cosine_farthest_first, gradient_factor
 
     params = {"epochs": 1, "batch_size": 32}
     learner = make_learner("kd-zeroshot", experiment, params)
     assert np.allclose(learner.predict_proba("pool"), experiment.encoded.zeroshot_probs(experiment.pool))
-    assert learner.pool_embeddings() is None and learner.pool_head_probs() is None
+    assert learner.pool_embeddings() is None
     labeled = np.arange(0, len(experiment.pool), 6)
     learner.fit(labeled, experiment.pool_labels[labeled], seed=3, runner=LocalRunner())
     resumed = make_learner("kd-zeroshot", experiment, params)
@@ -131,19 +131,16 @@ def test_state_round_trip_and_dual_head_badge(experiment):
     np.testing.assert_array_equal(resumed.pool_embeddings(), learner.pool_embeddings())
     assert resumed.teacher_accuracy() == learner.teacher_accuracy()
 
-    heads = resumed.pool_head_probs()
-    assert len(heads) == 2 and resumed.pool_embeddings().shape == (len(experiment.pool), 1280)
+    assert resumed.pool_embeddings().shape == (len(experiment.pool), 1280)
     mask = np.zeros(len(experiment.pool), bool)
     mask[labeled] = True
     labels = np.where(mask, experiment.pool_labels, -1)
     pool = Pool(experiment.encoded.image_features[experiment.pool], resumed.predict_proba("pool"), mask, labels,
-                embeddings=resumed.pool_embeddings(), head_probs=heads, round=2)
+                embeddings=resumed.pool_embeddings(), round=2)
     picks = make_strategy("badge").select(pool, 5, seed=0).query
     assert len(set(picks.tolist())) == 5 and not mask[picks].any()
-    # both heads' gradients enter the distance: the same as calling the factorised seeding with two pairs
-    h = resumed.pool_embeddings()
-    pairs = [(gradient_factor(p), h) for p in heads]
-    expected = badge_select(pairs, mask, 5, np.random.default_rng(0))
+    # ActiveKD's BADGE: the gradient of the combined heads' probs on the student's features
+    expected = cosine_farthest_first([(gradient_factor(pool.probs), resumed.pool_embeddings())], mask, 5)
     assert picks.tolist() == expected.tolist()
 
 

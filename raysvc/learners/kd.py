@@ -255,7 +255,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 # --- the learner ----------------------------------------------------------------------
 
-_STATE_KEYS = ("pool_probs", "test_probs", "pool_embeddings", "pool_ce_probs", "pool_kd_probs", "teacher_test_probs")
+_STATE_KEYS = ("pool_probs", "test_probs", "pool_embeddings", "teacher_test_probs")
 
 
 class KDLearner(Learner):
@@ -328,12 +328,11 @@ class KDLearner(Learner):
         bs = self.options.inference_batch_size
         z_ce, z_kd, h = student_outputs(student, pool_images, mean, std, bs)
         t_ce, t_kd, _ = student_outputs(student, test_images, mean, std, bs)
-        state = {"pool_embeddings": h.astype(np.float32), "pool_ce_probs": _softmax(z_ce).astype(np.float32)}
+        state = {"pool_embeddings": h.astype(np.float32)}
         if teacher is None:
-            state["pool_probs"], state["test_probs"] = state["pool_ce_probs"], _softmax(t_ce).astype(np.float32)
+            state["pool_probs"], state["test_probs"] = _softmax(z_ce).astype(np.float32), _softmax(t_ce).astype(np.float32)
         else:
             a, b = self.options.alpha, self.options.beta
-            state["pool_kd_probs"] = _softmax(z_kd).astype(np.float32)
             state["pool_probs"] = combine_heads(torch.as_tensor(z_ce), torch.as_tensor(z_kd), a, b).numpy()
             state["test_probs"] = combine_heads(torch.as_tensor(t_ce), torch.as_tensor(t_kd), a, b).numpy()
             state["teacher_test_probs"] = teacher["test"].astype(np.float32)
@@ -349,20 +348,6 @@ class KDLearner(Learner):
 
     def pool_embeddings(self) -> np.ndarray | None:
         return self._state.get("pool_embeddings")
-
-    def pool_head_outputs(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray] | None:
-        """(CE-head probs, KD-head probs or None for no-distill, penultimate features) on the pool."""
-        if "pool_embeddings" not in self._state:
-            return None
-        s = self._state
-        return s["pool_ce_probs"], s.get("pool_kd_probs"), s["pool_embeddings"]
-
-    def pool_head_probs(self) -> tuple[np.ndarray, ...] | None:
-        outputs = self.pool_head_outputs()
-        if outputs is None:
-            return None
-        p_ce, p_kd, _ = outputs
-        return tuple(p for p in (p_ce, p_kd) if p is not None)
 
     def teacher_accuracy(self) -> float:
         if self.teacher_kind == "none":
