@@ -264,6 +264,19 @@ def test_pcb_candidates_are_a_tenth_of_the_pool_at_least_the_budget():
     assert make_strategy("pcb", candidate_fraction=1.0).n_candidates(pool, 10) == 800  # the unlabeled pool
 
 
+def test_pcb_on_a_large_pool_proposes_a_share_of_badges_subsample(monkeypatch):
+    from raysvc.strategies.pcb import PCB
+
+    monkeypatch.setattr(PCB, "max_badge_pool", 300)
+    rng = np.random.default_rng(8)
+    probs = random_probs(rng, 1000, 5)
+    pool = make_pool(rng.standard_normal((1000, 3)), probs=probs, labeled=range(10), labels=probs.argmax(1))
+    pcb = make_strategy("pcb")
+    assert pcb.badge_pool_size(pool, 10) == 300 and pcb.n_candidates(pool, 10) == 30  # 0.1 x 300, not x 1000
+    query = pcb.select(pool, 10, seed=0).query
+    assert len(set(query.tolist())) == 10 and not pool.labeled[query].any()
+
+
 def test_pcb_rejects_bad_candidate_fraction():
     for bad in (0.0, 1.5, "0.1"):
         with pytest.raises(ConfigError):

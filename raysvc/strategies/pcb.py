@@ -65,7 +65,8 @@ class PCB(Strategy):
     which runs neither BADGE nor PCB in round 0 (alvlm.py:531-532, 550).
 
     Pools of more than ``max_badge_pool`` unlabeled images: BADGE runs on a seeded uniform
-    subsample of that many unlabeled images (raysvc's scaling; see ``max_badge_pool``).
+    subsample of that many unlabeled images and proposes ``candidate_fraction`` of the
+    subsample (raysvc's scaling; see ``max_badge_pool``). Smaller pools are as official.
     """
 
     @dataclasses.dataclass(frozen=True)
@@ -82,11 +83,22 @@ class PCB(Strategy):
 
     # BADGE proposes its candidates from at most this many unlabeled images: above it, from
     # a seeded uniform subsample of that size (each k-means++ pick reads every image it
-    # chooses from; 128 000 picks over 1.28M images would read the (N, C) probabilities
-    # 128 000 times). Below it, the whole unlabeled pool.
+    # chooses from; the official 128 000 picks over 1.28M images would read the (N, C)
+    # probabilities 128 000 times). Below it, the whole unlabeled pool.
     max_badge_pool: ClassVar[int] = 20_000
 
+    def badge_pool_size(self, pool: Pool, budget: int) -> int | None:
+        """The size of BADGE's subsample, or None when BADGE sees the whole unlabeled pool."""
+        if len(pool.unlabeled_indices) > self.max_badge_pool:
+            return max(self.max_badge_pool, budget)
+        return None
+
     def n_candidates(self, pool: Pool, budget: int) -> int:
+        """``floor(candidate_fraction x N)`` (of the subsample above ``max_badge_pool``), at least
+        the budget, at most what BADGE chooses from."""
+        seen = self.badge_pool_size(pool, budget)
+        if seen is not None:
+            return min(max(budget, math.floor(self.options.candidate_fraction * seen)), seen)
         official = math.floor(self.options.candidate_fraction * len(pool.labeled))
         return min(max(official, budget), len(pool.unlabeled_indices))
 
@@ -95,14 +107,12 @@ class PCB(Strategy):
         if cold is not None:
             return Selection(query=cold)
         h = pool.embeddings if pool.embeddings is not None else pool.features
-        n_candidates = self.n_candidates(pool, budget)
         excluded = pool.labeled
-        unlabeled = pool.unlabeled_indices
-        if len(unlabeled) > self.max_badge_pool:
+        seen = self.badge_pool_size(pool, budget)
+        if seen is not None:
             excluded = np.ones(len(pool.labeled), dtype=bool)
-            excluded[rng.choice(unlabeled, size=self.max_badge_pool, replace=False)] = False
-            n_candidates = min(n_candidates, self.max_badge_pool)
-        candidates = badge_select([(LazyGradientFactor(pool.probs), h)], excluded, n_candidates, rng)
+            excluded[rng.choice(pool.unlabeled_indices, size=seen, replace=False)] = False
+        candidates = badge_select([(LazyGradientFactor(pool.probs), h)], excluded, self.n_candidates(pool, budget), rng)
         counts = np.bincount(pool.labels[pool.labeled & (pool.labels >= 0)], minlength=pool.n_classes)
         predicted = pool.probs[candidates].argmax(1)
         return Selection(query=candidates[balance_classes(predicted, counts, budget, rng)])
