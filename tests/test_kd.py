@@ -217,6 +217,20 @@ def test_state_round_trip_and_student_badge(experiment):
     assert picks.tolist() == expected.tolist()
 
 
+def test_student_schedule_is_epochs_of_pool_sized_batches():
+    """raysvc's schedule, not ActiveKD's (separate labeled and unlabeled batches of 64 for
+    ceil(200 |L| / 64) steps): epochs x ceil(pool / batch_size) steps, the loss of each logged."""
+    from raysvc.learners.kd import train_student
+
+    rng = np.random.default_rng(0)
+    config = KDConfig(epochs=2, batch_size=4, image_size=32, student_weights="random").to_dict()
+    images = rng.integers(0, 255, (10, 3, 32, 32), dtype=np.uint8)
+    out = train_student({"config": config, "n_classes": 3, "images": images, "labeled": np.array([0, 1, 2]),
+                         "labels": np.array([0, 1, 2]), "teacher_logits": rng.standard_normal((10, 3)), "seed": 0})
+    assert out["losses"].shape == (2 * math.ceil(10 / 4), 3)
+    assert np.allclose(out["losses"][:, 0], 0.5 * out["losses"][:, 1] + 0.5 * out["losses"][:, 2], atol=1e-5)
+
+
 def test_unknown_student_name(experiment):
     with pytest.raises(ConfigError, match="option student='vgg99': input should be 'efficientnet-lite0'"):
         make_learner("kd-zeroshot", experiment, {"student": "vgg99"})

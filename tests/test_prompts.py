@@ -4,9 +4,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from raysvc.datasets.base import ImageDataset
 from raysvc.errors import ConfigError, DatasetError
+from raysvc.features import encode_prompt_embeddings, encode_prompts
 from raysvc.prompts import COOP_TEMPLATES, read_descriptions, with_prompts
 
 # ml-postech/active-prompt-learning @105a662 trainers/alvlm.py:30-48 (CUSTOM_TEMPLATES),
@@ -53,3 +55,24 @@ def test_descriptions_naming_one_class_twice_are_refused(tmp_path):
     path.write_text(json.dumps({"tabby_cat": ["a"], "Tabby Cat": ["b"]}))
     with pytest.raises(ConfigError, match="name the same class"):
         read_descriptions(str(path))
+
+
+class _FixedText:
+    """A backend whose raw sentence embeddings are given."""
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def encode_text(self, prompts, normalize=True):
+        out = torch.as_tensor([self.raw[p] for p in prompts], dtype=torch.float32)
+        return torch.nn.functional.normalize(out, dim=-1) if normalize else out
+
+
+def test_class_text_embeddings_normalised_for_zero_shot_and_raw_for_clap():
+    backend = _FixedText({"a": [3.0, 0.0], "b": [0.0, 1.0], "c": [2.0, 2.0]})
+    normalised, raw = encode_prompt_embeddings(backend, [("a", "b"), ("c",)])
+    # zero-shot: the normalised mean of the normalised sentences ((1, 0) and (0, 1) -> (1, 1) / sqrt 2)
+    np.testing.assert_allclose(normalised, [[2 ** -0.5, 2 ** -0.5], [2 ** -0.5, 2 ** -0.5]], atol=1e-6)
+    # CLAP's anchor (ActiveKD's clip_weights_before_norm): the plain mean of the raw sentences
+    np.testing.assert_allclose(raw, [[1.5, 0.5], [2.0, 2.0]], atol=1e-6)
+    np.testing.assert_array_equal(encode_prompts(backend, [("a", "b"), ("c",)]), normalised)

@@ -89,6 +89,15 @@ def test_cb_clusters_the_variants_guided_features(fixed_clustering, variant):
     assert k == (2 + 2 if variant == "official" else 2 * 2)  # C + n_labeled, or round x budget
 
 
+def test_cb_nearest_member_ties_go_to_the_lower_index(fixed_clustering):
+    """Members at +-30 deg of a centroid at 0 deg are equally near (the official ``np.argsort`` of
+    the cosine distances is unstable); the lower pool index wins."""
+    x = deg(30, -30, 0.0, 180)
+    fixed_clustering(deg(0, 180), np.array([0, 0, 0, 1]))
+    pool = Pool(x, None, np.array([False, False, True, True]), np.array([-1, -1, 0, 1]), n_classes=2)
+    assert make_strategy("cb", features="image").select(pool, 1, seed=0).query.tolist() == [0]
+
+
 def cbsq_case():
     """H-2: C = 2; labeled rows 0 (probs .9/.1) and 1 (.3/.7, mispredicted), both stored as class 0."""
     probs = np.full((len(CB_X), 2), 0.5)

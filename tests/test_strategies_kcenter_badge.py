@@ -172,6 +172,17 @@ def test_badge_first_centre_has_largest_gradient_norm():
     assert badge_select([(gradient_factor(probs), h)], np.zeros(50, bool), 1, rng)[0] == 17
 
 
+def test_badge_with_every_distance_zero_draws_uniformly_from_the_rest():
+    """Identical gradients: the official sampler would stop in pdb.set_trace() (badge.py:79)."""
+    probs, h = np.tile([[0.7, 0.3]], (6, 1)), np.ones((6, 2))
+    seen = set()
+    for seed in range(30):
+        picks = badge_select([(gradient_factor(probs), h)], np.zeros(6, bool), 3, np.random.default_rng(seed))
+        assert picks[0] == 0 and len(set(picks.tolist())) == 3
+        seen.update(picks[1:].tolist())
+    assert seen == {1, 2, 3, 4, 5}
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_several_pairs_equal_concatenated_embeddings(backend, seed):
     rng = np.random.default_rng(200 + seed)
