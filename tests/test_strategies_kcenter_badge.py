@@ -196,7 +196,8 @@ def test_several_pairs_equal_concatenated_embeddings(backend, seed):
     np.testing.assert_array_equal(fast, ref)
     single = badge_select(pairs[:1], labeled, 12, np.random.default_rng(seed))
     assert list(single) != list(fast)  # the second pair does change the selection
-    np.testing.assert_array_equal(cosine_farthest_first(pairs, labeled, 12), cosine_farthest_first_reference(g, labeled, 12))
+    np.testing.assert_array_equal(cosine_farthest_first(pairs, labeled, 12),
+                                  cosine_farthest_first_reference(g, labeled, 12))
 
 
 def test_badge_strategy_without_embeddings_is_kmeanspp_on_features():

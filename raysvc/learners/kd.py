@@ -17,7 +17,9 @@ labeled images (without repeats inside a batch) and unlabeled pool images for th
 one epoch is ceil(pool / batch_size) steps for every framework, so ``no-distill`` takes
 as many optimisation steps, on its labeled share of each batch only. Inference mixes the
 heads' probabilities: p = alpha * softmax(z_ce) + (1 - alpha) * softmax(z_kd / beta)
-(:func:`combine_heads`); ``no-distill`` predicts with its CE head alone.
+(:func:`combine_heads`); ``no-distill`` predicts with its CE head alone. ``alpha`` weighs
+the CE head, as in DHO; ActiveKD's alpha weighs the KD head (alpha_ActiveKD = 1 - alpha),
+and at the default 0.5 (beta 1) the two agree.
 
 Where raysvc departs from erjui/PCoreSet @075a76a ``train_active_others.py`` (the
 schedule, not the loss): the official student sees separate labeled and unlabeled
@@ -93,7 +95,8 @@ class KDConfig(Options):
 
 
 def combine_heads(z_ce: torch.Tensor, z_kd: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
-    """DHO inference: alpha * softmax(z_ce) + (1 - alpha) * softmax(z_kd / beta).
+    """DHO inference: alpha * softmax(z_ce) + (1 - alpha) * softmax(z_kd / beta) (DHO
+    ``train_others.py:207-228``; ActiveKD ``train_active_others.py:378-393`` with its alpha = 1 - alpha).
 
     The heads are mixed as probabilities, as in the DHO and ActiveKD code: mixing logits
     instead lets the KD head's large logits (a sharp teacher imitated) outvote a CE head
@@ -393,7 +396,8 @@ class KDLearner(Learner):
         t_ce, t_kd, _ = student_outputs(student, test_images, mean, std, bs)
         state = {"pool_embeddings": h.astype(np.float32)}
         if teacher is None:
-            state["pool_probs"], state["test_probs"] = _softmax(z_ce).astype(np.float32), _softmax(t_ce).astype(np.float32)
+            state["pool_probs"] = _softmax(z_ce).astype(np.float32)
+            state["test_probs"] = _softmax(t_ce).astype(np.float32)
         else:
             a, b = self.options.alpha, self.options.beta
             state["pool_probs"] = combine_heads(torch.as_tensor(z_ce), torch.as_tensor(z_kd), a, b).numpy()

@@ -130,12 +130,14 @@ def badge_select(
 ) -> np.ndarray:
     """Pool indices of ``budget`` unlabeled images chosen by k-means++ seeding, in pick order.
 
-    ``pairs`` holds one (a, h) per head, a = :func:`gradient_factor` of that head's
-    probabilities. On CPU with at least ``HALF_MIN_ROWS`` (500 000) candidates the factors
-    are held in float16 (see :data:`~raysvc.strategies._kcenter.HALF_MIN_ROWS`). The
-    first centre is the image of largest gradient norm (lowest index on ties), as in the
-    official BADGE code; each next one is drawn with ``rng``
-    proportionally to its squared distance to the nearest centre. As in BADGE, labeled
+    ``pairs``: the (a, h) factors of the embedding, a = :func:`gradient_factor` of the
+    probabilities (the strategies pass one pair). On CPU with at least ``HALF_MIN_ROWS``
+    (500 000) candidates the factors are held in float16 (see
+    :data:`~raysvc.strategies._kcenter.HALF_MIN_ROWS`). The first centre is the image of
+    largest gradient norm (lowest index on ties), as in the official BADGE code (APL
+    ``badge.py:61-88``); each next one is drawn with ``rng``
+    proportionally to its squared distance to the nearest centre (the official code draws
+    with numpy's global RNG and rejects repeats: the same law). As in BADGE, labeled
     images are excluded and are not centres.
     """
     _check(pairs, len(labeled))

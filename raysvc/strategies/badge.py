@@ -21,8 +21,10 @@ __all__ = ["Badge", "badge_select", "cosine_farthest_first", "gradient_factor"]
 
 @register
 class Badge(Strategy):
-    """k-means++ on ``pool.features`` gradients (prompt learning), or cosine farthest-first on
-    ``pool.embeddings`` gradients (students); see the module docstring.
+    """BADGE: k-means++ on gradient embeddings, or ActiveKD's cosine farthest-first for students.
+
+    Prompt learning: the gradients on ``pool.features``; students: on ``pool.embeddings``
+    (see the module docstring).
 
     ``cold_start="random"``: uniform picks while nothing is labeled (APL ``alvlm.py:531-532``).
     """

@@ -97,8 +97,9 @@ def cluster_balanced_picks(
 
 @register
 class ClusterBalanced(Strategy):
-    """Query the unlabeled images nearest the centroids of the clusters with the smallest
-    labeled share, largest clusters first; see the module docstring for the variants.
+    """Query the centroid-nearest images of the clusters with the least labeled share, largest first.
+
+    See the module docstring for the variants.
 
     ``features``: "guided" (class-guided, as both papers) or "image".
     """

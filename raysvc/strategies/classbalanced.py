@@ -38,7 +38,9 @@ def classbalanced_allocation(labeled_counts: np.ndarray, predicted_classes: np.n
 
 @register
 class ClassBalanced(Strategy):
-    """Predict every unlabeled image's class (argmax ``pool.probs``: the student's heads
+    """More of the budget to rarely labeled classes, drawn at random within each predicted class.
+
+    Predict every unlabeled image's class (argmax ``pool.probs``: the student's heads
     combined), allocate the budget by :func:`classbalanced_allocation`, draw each class's
     share uniformly among its predicted members, in ascending class order; budget a class
     could not use (it has fewer members than its share) goes to a uniform draw among the

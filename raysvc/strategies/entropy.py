@@ -27,8 +27,10 @@ def entropy(probs: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
 
 @register
 class Entropy(Strategy):
-    """The ``budget`` unlabeled images of highest entropy, highest first; ties in random order
-    (the official ``np.argsort`` / ``torch.sort`` leave them in an unspecified one).
+    """The unlabeled images of highest predictive entropy, highest first.
+
+    Ties go in random order (the official ``np.argsort`` / ``torch.sort`` leave them in an
+    unspecified one).
 
     ``cold_start="random"``: uniform picks while nothing is labeled (APL ``alvlm.py:531-532``).
     """

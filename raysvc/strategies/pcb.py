@@ -53,8 +53,10 @@ def balance_classes(
 
 @register
 class PCB(Strategy):
-    """BADGE k-means++ candidates, then :func:`balance_classes` on their predicted classes,
-    counting the labeled images by their stored label.
+    """BADGE candidates, then one at a time from the class with the fewest labeled images.
+
+    :func:`balance_classes` on the candidates' predicted classes, the labeled images counted
+    by their stored label.
 
     ``candidate_fraction`` x the pool size (labeled images included) candidates, rounded
     down: the official ``int(len(unlabeled_dst) * GAMMA)`` with GAMMA = 0.1, where
@@ -71,7 +73,7 @@ class PCB(Strategy):
 
     @dataclasses.dataclass(frozen=True)
     class Options(ColdStartOptions):
-        candidate_fraction: float = option(0.1, "BADGE proposes this share of the pool (labeled included) as candidates")
+        candidate_fraction: float = option(0.1, "BADGE proposes this share of the pool, labeled included")
 
         def check(self):
             if not 0 < self.candidate_fraction <= 1:
