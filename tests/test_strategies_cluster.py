@@ -88,7 +88,7 @@ def test_knn_clips_k_and_finds_itself_first():
 
 
 def test_class_guided_features_equal_hand_computation():
-    features = np.array([[0.6, 0.8], [0.0, 1.0]])
+    features = np.array([[3.0, 4.0], [0.0, 2.0]])  # normalised first, as the official forward pass
     text = np.array([[1.0, 0.0], [0.0, 1.0]])
     probs = np.array([[0.75, 0.25], [0.5, 0.5]])
     # [I, p T] = (.6, .8, .75, .25) with squared norm 1.625, and (0, 1, .5, .5) with 1.5

@@ -31,10 +31,12 @@ def class_guided_features(
     """(N, 2D) class-guided features of (N, D) image features, (N, C) probs, (C, D) text features.
 
     ``official``: ``z = [I, p T] / ||[I, p T]||``, the whole row L2-normalised, as APL @105a662
-    ``cb.py:62-63`` builds it and ``cb.py:107`` normalises it; with unit image features the
-    text half keeps weight ``||p T|| <= 1``, less when the prediction is spread out.
+    ``cb.py:62-63`` builds it and ``cb.py:107`` normalises it; the text half keeps weight
+    ``||p T|| <= 1``, less when the prediction is spread out.
     ``paper``: ``z = [I ; sum_c p(c|x) T_c]`` with no normalisation (eq. 7).
-    Image and text features are used as given (both unit-norm from the backbone).
+    I is the L2-normalised image feature in both, as the official forward pass computes it
+    (``alvlm.py:75, 319``; a no-op up to rounding on the stored unit-norm features); the
+    text features are used as given.
     Computed in row chunks into one float32 (N, 2D) array: no whole-pool temporaries.
     With ``rows``, only for those rows (an (len(rows), 2D) array).
     """
@@ -49,6 +51,7 @@ def class_guided_features(
         sel = slice(start, stop) if rows is None else rows[start:stop]
         z = out[start:stop]
         z[:, :d] = features[sel]
+        z[:, :d] /= np.maximum(np.linalg.norm(z[:, :d], axis=1, keepdims=True), 1e-12)
         np.matmul(as_f32(probs[sel]), text, out=z[:, d:])
         if variant == "official":
             z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
