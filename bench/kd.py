@@ -52,7 +52,7 @@ def one_round(per_class: int, learner: str, strategy: str, student: str, epochs:
     labels = np.where(mask, experiment.pool_labels, -1)
     pool = Pool(features=experiment.encoded.image_features[experiment.pool], probs=kd.predict_proba("pool"),
                 labeled=mask, labels=labels, text_features=experiment.encoded.text_features,
-                embeddings=kd.pool_embeddings(), head_probs=kd.pool_head_probs(), round=2)
+                embeddings=kd.pool_embeddings(), round=2)
     t = time.perf_counter()
     make_strategy(strategy).select(pool, n_classes, seed=seed)
     row = {

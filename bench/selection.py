@@ -61,9 +61,9 @@ import numpy as np
 GB = 1024**3
 RESULTS = Path(__file__).resolve().parent / "results"
 KCENTER = {"coreset": "features", "pcoreset": "probs"}
-BADGE = {"badge": 1, "pcb": 10}
-KMEANS = {"cb": "raysvc.strategies.cb", "cbsq": "raysvc.strategies.cb", "typiclust": "raysvc.strategies.typiclust",
-          "dropquery": "raysvc.strategies.dropquery"}
+BADGE = ("badge", "pcb")
+# the module each selector reaches K-means through (replaced there by the reference)
+KMEANS = dict.fromkeys(("cb", "cbsq", "typiclust", "dropquery"), "raysvc.strategies.clustering")
 FIELDS = ["host", "device", "n", "dim", "classes", "dtype", "budget", "n_labeled", "round", "strategy", "status",
           "time_s", "base_gb", "peak_gb", "extra_gb", "reference", "ref_status", "ref_time_s", "ref_extra_gb",
           "speedup", "check"]
@@ -215,9 +215,10 @@ def worker(spec: dict) -> dict:
         b = spec["ref_budget"]
 
         def run():
-            return _kcenter.kcenter_greedy_reference(points, pool.labeled, b, np.random.default_rng(seed))
+            return _kcenter.kcenter_greedy_reference(points, pool.labeled, b, np.random.default_rng(seed),
+                                                     normalize=name == "coreset")
     elif name in BADGE:
-        b = math.ceil(BADGE[name] * budget) if name == "pcb" else budget
+        b = make_strategy("pcb").n_candidates(pool, budget) if name == "pcb" else budget
 
         def run():
             emb = _badge.badge_embeddings_reference(pool.probs, pool.features)

@@ -38,27 +38,37 @@ class EncodedDataset:
 
     image_features: (N, D) float32 or float16 (as stored), L2-normalised.
     text_features: (C, D) float32, L2-normalised embeddings of the dataset's class prompts
-        (the normalised mean of a class's sentence embeddings when it has several).
+        (the normalised mean of a class's normalised sentence embeddings when it has several).
+    text_raw: (C, D) float32, per class the mean of its *unnormalised* sentence embeddings
+        (ActiveKD's ``clip_weights_before_norm``: CLAP's prototypes start and are held there).
     key: the image-feature cache key; ``text_key`` hashes the prompts as well.
     """
 
     image_features: np.ndarray
     text_features: np.ndarray
+    text_raw: np.ndarray
     labels: np.ndarray
     logit_scale: float
     key: str
     encode_seconds: float  # spent encoding now: 0.0 on a cache hit
     text_key: str = ""
 
-    def zeroshot_probs(self, rows: np.ndarray | slice = slice(None), chunk: int = 65_536) -> np.ndarray:
-        """(len(rows), C) float32 softmax of the scaled cosines, computed in float32 row chunks."""
+    def zeroshot_logits(self, rows: np.ndarray | slice = slice(None), chunk: int = 65_536) -> np.ndarray:
+        """(len(rows), C) float32 scaled cosines ``logit_scale * f . t``, in float32 row chunks."""
         rows = np.arange(len(self.image_features))[rows] if isinstance(rows, slice) else np.asarray(rows)
         out = np.empty((len(rows), len(self.text_features)), dtype=np.float32)
         text = self.text_features.astype(np.float32, copy=False).T
         for start in range(0, len(rows), chunk):
             x = np.asarray(self.image_features[rows[start : start + chunk]], dtype=np.float32)
-            out[start : start + len(x)] = softmax(self.logit_scale * (x @ text))
+            out[start : start + len(x)] = self.logit_scale * (x @ text)
         return out
+
+    def zeroshot_probs(self, rows: np.ndarray | slice = slice(None), chunk: int = 65_536) -> np.ndarray:
+        """(len(rows), C) float32 softmax of :meth:`zeroshot_logits`."""
+        logits = self.zeroshot_logits(rows, chunk)
+        for start in range(0, len(logits), chunk):
+            logits[start : start + chunk] = softmax(logits[start : start + chunk])
+        return logits
 
 
 def centred(encoded: EncodedDataset, rows: np.ndarray, chunk: int = 65_536) -> EncodedDataset:
@@ -93,15 +103,25 @@ def text_key(image_key: str, prompts: list[tuple[str, ...]]) -> str:
 
 
 @torch.no_grad()
+def encode_prompt_embeddings(backend: VLMBackend, prompts: list[tuple[str, ...]]) -> tuple[np.ndarray, np.ndarray]:
+    """(C, D) float32 pair per class: the normalised mean of its normalised sentence embeddings
+    (DHO's zero-shot classifier, ``text_features``) and the mean of its raw sentence
+    embeddings (ActiveKD's ``clip_weights_before_norm``, ``text_raw``), from one encoding."""
+    flat = [s for sentences in prompts for s in sentences]
+    raw = backend.encode_text(flat, normalize=False).float().cpu()
+    unit = torch.nn.functional.normalize(raw, dim=-1)
+    normalised, means, start = [], [], 0
+    for sentences in prompts:
+        stop = start + len(sentences)
+        normalised.append(torch.nn.functional.normalize(unit[start:stop].mean(0), dim=-1))
+        means.append(raw[start:stop].mean(0))
+        start = stop
+    return torch.stack(normalised).numpy().astype(np.float32), torch.stack(means).numpy().astype(np.float32)
+
+
 def encode_prompts(backend: VLMBackend, prompts: list[tuple[str, ...]]) -> np.ndarray:
     """(C, D) float32: per class, the normalised mean of its normalised sentence embeddings."""
-    flat = [s for sentences in prompts for s in sentences]
-    embedded = backend.encode_text(flat).float().cpu()
-    out, start = [], 0
-    for sentences in prompts:
-        out.append(torch.nn.functional.normalize(embedded[start : start + len(sentences)].mean(0), dim=-1))
-        start += len(sentences)
-    return torch.stack(out).numpy().astype(np.float32)
+    return encode_prompt_embeddings(backend, prompts)[0]
 
 
 def feature_key(dataset: ImageDataset, backend: VLMBackend, dtype: str = "float32") -> str:
@@ -174,9 +194,11 @@ class FeatureStore:
             seconds = time.perf_counter() - start
             self._write(path, features)
         prompts = dataset.prompts()
+        text_features, text_raw = encode_prompt_embeddings(backend, prompts)
         return EncodedDataset(
             image_features=features,
-            text_features=encode_prompts(backend, prompts),
+            text_features=text_features,
+            text_raw=text_raw,
             labels=dataset.labels,
             logit_scale=backend.logit_scale,
             key=key,

@@ -136,7 +136,6 @@ def make_pool(fields: frozenset[str], experiment: Experiment, learner: Learner, 
         "probs": lambda: learner.predict_proba("pool"),
         "text_features": lambda: experiment.encoded.text_features,
         "embeddings": learner.pool_embeddings,
-        "head_probs": learner.pool_head_probs,
     }
     values = {name: make() if name in fields else None for name, make in wanted.items()}
     return Pool(labeled=state.labeled, labels=state.labels, round=round_, n_classes=experiment.dataset.n_classes,

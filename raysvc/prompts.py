@@ -28,7 +28,8 @@ PROMPT_ENSEMBLE = (
     "a {}.", "{}",
 )  # fmt: skip
 
-# dataset folder name (as in CoOp's DATASETS.md) -> CoOp's template
+# dataset folder name (as in CoOp's DATASETS.md) -> CoOp's template (APL alvlm.py:30-48,
+# keyed there by DATASET.NAME; the folders are the dataset_dir of its datasets/*.py)
 COOP_TEMPLATES = {
     "oxford_pets": "a photo of a {}, a type of pet.",
     "oxford_flowers": "a photo of a {}, a type of flower.",
@@ -41,7 +42,17 @@ COOP_TEMPLATES = {
     "caltech-101": "a photo of a {}.",
     "ucf101": "a photo of a person doing {}.",
     "imagenet": "a photo of a {}.",
+    "imagenet-sketch": "a photo of a {}.",
+    "imagenetv2": "a photo of a {}.",
+    "imagenet-adversarial": "a photo of a {}.",
+    "imagenet-rendition": "a photo of a {}.",
 }
+
+
+def description_key(name: str) -> str:
+    """How class names and description keys are matched: lowercased, ``_`` as a space
+    (APL alvlm.py:139-151 lowercases both and writes class names with spaces)."""
+    return name.replace("_", " ").lower()
 
 
 def read_descriptions(path: str) -> dict[str, tuple[str, ...]]:
@@ -54,12 +65,16 @@ def read_descriptions(path: str) -> dict[str, tuple[str, ...]]:
         raise ConfigError(f"class descriptions {path!r} are not valid JSON: {exc}") from None
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"class descriptions {path!r} must be a JSON object: class name -> list of sentences")
-    out = {}
+    out, seen = {}, {}
     for name, sentences in raw.items():
         if isinstance(sentences, str):
             sentences = [sentences]
         if not isinstance(sentences, list) or not sentences or not all(isinstance(s, str) and s for s in sentences):
             raise ConfigError(f"class descriptions {path!r}: {name!r} needs a non-empty list of sentences")
+        if description_key(name) in seen:
+            raise ConfigError(f"class descriptions {path!r}: {seen[description_key(name)]!r} and {name!r} name the "
+                              "same class (names match case-insensitively, '_' as a space)")
+        seen[description_key(name)] = name
         out[str(name)] = tuple(sentences)
     return out
 
@@ -68,16 +83,16 @@ def with_prompts(dataset: ImageDataset, template: str | None, descriptions_path:
     """``dataset`` prompted with ``template`` and/or the descriptions in ``descriptions_path``.
 
     Only the text side changes, so the images' fingerprint (the feature cache key) stays.
-    A description file must cover every class (by class name, or by the name with spaces
-    as underscores, as the descriptor files of the PCB code write them).
+    A description file must cover every class; names match by :func:`description_key`
+    (case-insensitively, ``_`` as a space), so the descriptor files of the PCB code fit.
     """
     if template is not None:
         dataset = dataclasses.replace(dataset, templates=(template,))
     if descriptions_path is not None:
-        described = read_descriptions(descriptions_path)
+        described = {description_key(k): v for k, v in read_descriptions(descriptions_path).items()}
         rows = []
         for name in dataset.classnames:
-            sentences = described.get(name) or described.get(name.replace(" ", "_"))
+            sentences = described.get(description_key(name))
             if sentences is None:
                 raise DatasetError(f"class descriptions {descriptions_path!r} have no entry for class {name!r}")
             rows.append(sentences)

@@ -42,7 +42,7 @@ def test_run_prints_table_and_writes_records(capsys, tmp_path, feature_cache):
     (["--backbone", "clip-9000"], "unknown backbone 'clip-9000'"),
     (["--learner", "gpt"], "unknown learner 'gpt'"),
     (["--rounds", "0"], "rounds=0: must be >= 1"),
-    (["--strategy-opt", "k_rule=sideways", "--strategy", "cb"], "k_rule"),
+    (["--strategy-opt", "variant=sideways", "--strategy", "cb"], "variant"),
     (["--per-class", "2", "--budget", "50"], "need 50 images; the pool has"),
 ])
 def test_bad_input_is_one_line(capsys, tmp_path, feature_cache, args, message):

@@ -12,7 +12,17 @@ from raysvc.config import RunSpec
 from raysvc.errors import ConfigError, UnknownNameError
 from raysvc.features import FeatureStore
 from raysvc.learners import make_learner
-from raysvc.learners.kd import KDConfig, clap_logits, clap_penalty_weights, combine_heads, dho_loss, fit_clap
+from raysvc.learners.kd import (
+    KDConfig,
+    clap_logits,
+    clap_loss,
+    clap_penalty_weights,
+    clap_steps,
+    combine_heads,
+    dho_loss,
+    fit_clap,
+    linear_warmup_decay,
+)
 from raysvc.learners.students import make_student
 from raysvc.loop import load_experiment, run_loop, store_encoder
 
@@ -40,7 +50,7 @@ def test_dho_loss_matches_hand_computation():
     mask = torch.tensor([True, False])
     teacher = torch.tensor([[0.8, 0.2], [0.3, 0.7]])
     T = 2.0
-    total, ce, kd = dho_loss(z_ce, z_kd, labels, mask, teacher, T, ce_weight=1.0, kd_weight=0.5)
+    total, ce, kd = dho_loss(z_ce, z_kd, labels, mask, teacher.log(), T, ce_weight=1.0, kd_weight=0.5)
 
     expected_ce = -_log_softmax([2.0, 0.0])[0]  # log(1 + e^-2)
     kls = []
@@ -48,17 +58,55 @@ def test_dho_loss_matches_hand_computation():
         log_t = _log_softmax([math.log(p) / T for p in pt])
         log_s = _log_softmax([v / T for v in zk])
         kls.append(sum(math.exp(lt) * (lt - ls) for lt, ls in zip(log_t, log_s)))
-    expected_kd = sum(kls) / 2 * T * T
+    expected_kd = (kls[0] / 1 + kls[1] / 1) * T * T  # each part averaged over its own rows
     assert ce.item() == pytest.approx(expected_ce, rel=1e-6)
     assert ce.item() == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-6)
     assert kd.item() == pytest.approx(expected_kd, rel=1e-5)
     assert total.item() == pytest.approx(expected_ce + 0.5 * expected_kd, rel=1e-5)
+    # logits and log-probabilities of the same teacher give the same loss
+    shifted = dho_loss(z_ce, z_kd, labels, mask, teacher.log() + 3.0, T, ce_weight=1.0, kd_weight=0.5)[0]
+    assert shifted.item() == pytest.approx(total.item(), rel=1e-6)
 
     # no teacher (no-distill) and no labeled row give zero terms
-    total, _, kd = dho_loss(z_ce, z_kd, labels, mask, None, T)
+    total, _, kd = dho_loss(z_ce, z_kd, labels, mask, None, T, 1.0, 0.5)
     assert kd.item() == 0.0 and total.item() == pytest.approx(expected_ce, rel=1e-6)
-    _, ce, _ = dho_loss(z_ce, z_kd, labels, torch.tensor([False, False]), teacher, T)
+    _, ce, _ = dho_loss(z_ce, z_kd, labels, torch.tensor([False, False]), teacher.log(), T)
     assert ce.item() == 0.0
+
+
+def test_dho_loss_is_the_official_value_h8():
+    """FINDINGS H-8: one labeled row (all logits 0, y = 0) and one unlabeled row whose teacher
+    logits (2 ln 3, 0) give (.75, .25) at T = 2: 0.5 ln 2 + 0.5 * 4 (.75 ln 1.5 + .25 ln .5)."""
+    z_ce = torch.zeros(2, 2)
+    z_kd = torch.zeros(2, 2)
+    teacher = torch.tensor([[0.0, 0.0], [2 * math.log(3.0), 0.0]])
+    total, ce, kd = dho_loss(z_ce, z_kd, torch.tensor([0, 0]), torch.tensor([True, False]), teacher, 2.0)
+    assert ce.item() == pytest.approx(math.log(2), abs=1e-6)
+    assert kd.item() == pytest.approx(4 * (0.75 * math.log(1.5) + 0.25 * math.log(0.5)), abs=1e-6)
+    assert abs(total.item() - 0.608198) < 1e-5
+
+
+def _official_dho_loss(ce_l, kd_l, kd_u, y, t_l, t_u, T=2.0):
+    """train_active_others.py:286-303, transcribed: two separate batches, each KL its own batchmean."""
+    import torch.nn.functional as F
+
+    ce = F.cross_entropy(ce_l, y)
+    kl_l = F.kl_div(F.log_softmax(kd_l / T, 1), F.softmax(t_l / T, 1), reduction="batchmean") * T * T
+    kl_u = F.kl_div(F.log_softmax(kd_u / T, 1), F.softmax(t_u / T, 1), reduction="batchmean") * T * T
+    return 0.5 * ce + 0.5 * (kl_l + kl_u)
+
+
+def test_dho_loss_equals_the_official_two_batch_loss_on_unequal_parts():
+    g = torch.Generator().manual_seed(0)
+    n_l, n_u, c = 5, 7, 4
+    ce_l, kd_l, kd_u = (2 * torch.randn(n, c, generator=g) for n in (n_l, n_l, n_u))
+    y = torch.randint(c, (n_l,), generator=g)
+    t_l, t_u = (8 * torch.randn(n, c, generator=g) for n in (n_l, n_u))
+    official = _official_dho_loss(ce_l, kd_l, kd_u, y, t_l, t_u).item()
+    mask = torch.cat([torch.ones(n_l), torch.zeros(n_u)]).bool()
+    ours = dho_loss(torch.cat([ce_l, torch.randn(n_u, c, generator=g)]), torch.cat([kd_l, kd_u]),
+                    torch.cat([y, torch.zeros(n_u, dtype=torch.long)]), mask, torch.cat([t_l, t_u]), 2.0)[0]
+    assert abs(ours.item() - official) < 1e-5
 
 
 def test_combine_heads_matches_hand_computation():
@@ -76,7 +124,32 @@ def test_combine_heads_matches_hand_computation():
 def test_clap_penalty_weights_are_zeroshot_confidence_per_class():
     probs = np.array([[0.9, 0.1, 0.0], [0.5, 0.5, 0.0], [0.2, 0.6, 0.2]])
     labels = np.array([0, 0, 1])
-    assert clap_penalty_weights(probs, labels, 3).tolist() == pytest.approx([0.7, 0.6, 1.0])
+    # class 2 has no labeled image: lambda = 0 (clap_others.py:234-248 divides 0 by 1e-10)
+    assert clap_penalty_weights(probs, labels, 3).tolist() == pytest.approx([0.7, 0.6, 0.0])
+
+
+def test_clap_hand_case_h9():
+    """FINDINGS H-9: raw class embeddings w0 = (2, 0), w1 = (0, 3); labeled (1, 0) and (0, 1), both class 0."""
+    anchor = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    feats = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    zs = clap_logits(feats, anchor, 100.0).softmax(-1).numpy()
+    lam = torch.as_tensor(clap_penalty_weights(zs, np.array([0, 0]), 2), dtype=torch.float32)
+    assert lam.tolist() == pytest.approx([0.5 * (1 + math.exp(-100)), 0.0])
+    total, ce, penalty = clap_loss(anchor.clone(), feats, torch.tensor([0, 0]), anchor, lam, 100.0)
+    assert penalty.item() == 0.0 and ce.item() == pytest.approx(50.0, abs=1e-3)
+    moved = anchor.clone()
+    moved[1] = torch.tensor([0.0, 5.0])  # lambda_1 = 0: moving w1 costs nothing
+    assert clap_loss(moved, feats, torch.tensor([0, 0]), anchor, lam, 100.0)[2].item() == 0.0
+    assert clap_steps(16) == 75  # floor(300 x 16 / 64)
+
+
+def test_clap_starts_from_the_raw_text_embeddings_and_warms_up():
+    anchor = np.array([[2.0, 0.0], [0.0, 3.0]], dtype=np.float32)
+    feats = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    # 1 x 2 / 64 = 0 steps: the unnormalised anchor comes back as it is
+    np.testing.assert_array_equal(fit_clap(feats, np.array([0, 1]), anchor, 100.0, repeat=1), anchor)
+    factor = linear_warmup_decay(100)
+    assert [factor(0), factor(5), factor(10), factor(55), factor(100)] == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0])
 
 
 def test_fewshot_teacher_improves_on_zeroshot(experiment):
@@ -86,7 +159,7 @@ def test_fewshot_teacher_improves_on_zeroshot(experiment):
     zs_test = clap_logits(torch.as_tensor(enc.image_features[test]), text, enc.logit_scale).argmax(1).numpy()
     zs_acc = (zs_test == experiment.test_labels).mean()
     assert zs_acc == pytest.approx((enc.zeroshot_probs(test).argmax(1) == experiment.test_labels).mean())
-    protos = fit_clap(enc.image_features[pool], experiment.pool_labels, enc.text_features, enc.logit_scale)
+    protos = fit_clap(enc.image_features[pool], experiment.pool_labels, enc.text_raw, enc.logit_scale)
     fitted = clap_logits(torch.as_tensor(enc.image_features[test]), torch.as_tensor(protos), enc.logit_scale)
     acc = (fitted.argmax(1).numpy() == experiment.test_labels).mean()
     assert acc > zs_acc + 0.05, (zs_acc, acc)
@@ -96,7 +169,7 @@ def test_fewshot_teacher_improves_on_zeroshot(experiment):
 def test_two_rounds_end_to_end(experiment, learner):
     """ActiveKD's protocol: a 1-shot start (round 0), then B = number of classes per round."""
     config = RunSpec(dataset="animal-mnist", strategy="random", learner=learner, rounds=2, per_class=PER_CLASS,
-                       initial_per_class=1, learner_params={"epochs": 1, "probe_steps": 50})
+                       initial_per_class=1, learner_params={"epochs": 1, "clap_repeat": 50})
     rows = run_loop(config, experiment)
     budget = experiment.dataset.n_classes
     assert [r["round"] for r in rows] == [0, 1, 2]
@@ -113,15 +186,15 @@ def test_two_rounds_end_to_end(experiment, learner):
         assert rows[0]["teacher_acc"] == pytest.approx(rows[0]["zeroshot_acc"])
 
 
-def test_state_round_trip_and_dual_head_badge(experiment):
+def test_state_round_trip_and_student_badge(experiment):
     from raysvc.learners.base import LocalRunner
     from raysvc.strategies import Pool, make_strategy
-    from raysvc.strategies.badge import badge_select, gradient_factor
+    from raysvc.strategies.badge import cosine_farthest_first, gradient_factor
 
     params = {"epochs": 1, "batch_size": 32}
     learner = make_learner("kd-zeroshot", experiment, params)
     assert np.allclose(learner.predict_proba("pool"), experiment.encoded.zeroshot_probs(experiment.pool))
-    assert learner.pool_embeddings() is None and learner.pool_head_probs() is None
+    assert learner.pool_embeddings() is None
     labeled = np.arange(0, len(experiment.pool), 6)
     learner.fit(labeled, experiment.pool_labels[labeled], seed=3, runner=LocalRunner())
     resumed = make_learner("kd-zeroshot", experiment, params)
@@ -131,20 +204,31 @@ def test_state_round_trip_and_dual_head_badge(experiment):
     np.testing.assert_array_equal(resumed.pool_embeddings(), learner.pool_embeddings())
     assert resumed.teacher_accuracy() == learner.teacher_accuracy()
 
-    heads = resumed.pool_head_probs()
-    assert len(heads) == 2 and resumed.pool_embeddings().shape == (len(experiment.pool), 1280)
+    assert resumed.pool_embeddings().shape == (len(experiment.pool), 1280)
     mask = np.zeros(len(experiment.pool), bool)
     mask[labeled] = True
     labels = np.where(mask, experiment.pool_labels, -1)
     pool = Pool(experiment.encoded.image_features[experiment.pool], resumed.predict_proba("pool"), mask, labels,
-                embeddings=resumed.pool_embeddings(), head_probs=heads, round=2)
+                embeddings=resumed.pool_embeddings(), round=2)
     picks = make_strategy("badge").select(pool, 5, seed=0).query
     assert len(set(picks.tolist())) == 5 and not mask[picks].any()
-    # both heads' gradients enter the distance: the same as calling the factorised seeding with two pairs
-    h = resumed.pool_embeddings()
-    pairs = [(gradient_factor(p), h) for p in heads]
-    expected = badge_select(pairs, mask, 5, np.random.default_rng(0))
+    # ActiveKD's BADGE: the gradient of the combined heads' probs on the student's features
+    expected = cosine_farthest_first([(gradient_factor(pool.probs), resumed.pool_embeddings())], mask, 5)
     assert picks.tolist() == expected.tolist()
+
+
+def test_student_schedule_is_epochs_of_pool_sized_batches():
+    """raysvc's schedule, not ActiveKD's (separate labeled and unlabeled batches of 64 for
+    ceil(200 |L| / 64) steps): epochs x ceil(pool / batch_size) steps, the loss of each logged."""
+    from raysvc.learners.kd import train_student
+
+    rng = np.random.default_rng(0)
+    config = KDConfig(epochs=2, batch_size=4, image_size=32, student_weights="random").to_dict()
+    images = rng.integers(0, 255, (10, 3, 32, 32), dtype=np.uint8)
+    out = train_student({"config": config, "n_classes": 3, "images": images, "labeled": np.array([0, 1, 2]),
+                         "labels": np.array([0, 1, 2]), "teacher_logits": rng.standard_normal((10, 3)), "seed": 0})
+    assert out["losses"].shape == (2 * math.ceil(10 / 4), 3)
+    assert np.allclose(out["losses"][:, 0], 0.5 * out["losses"][:, 1] + 0.5 * out["losses"][:, 2], atol=1e-5)
 
 
 def test_unknown_student_name(experiment):
@@ -169,6 +253,10 @@ def test_config_validation():
         KDConfig(epochs=0)
     with pytest.raises(ConfigError):
         KDConfig(labeled_fraction=0.0)
+    with pytest.raises(ConfigError):
+        KDConfig(clap_repeat=0)
+    with pytest.raises(TypeError):
+        KDConfig(probe_steps=300)  # replaced by clap_repeat and clap_lr
     with pytest.raises(dataclasses.FrozenInstanceError):
         KDConfig().alpha = 0.1
 

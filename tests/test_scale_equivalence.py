@@ -3,7 +3,7 @@
 On pools small enough for both (the benchmark's own synthetic generator):
 * coreset / pcoreset (incremental k-center) pick the same indices as recompute-all k-center;
 * badge and pcb (factorised gradient embeddings) pick the same indices as BADGE on
-  materialised embeddings, with the same seed;
+  materialised embeddings, with the same seed, and so does ActiveKD's farthest-first BADGE;
 * faiss K-means reaches an inertia no worse than scikit-learn KMeans, within 1%.
 A structural memory check runs every strategy on 5k- and 20k-point pools in a subprocess
 and fails when the RSS a selection adds grows like the square of the pool.
@@ -11,6 +11,7 @@ and fails when the RSS a selection adds grows like the square of the pool.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -22,7 +23,11 @@ import pytest
 
 from bench.selection import generate_pool, load_pool
 from raysvc.strategies import make_strategy, strategy_names
-from raysvc.strategies._badge import badge_embeddings_reference, badge_select_reference
+from raysvc.strategies._badge import (
+    badge_embeddings_reference,
+    badge_select_reference,
+    cosine_farthest_first_reference,
+)
 from raysvc.strategies._faiss import kmeans, kmeans_reference
 from raysvc.strategies._guided import class_guided_features
 from raysvc.strategies._kcenter import kcenter_greedy_reference
@@ -45,13 +50,16 @@ def pools(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name, field", [("coreset", "features"), ("pcoreset", "probs")])
+# cold_start="prior": the pool that starts empty is scored, not drawn at random
+@pytest.mark.parametrize("name, field, normalize", [("coreset", "features", True), ("pcoreset", "probs", False)])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_kcenter_fast_path_equals_recompute_all(pools, name, field, seed):
+def test_kcenter_fast_path_equals_recompute_all(pools, name, field, normalize, seed):
     for pool in pools.values():
         budget = 60
-        fast = make_strategy(name).select(pool, budget, seed).query
-        ref = kcenter_greedy_reference(getattr(pool, field), pool.labeled, budget, np.random.default_rng(seed))
+        params = {"cold_start": "prior"} if name == "coreset" else {}
+        fast = make_strategy(name, **params).select(pool, budget, seed).query
+        ref = kcenter_greedy_reference(getattr(pool, field), pool.labeled, budget, np.random.default_rng(seed),
+                                       normalize=normalize)
         np.testing.assert_array_equal(fast, ref)
 
 
@@ -59,21 +67,31 @@ def test_kcenter_fast_path_equals_recompute_all(pools, name, field, seed):
 def test_badge_factorised_equals_materialised(pools, seed):
     for pool in pools.values():
         budget = 40
-        fast = make_strategy("badge").select(pool, budget, seed).query
+        fast = make_strategy("badge", cold_start="prior").select(pool, budget, seed).query
         emb = badge_embeddings_reference(pool.probs, pool.features)
         ref = badge_select_reference(emb, pool.labeled, budget, np.random.default_rng(seed))
         np.testing.assert_array_equal(fast, ref)
 
 
+def test_student_badge_factorised_equals_materialised(pools):
+    for pool in pools.values():
+        budget = 40
+        embeddings = np.abs(pool.features) * np.linspace(0.5, 3.0, len(pool.features))[:, None]
+        student = dataclasses.replace(pool, embeddings=embeddings)
+        fast = make_strategy("badge", cold_start="prior").select(student, budget, 0).query
+        ref = cosine_farthest_first_reference(badge_embeddings_reference(pool.probs, embeddings), pool.labeled, budget)
+        np.testing.assert_array_equal(fast, ref)
+
+
 def test_pcb_equals_materialised_badge_then_balancing(pools):
     pool = pools[(800, 16, 10, 0.02)]
-    budget, seed, factor = 20, 5, 4
-    fast = make_strategy("pcb", candidate_factor=factor).select(pool, budget, seed).query
+    budget, seed, fraction = 20, 5, 0.1
+    fast = make_strategy("pcb", candidate_fraction=fraction).select(pool, budget, seed).query
     rng = np.random.default_rng(seed)
     emb = badge_embeddings_reference(pool.probs, pool.features)
-    candidates = badge_select_reference(emb, pool.labeled, factor * budget, rng)
+    candidates = badge_select_reference(emb, pool.labeled, 80, rng)  # int(0.1 x 800)
     counts = np.bincount(pool.labels[pool.labeled], minlength=pool.n_classes)
-    ref = balance_classes(candidates, pool.probs[candidates].argmax(1), counts, budget, rng)
+    ref = candidates[balance_classes(pool.probs[candidates].argmax(1), counts, budget, rng)]
     np.testing.assert_array_equal(fast, ref)
 
 

@@ -88,20 +88,31 @@ def test_knn_clips_k_and_finds_itself_first():
 
 
 def test_class_guided_features_equal_hand_computation():
-    features = np.array([[3.0, 4.0], [0.0, 2.0]])  # not unit-norm: the function normalises
+    features = np.array([[3.0, 4.0], [0.0, 2.0]])  # normalised first, as the official forward pass
     text = np.array([[1.0, 0.0], [0.0, 1.0]])
     probs = np.array([[0.75, 0.25], [0.5, 0.5]])
-    # image halves: (0.6, 0.8), (0, 1); text halves: (3, 1)/sqrt(10), (1, 1)/sqrt(2)
-    s = np.sqrt(2.0)
-    expected = np.array(
-        [
-            [0.6 / s, 0.8 / s, 3 / np.sqrt(10) / s, 1 / np.sqrt(10) / s],
-            [0.0, 1 / s, 0.5, 0.5],
-        ]
-    )
+    # [I, p T] = (.6, .8, .75, .25) with squared norm 1.625, and (0, 1, .5, .5) with 1.5
+    paper = np.array([[0.6, 0.8, 0.75, 0.25], [0.0, 1.0, 0.5, 0.5]])
+    official = paper / np.sqrt([[1.625], [1.5]])
     z = class_guided_features(features, probs, text)
     assert z.dtype == np.float32 and z.flags.c_contiguous
+    np.testing.assert_allclose(z, official, atol=1e-6)
+    np.testing.assert_allclose(class_guided_features(features, probs, text, variant="paper"), paper, atol=1e-6)
+    # chunked and row-gathered computations agree with the whole
+    np.testing.assert_allclose(class_guided_features(features, probs, text, chunk=1, rows=np.array([1])), official[1:],
+                               atol=1e-6)
+
+
+def test_class_guided_features_of_a_float16_pool():
+    rng = np.random.default_rng(0)
+    features = unit(rng.standard_normal((50, 8))).astype(np.float16)
+    text = unit(rng.standard_normal((3, 8))).astype(np.float32)
+    probs = rng.dirichlet(np.ones(3), 50).astype(np.float16)
+    z = class_guided_features(features, probs, text, chunk=7)
+    expected = class_guided_features(features.astype(np.float32), probs.astype(np.float32), text)
+    assert z.dtype == np.float32
     np.testing.assert_allclose(z, expected, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-6)
 
 
 def test_pool_features_kinds():
@@ -119,40 +130,50 @@ def test_pool_features_kinds():
 
 
 @pytest.mark.parametrize("features", ["guided", "image"])
-def test_cb_picks_centroid_nearest_point_of_largest_unlabeled_cluster(features):
-    # blob 0 is largest overall, but 20 of its 30 images are labeled: blob 1 has most unlabeled
+def test_cb_picks_centroid_nearest_point_of_largest_label_free_cluster(features):
+    # blob 0 is largest overall, but 20 of its 30 images are labeled: blob 1 is the largest label-free one
     pool, ids = blob_pool([30, 20, 12], labeled=range(20), round=3)
     x = pool_features(pool, features)
-    sel = make_strategy("cb", features=features).select(pool, 1, seed=0)  # K = 3 x 1
+    sel = make_strategy("cb", features=features, variant="paper").select(pool, 1, seed=0)  # K = 3 x 1
     assert sel.query.tolist() == [nearest_to_mean(x, np.flatnonzero(ids == 1))]
 
 
-def test_cb_goes_round_robin_over_clusters():
+def test_cb_gives_extra_picks_to_the_smallest_labeled_share():
     pool, ids = blob_pool([30, 20, 12])
     x = pool.features
-    # k_rule="official": K = C + n_labeled = 3 clusters for a budget of 5
-    sel = make_strategy("cb", features="image", k_rule="official").select(pool, 5, seed=0)
-    assert ids[sel.query].tolist() == [0, 1, 2, 0, 1]
+    # nothing labeled, official: K = C = 3 clusters for a budget of 5. One pick each by size
+    # (ratios 1/30, 1/20, 1/12), then blob 0 (1/30 -> 2/30), then blob 1 (1/20 < 2/30)
+    sel = make_strategy("cb", features="image").select(pool, 5, seed=0)
+    assert np.bincount(ids[sel.query]).tolist() == [2, 2, 1]
     for b in (0, 1):
         members = np.flatnonzero(ids == b)
         by_distance = members[np.argsort(((x[members] - x[members].mean(axis=0)) ** 2).sum(axis=1))]
         assert [i for i in sel.query if ids[i] == b] == by_distance[:2].tolist()
+    # one cluster's picks are adjacent in the output (ascending cluster id)
+    blocks = [ids[i] for k, i in enumerate(sel.query) if k == 0 or ids[i] != ids[sel.query[k - 1]]]
+    assert sorted(blocks) == [0, 1, 2]
 
 
-def test_number_of_clusters_follows_the_rule():
-    cb, cbsq = make_strategy("cb"), make_strategy("cbsq")
+def test_number_of_clusters_follows_the_variant():
+    cb, cbsq = make_strategy("cb", variant="paper"), make_strategy("cbsq", variant="paper")
     rounds = [blob_pool([10, 10, 10], labeled=range(4), round=r)[0] for r in (1, 2, 5)]
     assert [cb.n_clusters(p, 6) for p in rounds] == [6, 12, 30]
     assert [cbsq.n_clusters(p, 6) for p in rounds] == [6, 12, 30]
-    assert make_strategy("cb", k_rule="official").n_clusters(rounds[0], 6) == 3 + 4
-    assert make_strategy("cbsq", k_rule="official").n_clusters(rounds[0], 6) == 4 * 3 + 4
+    # official: C + n_labeled (cb), 4C + n_labeled (cbsq), whatever the round
+    assert [make_strategy("cb").n_clusters(p, 6) for p in rounds] == [3 + 4] * 3
+    assert [make_strategy("cbsq").n_clusters(p, 6) for p in rounds] == [4 * 3 + 4] * 3
+    # nothing labeled: K = C for both (the official loop runs plain CB then), also in round 3
+    empty = blob_pool([10, 10, 10], round=3)[0]
+    assert make_strategy("cb").n_clusters(empty, 6) == make_strategy("cbsq").n_clusters(empty, 6) == 3
 
 
 @pytest.mark.parametrize(
     "name, params",
     [
         ("cb", {"features": "text"}),
-        ("cb", {"k_rule": "nearest"}),
+        ("cb", {"variant": "nearest"}),
+        ("cb", {"k_rule": "paper"}),  # subsumed by variant
+        ("cbsq", {"variant": "Official"}),
         ("cbsq", {"max_pseudo": -1}),
         ("typiclust", {"max_clusters": 0}),
         ("probcover", {"delta": 0.0}),
@@ -175,14 +196,15 @@ def test_requires_follows_the_feature_kind():
 # --- cbsq ----------------------------------------------------------------------------
 
 
-def test_class_thresholds_are_class_mean_confidences():
-    # the second image is labeled 0 though the model prefers class 1: tau_0 uses p(0|x)
+def test_class_thresholds_by_variant():
+    # the second image is labeled 0 though the model prefers class 1
     probs = np.array([[0.7, 0.2, 0.1], [0.4, 0.5, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.9, 0.05, 0.05]])
     labels = np.array([0, 0, 1, -1, -1])
     labeled = np.array([True, True, True, False, False])
-    tau = class_thresholds(probs, labels, labeled, 3)
-    np.testing.assert_allclose(tau[:2], [(0.7 + 0.4) / 2, 0.8])
-    assert np.isnan(tau[2])
+    # official: the mean max-probability of the class's labeled images (APL cbsq.py:104-108)
+    np.testing.assert_allclose(class_thresholds(probs, labels, labeled, 3), [(0.7 + 0.5) / 2, 0.8, np.inf])
+    # paper: the mean p(c|x) (eq. 11)
+    np.testing.assert_allclose(class_thresholds(probs, labels, labeled, 3, "paper"), [(0.7 + 0.4) / 2, 0.8, np.inf])
 
 
 def sq_pool(round=2):
@@ -214,17 +236,18 @@ def walk(order, confident, budget, max_pseudo):
     return query, pseudo
 
 
+@pytest.mark.parametrize("variant", ["official", "paper"])
 @pytest.mark.parametrize("max_pseudo", [None, 3])
-def test_cbsq_pseudo_labels_exactly_the_confident_candidates(max_pseudo):
+def test_cbsq_pseudo_labels_exactly_the_confident_candidates(max_pseudo, variant):
     pool, kinds, predicted = sq_pool()
-    strategy = make_strategy("cbsq", max_pseudo=max_pseudo)
+    strategy = make_strategy("cbsq", max_pseudo=max_pseudo, variant=variant)
     budget = 12
     sel = strategy.select(pool, budget, seed=4)
     assert len(sel.query) + len(sel.pseudo) == budget  # pseudo-labels replace queries
     assert (kinds[sel.pseudo] == 2).all() and (sel.pseudo_labels == 0).all()
     cap = budget if max_pseudo is None else max_pseudo
     assert 0 < len(sel.pseudo) <= cap
-    order = strategy.candidate_order(pool, budget, np.random.default_rng(4))
+    order = strategy.picks(pool, budget, np.random.default_rng(4))
     query, pseudo = walk(order, kinds == 2, budget, cap)
     assert sel.query.tolist() == query and sel.pseudo.tolist() == pseudo
 
@@ -244,11 +267,20 @@ def test_cbsq_never_pseudo_labels_a_class_without_labeled_images():
     assert 2 not in sel.pseudo_labels
 
 
-def test_cbsq_queries_everything_in_round_one():
-    pool, _, _ = sq_pool(round=1)
-    sel = make_strategy("cbsq").select(pool, 12, seed=0)
+@pytest.mark.parametrize("variant", ["official", "paper"])
+def test_cbsq_queries_everything_when_nothing_is_labeled(variant):
+    pool, _, _ = sq_pool()
+    empty = Pool(pool.features, pool.probs, np.zeros(len(pool.labeled), bool), np.full(len(pool.labeled), -1),
+                 pool.text_features, round=3)
+    sel = make_strategy("cbsq", variant=variant).select(empty, 12, seed=0)
     assert len(sel.query) == 12 and len(sel.pseudo) == 0
-    np.testing.assert_array_equal(sel.query, make_strategy("cb").select(pool, 12, seed=0).query)
+    np.testing.assert_array_equal(sel.query, make_strategy("cb", variant=variant).select(empty, 12, seed=0).query)
+
+
+def test_cbsq_pseudo_labels_in_round_one_after_a_k_shot_start():
+    pool, kinds, _ = sq_pool(round=1)
+    sel = make_strategy("cbsq").select(pool, 40, seed=0)
+    assert sorted(sel.pseudo) == np.flatnonzero(kinds == 2).tolist()
 
 
 # --- typiclust -----------------------------------------------------------------------

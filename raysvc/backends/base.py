@@ -66,8 +66,9 @@ class VLMBackend(abc.ABC):
         """(B, 3, S, S) -> L2-normalised (B, embed_dim); differentiable (GradFAM needs it)."""
 
     @abc.abstractmethod
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Prompts -> L2-normalised (P, embed_dim)."""
+    def encode_text(self, prompts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+        """Prompts -> (P, embed_dim), L2-normalised unless ``normalize=False`` (the raw embedding,
+        whose per-class mean anchors ActiveKD's CLAP teacher)."""
 
     @abc.abstractmethod
     def prompt_encoder(self, classnames: Sequence[str], n_ctx: int) -> PromptEncoder:

@@ -140,10 +140,10 @@ class ConSEBackend(VLMBackend):
         mixed = (probs.unsqueeze(-1) * self.imagenet_text[classes]).sum(1)
         return F.normalize(mixed, dim=-1)
 
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+    def encode_text(self, prompts: Sequence[str], normalize: bool = True) -> torch.Tensor:
         batch = self.tokenizer(list(prompts), padding=True, return_tensors="pt").to(self.device)
-        hidden = self.text_model(**batch).last_hidden_state
-        return F.normalize(_mean_pool(hidden, batch["attention_mask"]), dim=-1)
+        pooled = _mean_pool(self.text_model(**batch).last_hidden_state, batch["attention_mask"])
+        return F.normalize(pooled, dim=-1) if normalize else pooled
 
     def prompt_encoder(self, classnames: Sequence[str], n_ctx: int) -> PromptEncoder:
         return MiniLMPromptEncoder(self.tokenizer, self.text_model, classnames, n_ctx).to(self.device)

@@ -120,8 +120,9 @@ class OpenCLIPBackend(VLMBackend):
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.model.encode_image(pixels.to(self.device)), dim=-1)
 
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        return F.normalize(self.model.encode_text(self.tokenizer(list(prompts)).to(self.device)), dim=-1)
+    def encode_text(self, prompts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+        raw = self.model.encode_text(self.tokenizer(list(prompts)).to(self.device))
+        return F.normalize(raw, dim=-1) if normalize else raw
 
     def prompt_encoder(self, classnames: Sequence[str], n_ctx: int) -> PromptEncoder:
         for p in self.model.parameters():

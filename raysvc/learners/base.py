@@ -90,10 +90,6 @@ class Learner(abc.ABC):
         """The learner's own penultimate features of the pool, if it has any."""
         return None
 
-    def pool_head_probs(self) -> tuple[np.ndarray, ...] | None:
-        """Per-head pool probabilities of a multi-head model (dual-head BADGE reads them)."""
-        return None
-
     def teacher_accuracy(self) -> float:
         """Test accuracy of the teacher being distilled; NaN for learners without one."""
         return float("nan")

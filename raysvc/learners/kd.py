@@ -6,22 +6,26 @@ Three frameworks, registered as learners:
 - ``kd-zeroshot``: the teacher is the VLM's zero-shot classifier on the cached image
   embeddings, computed once.
 - ``kd-fewshot``: the teacher is re-fitted every round on the labeled set, with no
-  validation split: a CLAP linear probe (Silva-Rodriguez et al., CVPR 2024) on the cached
-  image embeddings, initialised from the zero-shot class text embeddings and kept close
-  to them by a class-adaptive penalty, lambda_c = mean zero-shot probability of class c
-  on the labeled images of class c (1.0 for a class with no labeled image yet: nothing
-  argues against its prior).
+  validation split: a CLAP linear probe (Silva-Rodriguez et al., CVPR 2024) as ActiveKD's
+  code fits it (:func:`fit_clap`).
 
 Training is dual-head optimisation (DHO, Kang et al. 2025): a shared feature extractor,
-a CE head trained with cross-entropy on the labeled images of the batch and a KD head
-trained with KL(teacher_T || student_T) * T^2 on every image of the batch, where
-teacher_T = softmax(log p_teacher / T). Each batch holds ``labeled_fraction`` labeled
-images (without repeats inside a batch) and unlabeled pool images for the rest; one
-epoch is ceil(pool / batch_size) steps for every framework, so ``no-distill`` takes as
-many optimisation steps, on its labeled share of each batch only. Inference mixes the
-heads' probabilities: p = alpha * softmax(z_ce) + (1 - alpha) * softmax(z_kd / beta).
-Defaults follow the DHO paper's untuned setting: alpha 0.5, beta 1.0, T 2.0, loss = ce + kd (weights 1, 1);
-``no-distill`` predicts with its CE head alone.
+a CE head trained with cross-entropy on the labeled images and a KD head trained with
+``T^2 KL(softmax(t / T) || softmax(z_kd / T))`` towards the teacher's logits t, with the
+loss of the official code (:func:`dho_loss`). Each batch holds ``labeled_fraction``
+labeled images (without repeats inside a batch) and unlabeled pool images for the rest;
+one epoch is ceil(pool / batch_size) steps for every framework, so ``no-distill`` takes
+as many optimisation steps, on its labeled share of each batch only. Inference mixes the
+heads' probabilities: p = alpha * softmax(z_ce) + (1 - alpha) * softmax(z_kd / beta)
+(:func:`combine_heads`); ``no-distill`` predicts with its CE head alone. ``alpha`` weighs
+the CE head, as in DHO; ActiveKD's alpha weighs the KD head (alpha_ActiveKD = 1 - alpha),
+and at the default 0.5 (beta 1) the two agree.
+
+Where raysvc departs from erjui/PCoreSet @075a76a ``train_active_others.py`` (the
+schedule, not the loss): the official student sees separate labeled and unlabeled
+batches of 64 each, ``ceil(200 |L| / 64)`` steps per round, AdamW (weight decay 0.01)
+with linear warmup and decay; raysvc's schedule is ``epochs``, ``batch_size``,
+``labeled_fraction``, ``lr``, ``weight_decay`` below (cosine decay).
 
 Before the first fit every framework predicts the zero-shot prior, so the first
 selection is informed by it.
@@ -58,22 +62,24 @@ class KDConfig(Options):
     batch_size: int = option(64, "minibatch size")
     labeled_fraction: float = option(0.5, "share of each batch drawn from the labeled images")
     temperature: float = option(2.0, "distillation temperature T")
-    alpha: float = option(0.5, "weight of the CE head when the heads are mixed at inference")
+    alpha: float = option(0.5, "weight of the CE head when the heads are mixed at inference (DHO's alpha; "
+                                 "ActiveKD's alpha sits on the KD head: alpha_ActiveKD = 1 - alpha)")
     beta: float = option(1.0, "temperature of the KD head at inference")
-    ce_weight: float = option(1.0, "weight of the CE loss")
-    kd_weight: float = option(1.0, "weight of the KD loss")
+    ce_weight: float = option(0.5, "weight of the CE loss (official 0.5)")
+    kd_weight: float = option(0.5, "weight of the KD loss, the labeled and unlabeled parts' KL summed (official 0.5)")
     flip: bool = option(True, "random horizontal flips")
-    probe_steps: int = option(300, "kd-fewshot: full-batch steps of the CLAP teacher")
-    probe_lr: float = option(0.1, "kd-fewshot: learning rate of the CLAP teacher")
+    clap_lr: float = option(0.01, "kd-fewshot: SGD learning rate of the CLAP teacher (official 0.01)")
+    clap_repeat: int = option(300, "kd-fewshot: CLAP samples per labeled image per round, in batches of "
+                                   "batch_size (official 300: floor(300 n / 64) steps)")
     inference_batch_size: int = option(256, "batch size of student inference")
 
     def check(self):
-        for field in ("image_size", "epochs", "batch_size", "probe_steps", "inference_batch_size"):
+        for field in ("image_size", "epochs", "batch_size", "clap_repeat", "inference_batch_size"):
             if getattr(self, field) < 1:
                 raise ConfigError(f"option {field}={getattr(self, field)!r}: must be >= 1")
         if self.image_size < 32:
             raise ConfigError(f"option image_size={self.image_size!r}: must be >= 32")
-        for field in ("lr", "temperature", "beta", "probe_lr"):
+        for field in ("lr", "temperature", "beta", "clap_lr"):
             if not getattr(self, field) > 0:
                 raise ConfigError(f"option {field}={getattr(self, field)!r}: must be positive")
         for field in ("weight_decay", "ce_weight", "kd_weight"):
@@ -89,7 +95,8 @@ class KDConfig(Options):
 
 
 def combine_heads(z_ce: torch.Tensor, z_kd: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
-    """DHO inference: alpha * softmax(z_ce) + (1 - alpha) * softmax(z_kd / beta).
+    """DHO inference: alpha * softmax(z_ce) + (1 - alpha) * softmax(z_kd / beta) (DHO
+    ``train_others.py:207-228``; ActiveKD ``train_active_others.py:378-393`` with its alpha = 1 - alpha).
 
     The heads are mixed as probabilities, as in the DHO and ActiveKD code: mixing logits
     instead lets the KD head's large logits (a sharp teacher imitated) outvote a CE head
@@ -103,30 +110,36 @@ def dho_loss(
     z_kd: torch.Tensor,
     labels: torch.Tensor,
     labeled_mask: torch.Tensor,
-    teacher_probs: torch.Tensor | None,
+    teacher_logits: torch.Tensor | None,
     temperature: float,
-    ce_weight: float = 1.0,
-    kd_weight: float = 1.0,
+    ce_weight: float = 0.5,
+    kd_weight: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, ce, kd) of the dual-head loss on one batch.
+    """(total, ce, kd) of the dual-head loss on one batch, as erjui/PCoreSet @075a76a
+    ``train_active_others.py:286-303`` (= erjui/DHO @846de75 ``train_others.py:149-166``).
 
-    ce: mean cross-entropy of the CE head over the labeled rows (0 when none);
-    labels of unlabeled rows are ignored. kd: mean over all rows of
-    KL(teacher_T || softmax(z_kd / T)) * T^2 with teacher_T = softmax(log p_teacher / T)
-    (0 when ``teacher_probs`` is None). total = ce_weight * ce + kd_weight * kd.
+    ce: mean cross-entropy of the CE head over the labeled rows (0 when none); labels of
+    unlabeled rows are ignored. kd = klL + klU with klX = T^2 x the mean over the labeled
+    (unlabeled) rows of KL(softmax(t / T) || softmax(z_kd / T)), each part averaged over
+    its own rows (``reduction='batchmean'`` on its own batch), 0 for a part with no rows or
+    without a teacher (``teacher_logits`` None). total = ce_weight * ce + kd_weight * kd;
+    the official weights are 0.5 and 0.5. ``teacher_logits`` may be any per-row shift of
+    the logits (log-probabilities too): the softmax drops it.
     """
     labeled_mask = labeled_mask.bool()
     if labeled_mask.any():
         ce = F.cross_entropy(z_ce[labeled_mask], labels[labeled_mask])
     else:
         ce = z_ce.sum() * 0.0
-    if teacher_probs is None:
-        kd = z_kd.sum() * 0.0
-    else:
+    kd = z_kd.sum() * 0.0
+    if teacher_logits is not None:
         t = temperature
-        target = F.log_softmax(torch.log(teacher_probs.clamp_min(1e-12)) / t, dim=-1)
+        target = F.log_softmax(teacher_logits / t, dim=-1)
         student = F.log_softmax(z_kd / t, dim=-1)
-        kd = F.kl_div(student, target, reduction="batchmean", log_target=True) * t * t
+        per_row = F.kl_div(student, target, reduction="none", log_target=True).sum(-1)
+        for part in (labeled_mask, ~labeled_mask):
+            if part.any():
+                kd = kd + per_row[part].mean() * t * t
     return ce_weight * ce + kd_weight * kd, ce, kd
 
 
@@ -134,8 +147,10 @@ def dho_loss(
 
 
 def clap_penalty_weights(zeroshot_probs: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """lambda_c: mean zero-shot probability of class c on labeled images of class c (1.0 if none)."""
-    weights = np.ones(n_classes, dtype=np.float64)
+    """lambda_c: mean zero-shot probability of class c on the labeled images of class c, 0 for
+    a class with none (erjui/PCoreSet @075a76a ``clap_others.py:234-248``: the sum over them
+    divided by ``n_c + 1e-10``): nothing ties such a class's prototype to its prior."""
+    weights = np.zeros(n_classes, dtype=np.float64)
     for c in range(n_classes):
         members = labels == c
         if members.any():
@@ -147,33 +162,78 @@ def clap_logits(features: torch.Tensor, prototypes: torch.Tensor, scale: float) 
     return scale * F.normalize(features, dim=-1) @ F.normalize(prototypes, dim=-1).T
 
 
+def linear_warmup_decay(total_steps: int):
+    """``transformers.get_linear_schedule_with_warmup`` with 10% warmup, as a LambdaLR factor."""
+    warmup = 0.1 * total_steps
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1.0, warmup)
+        return max(0.0, (total_steps - step) / max(1.0, total_steps - warmup))
+
+    return factor
+
+
+def clap_steps(n_labeled: int, repeat: int = 300, batch_size: int = 64) -> int:
+    """CLAP's optimisation steps for ``n_labeled`` images: ``floor(repeat n / batch_size)``, one
+    effective epoch (``max(1, 300 // 300)``) of a ``drop_last`` loader (clap_others.py:193-214)."""
+    return (repeat * n_labeled) // batch_size
+
+
+def clap_loss(
+    prototypes: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, anchor: torch.Tensor,
+    penalty_weights: torch.Tensor, logit_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, ce, penalty) of CLAP (clap_others.py:301-316): the batch-mean cross-entropy of
+    ``logit_scale cos(f, P)`` plus ``mean_c lambda_c ||P_c - anchor_c||^2``."""
+    ce = F.cross_entropy(clap_logits(features, prototypes, logit_scale), labels)
+    penalty = (penalty_weights * (prototypes - anchor).pow(2).sum(-1)).mean()
+    return ce + penalty, ce, penalty
+
+
 def fit_clap(
     features: np.ndarray,
     labels: np.ndarray,
-    text_features: np.ndarray,
+    text_raw: np.ndarray,
     logit_scale: float,
-    steps: int = 300,
-    lr: float = 0.1,
+    lr: float = 0.01,
+    repeat: int = 300,
+    batch_size: int = 64,
+    seed: int = 0,
 ) -> np.ndarray:
-    """CLAP class prototypes (C, D) fitted on labeled embeddings, full batch.
+    """CLAP class prototypes (C, D) fitted on labeled embeddings, as erjui/PCoreSet @075a76a
+    ``clap_others.py:72-321`` (``train_clap_teacher``).
 
-    loss = CE(scale * cos(f, w)) + mean_c lambda_c ||w_c - t_c||^2, w initialised at the
-    class text embeddings t; SGD with momentum 0.9 as in CLAP's code.
+    The prototypes P start at, and are held near, ``text_raw``: the per-class mean of the
+    *unnormalised* text embeddings (``clip_weights_before_norm``). loss = CE(scale cos(f, P))
+    + mean_c lambda_c ||P_c - text_raw_c||^2 (:func:`clap_penalty_weights`, on the zero-shot
+    probabilities against the normalised ``text_raw``). SGD (momentum 0.9, no weight decay)
+    over ``floor(repeat n / batch_size)`` batches of ``batch_size`` labeled images drawn with
+    replacement (``RandomSampler(replacement=True, num_samples=300 n)``, ``drop_last``), the
+    learning rate warmed up linearly over the first 10% of the steps, then decayed
+    linearly to 0; the last prototypes are kept. The one deviation: the official code
+    re-encodes randomly cropped and flipped images every step; this fits the cached
+    embeddings of the images as they are.
     """
-    text = torch.as_tensor(text_features, dtype=torch.float32)
-    x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+    anchor = torch.as_tensor(np.asarray(text_raw), dtype=torch.float32)
+    x = F.normalize(torch.as_tensor(np.asarray(features), dtype=torch.float32), dim=-1)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     with torch.no_grad():
-        zs = clap_logits(x, text, logit_scale).softmax(-1).numpy()
-    lam = torch.as_tensor(clap_penalty_weights(zs, np.asarray(labels), len(text)), dtype=torch.float32)
-    w = torch.nn.Parameter(text.clone())
-    optimizer = torch.optim.SGD([w], lr=lr, momentum=0.9)
-    for _ in range(steps):
-        loss = F.cross_entropy(clap_logits(x, w, logit_scale), y) + (lam * (w - text).pow(2).sum(-1)).mean()
+        zs = clap_logits(x, anchor, logit_scale).softmax(-1).numpy()
+    lam = torch.as_tensor(clap_penalty_weights(zs, np.asarray(labels), len(anchor)), dtype=torch.float32)
+    prototypes = torch.nn.Parameter(anchor.clone())
+    steps = clap_steps(len(y), repeat, batch_size)
+    optimizer = torch.optim.SGD([prototypes], lr=lr, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(steps))
+    batches = np.random.default_rng(seed).integers(len(y), size=(steps, batch_size))
+    for rows in batches:
+        rows = torch.as_tensor(rows)
+        loss, _, _ = clap_loss(prototypes, x[rows], y[rows], anchor, lam, logit_scale)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return w.detach().numpy()
+        schedule.step()
+    return prototypes.detach().numpy()
 
 
 # --- the training function (pure; runs on any worker) -----------------------------------
@@ -188,15 +248,20 @@ def train_student(payload: dict[str, Any]) -> dict[str, Any]:
     """Train a dual-head student; returns its state dict as numpy arrays.
 
     payload: config (KDConfig as a dict), n_classes, images ((N, 3, S, S) uint8 of the
-    whole pool), labeled (pool positions), labels, teacher_probs ((N, C) or None), seed.
+    whole pool), labeled (pool positions), labels, teacher_logits ((N, C) or None), seed.
+    A ``teacher_probs`` (N, C) array instead of logits is taken as its logarithm (its
+    zeros clamped), which equals the logits up to a per-row constant.
     """
     config = KDConfig(**payload["config"])
     images = torch.as_tensor(payload["images"])
     labeled = np.asarray(payload["labeled"], dtype=np.int64)
     label_of = np.full(len(images), -1, dtype=np.int64)
     label_of[labeled] = np.asarray(payload["labels"], dtype=np.int64)
-    teacher = payload.get("teacher_probs")
-    teacher = None if teacher is None else torch.as_tensor(np.asarray(teacher), dtype=torch.float32)
+    teacher = payload.get("teacher_logits")
+    if teacher is not None:
+        teacher = torch.as_tensor(np.asarray(teacher), dtype=torch.float32)
+    elif payload.get("teacher_probs") is not None:
+        teacher = torch.as_tensor(np.asarray(payload["teacher_probs"]), dtype=torch.float32).clamp_min(1e-30).log()
     seed = int(payload["seed"])
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -225,11 +290,12 @@ def train_student(payload: dict[str, Any]) -> dict[str, Any]:
         z_ce, z_kd, _ = student(to_input(pixels, mean, std))
         mask = torch.zeros(len(rows), dtype=torch.bool)
         mask[:n_lab] = True
-        loss, ce, kd = dho_loss(
-            z_ce, z_kd, torch.as_tensor(np.maximum(label_of[rows], 0)), mask,
-            None if teacher is None else teacher[rows], config.temperature, config.ce_weight,
-            config.kd_weight if teacher is not None else 0.0,
-        )
+        labels = torch.as_tensor(np.maximum(label_of[rows], 0))
+        if teacher is None:  # no-distill: plain cross-entropy
+            loss, ce, kd = dho_loss(z_ce, z_kd, labels, mask, None, config.temperature, 1.0, 0.0)
+        else:
+            loss, ce, kd = dho_loss(z_ce, z_kd, labels, mask, teacher[rows], config.temperature, config.ce_weight,
+                                    config.kd_weight)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -255,9 +321,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 # --- the learner ----------------------------------------------------------------------
 
-_STATE_KEYS = ("pool_probs", "test_probs", "pool_embeddings", "pool_ce_probs", "pool_kd_probs", "teacher_test_probs")
-
-
+_STATE_KEYS = ("pool_probs", "test_probs", "pool_embeddings", "teacher_test_probs")
 class KDLearner(Learner):
     """A student distilled from the VLM teacher (``teacher_kind``: none, zeroshot or fewshot)."""
 
@@ -285,27 +349,29 @@ class KDLearner(Learner):
             self._images[split] = decode_images([ds.load(i) for i in self.rows(split)], self.options.image_size)
         return self._images[split]
 
-    def teacher_probs(self, positions: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray] | None:
-        """This round's teacher probabilities on pool and test (None: no teacher)."""
+    def teacher_logits(self, positions: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, np.ndarray] | None:
+        """This round's teacher logits on pool and test (None: no teacher): the zero-shot
+        ``scale * cos(f, t)``, or CLAP's ``scale * cos(f, P)`` (train_active_others.py:534-541)."""
         if self.teacher_kind == "none":
             return None
+        encoded = self.experiment.encoded
         if self.teacher_kind == "zeroshot":
-            return self._zeroshot
-        exp = self.experiment
-        feats = exp.encoded.image_features
-        protos = fit_clap(feats[exp.pool[positions]], labels, exp.encoded.text_features, exp.encoded.logit_scale,
-                          self.options.probe_steps, self.options.probe_lr)
+            return {split: encoded.zeroshot_logits(self.rows(split)) for split in ("pool", "test")}
+        feats = encoded.image_features
+        opts = self.options
+        protos = torch.as_tensor(fit_clap(
+            feats[self.experiment.pool[positions]], labels, encoded.text_raw, encoded.logit_scale,
+            lr=opts.clap_lr, repeat=opts.clap_repeat, batch_size=opts.batch_size, seed=seed))
         out = {}
         for split in ("pool", "test"):
             split_feats = torch.as_tensor(np.asarray(feats[self.rows(split)], dtype=np.float32))
-            logits = clap_logits(split_feats, torch.as_tensor(protos), exp.encoded.logit_scale)
-            out[split] = logits.softmax(-1).numpy()
+            out[split] = clap_logits(split_feats, protos, encoded.logit_scale).numpy()
         return out
 
     def fit(self, positions: np.ndarray, labels: np.ndarray, seed: int, runner: TrainRunner) -> None:
         positions, labels = np.asarray(positions, dtype=np.int64), np.asarray(labels, dtype=np.int64)
         start = time.perf_counter()
-        teacher = self.teacher_probs(positions, labels)
+        teacher = self.teacher_logits(positions, labels, seed)
         teacher_seconds = time.perf_counter() - start
         start = time.perf_counter()
         pool_images, test_images = self.images("pool"), self.images("test")
@@ -317,7 +383,7 @@ class KDLearner(Learner):
             "images": pool_images.numpy(),
             "labeled": positions,
             "labels": labels,
-            "teacher_probs": None if teacher is None else teacher["pool"],
+            "teacher_logits": None if teacher is None else teacher["pool"],
             "seed": int(seed),
         })
         train_seconds = time.perf_counter() - start
@@ -328,15 +394,15 @@ class KDLearner(Learner):
         bs = self.options.inference_batch_size
         z_ce, z_kd, h = student_outputs(student, pool_images, mean, std, bs)
         t_ce, t_kd, _ = student_outputs(student, test_images, mean, std, bs)
-        state = {"pool_embeddings": h.astype(np.float32), "pool_ce_probs": _softmax(z_ce).astype(np.float32)}
+        state = {"pool_embeddings": h.astype(np.float32)}
         if teacher is None:
-            state["pool_probs"], state["test_probs"] = state["pool_ce_probs"], _softmax(t_ce).astype(np.float32)
+            state["pool_probs"] = _softmax(z_ce).astype(np.float32)
+            state["test_probs"] = _softmax(t_ce).astype(np.float32)
         else:
             a, b = self.options.alpha, self.options.beta
-            state["pool_kd_probs"] = _softmax(z_kd).astype(np.float32)
             state["pool_probs"] = combine_heads(torch.as_tensor(z_ce), torch.as_tensor(z_kd), a, b).numpy()
             state["test_probs"] = combine_heads(torch.as_tensor(t_ce), torch.as_tensor(t_kd), a, b).numpy()
-            state["teacher_test_probs"] = teacher["test"].astype(np.float32)
+            state["teacher_test_probs"] = _softmax(teacher["test"]).astype(np.float32)
         self._state = state
         self.last_fit = {
             "teacher_seconds": teacher_seconds, "decode_seconds": decode_seconds, "train_seconds": train_seconds,
@@ -349,20 +415,6 @@ class KDLearner(Learner):
 
     def pool_embeddings(self) -> np.ndarray | None:
         return self._state.get("pool_embeddings")
-
-    def pool_head_outputs(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray] | None:
-        """(CE-head probs, KD-head probs or None for no-distill, penultimate features) on the pool."""
-        if "pool_embeddings" not in self._state:
-            return None
-        s = self._state
-        return s["pool_ce_probs"], s.get("pool_kd_probs"), s["pool_embeddings"]
-
-    def pool_head_probs(self) -> tuple[np.ndarray, ...] | None:
-        outputs = self.pool_head_outputs()
-        if outputs is None:
-            return None
-        p_ce, p_kd, _ = outputs
-        return tuple(p for p in (p_ce, p_kd) if p is not None)
 
     def teacher_accuracy(self) -> float:
         if self.teacher_kind == "none":

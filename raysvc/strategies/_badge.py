@@ -1,4 +1,5 @@
-"""BADGE k-means++ seeding (Ash et al., ICLR 2020) on factorised gradient embeddings.
+"""BADGE (Ash et al., ICLR 2020) on factorised gradient embeddings: k-means++ seeding, and
+ActiveKD's deterministic farthest-first on cosine distance.
 
 The last-layer gradient embedding of image i is g_i = a_i outer h_i with
 a = p - onehot(argmax p) and h the penultimate features. It is never materialised
@@ -6,8 +7,8 @@ a = p - onehot(argmax p) and h the penultimate features. It is never materialise
 
     ||g_i - g_j||^2 = ||a_i||^2 ||h_i||^2 + ||a_j||^2 ||h_j||^2 - 2 (a_i . a_j)(h_i . h_j).
 
-Embeddings made of several heads' gradients concatenated (dual-head BADGE of ActiveKD)
-are given as a list of (a, h) pairs; their squared distances add up. Seeding keeps each
+An embedding made of several gradients concatenated is given as a list of (a, h) pairs;
+their squared distances (and dot products) add up. Seeding keeps each
 candidate's squared distance to its nearest centre and folds in only the newest centre:
 O(pool x (C + D)) work and O(pool) extra memory per pick.
 
@@ -129,12 +130,14 @@ def badge_select(
 ) -> np.ndarray:
     """Pool indices of ``budget`` unlabeled images chosen by k-means++ seeding, in pick order.
 
-    ``pairs`` holds one (a, h) per head, a = :func:`gradient_factor` of that head's
-    probabilities. On CPU with at least ``HALF_MIN_ROWS`` (500 000) candidates the factors
-    are held in float16 (see :data:`~raysvc.strategies._kcenter.HALF_MIN_ROWS`). The
-    first centre is the image of largest gradient norm (lowest index on ties), as in the
-    official BADGE code; each next one is drawn with ``rng``
-    proportionally to its squared distance to the nearest centre. As in BADGE, labeled
+    ``pairs``: the (a, h) factors of the embedding, a = :func:`gradient_factor` of the
+    probabilities (the strategies pass one pair). On CPU with at least ``HALF_MIN_ROWS``
+    (500 000) candidates the factors are held in float16 (see
+    :data:`~raysvc.strategies._kcenter.HALF_MIN_ROWS`). The first centre is the image of
+    largest gradient norm (lowest index on ties), as in the official BADGE code (APL
+    ``badge.py:61-88``); each next one is drawn with ``rng``
+    proportionally to its squared distance to the nearest centre (the official code draws
+    with numpy's global RNG and rejects repeats: the same law). As in BADGE, labeled
     images are excluded and are not centres.
     """
     _check(pairs, len(labeled))
@@ -155,6 +158,58 @@ def badge_select(
         chosen[j] = True
         picks.append(j)
         be.xp.minimum(min_d, _sq_dist(fac, norms, j), out=min_d)
+    return candidates[np.array(picks, dtype=np.int64)]
+
+
+def cosine_farthest_first(pairs: Sequence[Pair], labeled: np.ndarray, budget: int) -> np.ndarray:
+    """Pool indices of ``budget`` unlabeled images, in pick order, by ActiveKD's BADGE
+    (erjui/PCoreSet @075a76a ``strategies.py:154-289``): the gradient embeddings are
+    L2-normalised, and each pick maximises the cosine distance ``1 - g.g_s`` to its nearest
+    pick, the first maximum winning (``torch.argmax``). No sampling, no ``rng``.
+
+    First pick: the lowest index among non-zero embeddings (index 0 if all are zero).
+    The official code takes ``argmax`` of the norms *after* normalisation, which are 1 up
+    to float32 rounding, so its first pick is decided by rounding noise; "lowest index"
+    is what the expression means and what it returns whenever the norms round alike.
+    Labeled images are neither candidates nor centres (the official code scores the
+    unlabeled pool only).
+    """
+    _check(pairs, len(labeled))
+    candidates = _check_budget(labeled, budget)
+    be = array_backend()
+    fac, sq_norms = _factors(pairs, candidates, be)
+    sq = np.asarray(be.get(sq_norms), dtype=np.float64)
+    inv_norm = be.put(np.divide(1.0, np.sqrt(sq), out=np.zeros_like(sq), where=sq > 0))
+    nonzero = np.flatnonzero(sq > 0)
+
+    def cosine_distance_to(j: int):
+        dot = sum(_f32(a @ a[j]) * _f32(h @ h[j]) for a, h in fac)
+        return 1.0 - dot * inv_norm * inv_norm[j]
+
+    first = int(nonzero[0]) if len(nonzero) else 0
+    picks = [first]
+    min_d = cosine_distance_to(first)
+    min_d[first] = -np.inf
+    while len(picks) < budget:
+        j = int(min_d.argmax())
+        picks.append(j)
+        be.xp.minimum(min_d, cosine_distance_to(j), out=min_d)
+        min_d[j] = -np.inf
+    return candidates[np.array(picks, dtype=np.int64)]
+
+
+def cosine_farthest_first_reference(embeddings: np.ndarray, labeled: np.ndarray, budget: int) -> np.ndarray:
+    """:func:`cosine_farthest_first` on materialised embeddings, recomputing all distances in float64."""
+    candidates = _check_budget(labeled, budget)
+    g = np.array(embeddings, dtype=np.float64)[candidates]
+    norms = np.linalg.norm(g, axis=1)
+    g /= np.maximum(norms, 1e-300)[:, None]
+    nonzero = np.flatnonzero(norms > 0)
+    picks = [int(nonzero[0]) if len(nonzero) else 0]
+    while len(picks) < budget:
+        d = (1.0 - g @ g[picks].T).min(axis=1)
+        d[picks] = -np.inf
+        picks.append(int(d.argmax()))
     return candidates[np.array(picks, dtype=np.int64)]
 
 

@@ -1,8 +1,8 @@
 """Class-guided features (Kim et al. 2024, eq. 5-7) and the feature choice of cluster selectors.
 
 A class-guided feature joins what an image looks like with what the current model
-thinks it is: ``z = [f(x) ; sum_c p(c|x) t_c]`` with ``f(x)`` the image embedding and
-``t_c`` the class text embeddings. Clustering on ``z`` separates images that look
+thinks it is: ``[f(x) ; sum_c p(c|x) t_c]`` with ``f(x)`` the image embedding and
+``t_c`` the class text embeddings. Clustering on it separates images that look
 alike but belong to different classes once the model can tell them apart.
 """
 
@@ -20,36 +20,41 @@ FeatureKind = Literal["image", "guided"]
 FEATURE_KINDS = get_args(FeatureKind)
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
 def class_guided_features(
     features: np.ndarray,
     probs: np.ndarray,
     text_features: np.ndarray,
     chunk: int = 32_768,
     rows: np.ndarray | None = None,
+    variant: str = "official",
 ) -> np.ndarray:
     """(N, 2D) class-guided features of (N, D) image features, (N, C) probs, (C, D) text features.
 
-    Each half is L2-normalised so both weigh equally, and the result is divided by
-    sqrt(2) so it is unit-norm like image features: a radius or distance then means
-    the same on either kind (K-means, kNN and their argmins are unchanged by the scale).
+    ``official``: ``z = [I, p T] / ||[I, p T]||``, the whole row L2-normalised, as APL @105a662
+    ``cb.py:62-63`` builds it and ``cb.py:107`` normalises it; the text half keeps weight
+    ``||p T|| <= 1``, less when the prediction is spread out.
+    ``paper``: ``z = [I ; sum_c p(c|x) T_c]`` with no normalisation (eq. 7).
+    I is the L2-normalised image feature in both, as the official forward pass computes it
+    (``alvlm.py:75, 319``; a no-op up to rounding on the stored unit-norm features); the
+    text features are used as given.
     Computed in row chunks into one float32 (N, 2D) array: no whole-pool temporaries.
     With ``rows``, only for those rows (an (len(rows), 2D) array).
     """
-    text = _unit_rows(as_f32(text_features))
+    if variant not in ("official", "paper"):
+        raise ConfigError(f"class-guided features: variant must be 'official' or 'paper', got {variant!r}")
+    text = as_f32(text_features)
     d = features.shape[1]
     n = len(features) if rows is None else len(rows)
     out = np.empty((n, d + text.shape[1]), dtype=np.float32)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         sel = slice(start, stop) if rows is None else rows[start:stop]
-        image = _unit_rows(as_f32(features[sel]))
-        mixed = _unit_rows(as_f32(probs[sel]) @ text)
-        out[start:stop] = np.concatenate([image, mixed], axis=1) / np.sqrt(2.0)
+        z = out[start:stop]
+        z[:, :d] = features[sel]
+        z[:, :d] /= np.maximum(np.linalg.norm(z[:, :d], axis=1, keepdims=True), 1e-12)
+        np.matmul(as_f32(probs[sel]), text, out=z[:, d:])
+        if variant == "official":
+            z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
     return out
 
 
@@ -66,14 +71,14 @@ def kind_requires(kind: str) -> frozenset[str]:
     return frozenset({"features"})
 
 
-def pool_features(pool: Pool, kind: str, rows: np.ndarray | None = None) -> np.ndarray:
-    """The float32 features a cluster-based selector works on: ``"image"`` or ``"guided"``,
-    of every image or of ``rows`` only."""
+def pool_features(pool: Pool, kind: str, rows: np.ndarray | None = None, variant: str = "official") -> np.ndarray:
+    """The float32 features a cluster-based selector works on: ``"image"`` or ``"guided"``
+    (of :func:`class_guided_features`'s ``variant``), of every image or of ``rows`` only."""
     if check_kind(kind) == "image":
         return gather_f32(pool.features, rows)
     if pool.text_features is None:
         raise ConfigError("class-guided features need pool.text_features")
-    return class_guided_features(pool.features, pool.probs, pool.text_features, rows=rows)
+    return class_guided_features(pool.features, pool.probs, pool.text_features, rows=rows, variant=variant)
 
 
 class FeatureRequires:

@@ -1,5 +1,10 @@
 """Greedy k-center selection (CoreSet, Sener & Savarese 2018) and its recompute-all reference.
 
+With ``normalize=True`` the points are L2-normalised first (rows converted chunk by chunk,
+never a normalised copy of the whole pool), so the Euclidean k-center is the k-center on
+cosine distance, ``||a - b||^2 = 2 (1 - cos)``: ActiveKD's coreset (erjui/PCoreSet
+@075a76a ``strategies.py:54-152``, ``F.normalize`` then ``1 - cos``).
+
 :func:`kcenter_greedy` keeps, for every candidate, its squared distance to the nearest
 centre and folds in only the newest centre at each pick: O(pool) work and memory per
 pick, never a pool x pool matrix. :func:`kcenter_greedy_reference` recomputes every
@@ -68,6 +73,19 @@ def use_half(be: Backend, n_rows: int) -> bool:
     return be.xp is np and n_rows >= HALF_MIN_ROWS
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """``x`` with every row divided by its L2 norm, in place (a zero row stays zero, as
+    ``F.normalize``); ``x`` must be a float array the caller owns."""
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
+
+
+def gather_rows(points: np.ndarray, rows: np.ndarray, normalize: bool) -> np.ndarray:
+    """float32 ``points[rows]`` (a copy), L2-normalised when ``normalize``."""
+    out = gather_f32(points, rows)
+    return unit_rows(out) if normalize else out
+
+
 def put_rows_half(x: np.ndarray, rows: np.ndarray):
     """(float16 tensor of ``x[rows]``, float32 numpy squared row norms), filled in chunks."""
     import torch
@@ -81,7 +99,7 @@ def put_rows_half(x: np.ndarray, rows: np.ndarray):
     return out, sq
 
 
-def _load_half(points: np.ndarray, candidates: np.ndarray, labeled_rows: np.ndarray):
+def _load_half(points: np.ndarray, candidates: np.ndarray, labeled_rows: np.ndarray, normalize: bool = False):
     """Half-precision candidates (tensor), float32 squared norms and, with labeled rows,
     float32 squared distance of each candidate to its nearest labeled centre (tensors).
 
@@ -93,12 +111,12 @@ def _load_half(points: np.ndarray, candidates: np.ndarray, labeled_rows: np.ndar
     n = len(candidates)
     x = torch.empty((n, points.shape[1]), dtype=torch.float16)
     sq = np.empty(n, dtype=np.float32)
-    cen = gather_f32(points, labeled_rows)
+    cen = gather_rows(points, labeled_rows, normalize)
     csq = (cen * cen).sum(1)
     min_d = np.full(n, np.inf, dtype=np.float32) if len(cen) else None
     step = max(1, CHUNK_ELEMENTS // _ROWS)
     for start in range(0, n, _ROWS):
-        c = gather_f32(points, candidates[start : start + _ROWS])
+        c = gather_rows(points, candidates[start : start + _ROWS], normalize)
         rsq = (c * c).sum(1)
         sq[start : start + len(c)] = rsq
         for t in range(0, len(cen), step):
@@ -120,23 +138,26 @@ def _check(points: np.ndarray, labeled: np.ndarray, budget: int) -> np.ndarray:
 
 
 def kcenter_greedy(
-    points: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random.Generator
+    points: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random.Generator, normalize: bool = False
 ) -> np.ndarray:
     """Pool indices of ``budget`` unlabeled points, in pick order, each farthest from its
-    nearest labeled or already picked point; ties go to the lowest index.
+    nearest labeled or already picked point; ties go to the lowest index (``torch.argmax``'s
+    first maximum in the official code). ``normalize``: on L2-normalised points.
 
-    With nothing labeled the first pick is drawn uniformly with ``rng``.
+    With nothing labeled the first pick is drawn uniformly with ``rng`` (the official
+    coresets need a labeled point: APL's reads ``labeled[0:2]``, ActiveKD's ``torch.cat([])``
+    raises).
     """
     candidates = _check(points, labeled, budget)
     be = array_backend()
     min_d = None  # squared distance of each candidate to its nearest centre (labeled, then picked)
     if use_half(be, len(candidates)):
         be = half_backend()
-        x, sq, min_d = _load_half(points, candidates, np.flatnonzero(labeled))
+        x, sq, min_d = _load_half(points, candidates, np.flatnonzero(labeled), normalize)
     else:
-        x = be.put(gather_f32(points, candidates))
+        x = be.put(gather_rows(points, candidates, normalize))
         sq = (x * x).sum(1)
-        centres = be.put(gather_f32(points, np.flatnonzero(labeled)))
+        centres = be.put(gather_rows(points, np.flatnonzero(labeled), normalize))
         step = max(1, CHUNK_ELEMENTS // len(candidates))
         for start in range(0, len(centres), step):
             c = centres[start : start + step]
@@ -164,11 +185,13 @@ def kcenter_greedy(
 
 
 def kcenter_greedy_reference(
-    points: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random.Generator
+    points: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random.Generator, normalize: bool = False
 ) -> np.ndarray:
     """Same contract as :func:`kcenter_greedy`, recomputing all distances in float64 at each step."""
     candidates = _check(points, labeled, budget)
-    x = np.asarray(points, dtype=np.float64)
+    x = np.array(points, dtype=np.float64)
+    if normalize:
+        unit_rows(x)
     picked = np.zeros(len(points), dtype=bool)
     if not labeled.any():
         picked[candidates[rng.integers(len(candidates))]] = True

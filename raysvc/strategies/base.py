@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from raysvc.errors import ConfigError, PoolExhaustedError
-from raysvc.options import NoOptions, Options
+from raysvc.options import NoOptions, Options, option
 
-POOL_FIELDS = frozenset({"features", "probs", "text_features", "embeddings", "head_probs"})
+POOL_FIELDS = frozenset({"features", "probs", "text_features", "embeddings"})
+
+# A strategy whose paper's text and authors' code disagree takes ``variant``: "official"
+# (the code that produced the published numbers, the default) or "paper" (the text).
+Variant = Literal["official", "paper"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +41,7 @@ class Pool:
     labels: (N,) int, the known label of labeled images, -1 elsewhere.
     text_features: (C, D) L2-normalised class text embeddings, or None.
     embeddings: (N, E) penultimate features of the current model (student learners), or None.
-    head_probs: per-head (N, C) probabilities of a multi-head model (ActiveKD's CE and KD
-        heads, which share ``embeddings``), or None.
+        Set, it marks the ActiveKD setting: ``probs`` are then the student's heads combined.
     round: 1-based index of the round being selected for.
     n_classes: C; taken from ``probs`` (or ``text_features``) when not given.
 
@@ -51,7 +54,6 @@ class Pool:
     labels: np.ndarray
     text_features: np.ndarray | None = None
     embeddings: np.ndarray | None = None
-    head_probs: tuple[np.ndarray, ...] | None = None
     round: int = 1
     n_classes: int | None = None
 
@@ -70,8 +72,6 @@ class Pool:
             object.__setattr__(self, "n_classes", int(known.shape[1] if known is self.probs else len(known)))
         if self.probs is not None and self.probs.shape[1] != self.n_classes:
             raise ConfigError(f"pool.probs has {self.probs.shape[1]} columns for {self.n_classes} classes")
-        if self.head_probs is not None and any(p.shape != (n, self.n_classes) for p in self.head_probs):
-            raise ConfigError("pool.head_probs must each be (N, n_classes)")
         if self.text_features is not None and len(self.text_features) != self.n_classes:
             raise ConfigError("pool.text_features must have one row per class")
         if self.round < 1:
@@ -103,6 +103,29 @@ class Selection:
         chosen = np.concatenate([self.query, self.pseudo])
         if len(np.unique(chosen)) != len(chosen):
             raise ValueError("a selection names an index twice")
+
+
+@dataclasses.dataclass(frozen=True)
+class ColdStartOptions(Options):
+    """Options of the prompt-learning baselines (entropy, coreset, badge, pcb), which the
+    official loop replaces by a uniform draw while nothing is labeled (APL @105a662
+    ``trainers/alvlm.py:531-532``, round ``i == 0``; the PCB paper's Fig. 3 "cold start")."""
+
+    cold_start: Literal["random", "prior"] = option(
+        "random", "with nothing labeled: random (uniform picks, as the official loop) or prior "
+                  "(score the zero-shot prior)")
+
+
+def uniform_picks(pool: Pool, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """``budget`` distinct unlabeled indices drawn uniformly with ``rng``."""
+    return rng.choice(pool.unlabeled_indices, size=budget, replace=False)
+
+
+def cold_start_picks(options: ColdStartOptions, pool: Pool, budget: int, rng: np.random.Generator):
+    """The uniform cold-start picks when ``cold_start="random"`` and nothing is labeled, else None."""
+    if options.cold_start == "random" and not pool.labeled.any():
+        return uniform_picks(pool, budget, rng)
+    return None
 
 
 class Strategy(abc.ABC):

@@ -1,4 +1,7 @@
-"""Class-balanced sampling (ActiveKD baseline): more of the budget to rarely labeled classes."""
+"""Class-balanced sampling (ActiveKD baseline): more of the budget to rarely labeled classes.
+
+As erjui/PCoreSet @075a76a ``strategies.py:291-425`` (``ClassBalancedSampling``).
+"""
 
 import numpy as np
 
@@ -8,56 +11,61 @@ from raysvc.strategies.registry import register
 _CHUNK = 65_536  # rows per argmax: no copy of the whole unlabeled probs
 
 
-def inverse_frequency_allocation(
-    labeled_counts: np.ndarray, available: np.ndarray, budget: int
-) -> np.ndarray:
-    """Images to draw per class: ``budget`` split in proportion to w_c = 1 / (n_c + 1).
+def classbalanced_allocation(labeled_counts: np.ndarray, predicted_classes: np.ndarray, budget: int) -> np.ndarray:
+    """(C,) images to draw per class, the official rule (``strategies.py:304-372``).
 
-    A class whose share reaches its ``available`` images gets them all, and the rest of
-    the budget is split again over the other classes by their weights; the final shares
-    are rounded by largest remainder (ties to the lower class index).
+    Only ``predicted_classes`` (the classes predicted somewhere in the unlabeled pool) take
+    part. With any label, w_c = 1 / (n_c + 1) where a class with no labeled image counts
+    as having one (``counts.get(c, eps) + eps`` with eps = 1); with none, w_c = 1. Then
+    ``alloc_c = floor(budget * w_c / sum w)``, and what is left goes +1 per class in
+    descending weight (a stable sort: ties to the lower class id), in one pass.
+    An allocation may exceed a class's members; :class:`ClassBalanced` fills the overflow.
     """
-    available = np.asarray(available, dtype=np.int64)
-    if budget > available.sum():
-        raise ValueError(f"budget {budget} exceeds the {available.sum()} available images")
-    weights = 1.0 / (np.asarray(labeled_counts, dtype=np.float64) + 1.0)
-    full = available == 0
-    remaining = budget
-    while True:
-        w = np.where(full, 0.0, weights)
-        quota = remaining * w / w.sum() if remaining else np.zeros_like(w)
-        over = ~full & (quota >= available)
-        if not over.any():
-            break
-        full |= over
-        remaining -= int(available[over].sum())
-    # quota < available for open classes, so rounding a share up stays within room
-    alloc = np.where(full, available, np.floor(quota).astype(np.int64))
-    short = budget - int(alloc.sum())
-    alloc[np.argsort(-(quota - np.floor(quota)), kind="stable")[:short]] += 1
-    return alloc
+    labeled_counts = np.asarray(labeled_counts, dtype=np.float64)
+    classes = np.asarray(predicted_classes, dtype=np.int64)
+    if labeled_counts.sum() > 0:
+        weights = 1.0 / (np.maximum(labeled_counts[classes], 1.0) + 1.0)
+    else:
+        weights = np.ones(len(classes))
+    weights = weights / weights.sum()
+    alloc = np.floor(budget * weights).astype(np.int64)
+    remainder = budget - int(alloc.sum())
+    alloc[np.argsort(-weights, kind="stable")[:remainder]] += 1
+    out = np.zeros(len(labeled_counts), dtype=np.int64)
+    out[classes] = alloc
+    return out
 
 
 @register
 class ClassBalanced(Strategy):
-    """Pseudo-label the unlabeled pool by argmax probs, allocate the budget by
-    :func:`inverse_frequency_allocation` of the labeled counts, draw at random per class."""
+    """More of the budget to rarely labeled classes, drawn at random within each predicted class.
+
+    Predict every unlabeled image's class (argmax ``pool.probs``: the student's heads
+    combined), allocate the budget by :func:`classbalanced_allocation`, draw each class's
+    share uniformly among its predicted members, in ascending class order; budget a class
+    could not use (it has fewer members than its share) goes to a uniform draw among the
+    members of the predicted classes not yet taken. The official code draws with torch's
+    and python's global RNGs; ``rng`` draws from the same laws.
+    """
 
     name = "classbalanced"
     requires = frozenset({"probs"})
 
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
         unlabeled = pool.unlabeled_indices
-        pseudo = np.concatenate(
+        predicted = np.concatenate(
             [pool.probs[unlabeled[s : s + _CHUNK]].argmax(1) for s in range(0, len(unlabeled), _CHUNK)]
         )
-        known = pool.labels[pool.labeled & (pool.labels >= 0)]
-        counts = np.bincount(known, minlength=pool.n_classes)
-        available = np.bincount(pseudo, minlength=pool.n_classes)
-        alloc = inverse_frequency_allocation(counts, available, budget)
-        query = [
-            rng.choice(unlabeled[pseudo == c], size=k, replace=False)
-            for c, k in enumerate(alloc)
-            if k
-        ]
-        return Selection(query=np.concatenate(query))
+        counts = np.bincount(pool.labels[pool.labeled & (pool.labels >= 0)], minlength=pool.n_classes)
+        alloc = classbalanced_allocation(counts, np.unique(predicted), budget)
+        taken = np.zeros(len(unlabeled), dtype=bool)
+        picks = []
+        for c in np.flatnonzero(alloc):
+            members = np.flatnonzero(predicted == c)
+            chosen = rng.choice(members, size=min(int(alloc[c]), len(members)), replace=False)
+            taken[chosen] = True
+            picks.append(chosen)
+        overflow = budget - int(taken.sum())
+        if overflow:
+            picks.append(rng.choice(np.flatnonzero(~taken), size=overflow, replace=False))
+        return Selection(query=unlabeled[np.concatenate(picks)])

@@ -1,24 +1,34 @@
-"""CoreSet (Sener & Savarese, ICLR 2018): greedy k-center on image embeddings."""
+"""CoreSet (Sener & Savarese, ICLR 2018): greedy k-center, here on cosine distance."""
 
 import numpy as np
 
 from raysvc.strategies._kcenter import kcenter_greedy
-from raysvc.strategies.base import Pool, Selection, Strategy
+from raysvc.strategies.base import ColdStartOptions, Pool, Selection, Strategy, cold_start_picks
 from raysvc.strategies.registry import register
 
 
 @register
 class CoreSet(Strategy):
-    """Pick images farthest from their nearest labeled or picked one.
+    """Pick images farthest from their nearest labeled or picked one, on L2-normalised points.
 
-    Distances are on ``pool.embeddings`` when the learner provides them (students),
-    else on the VLM ``pool.features``; labeled images are the initial centres.
+    The points are ``pool.embeddings`` when the learner provides them (students), else the
+    VLM ``pool.features``; labeled images are the initial centres. Normalised, as both
+    official codes: ActiveKD's (erjui/PCoreSet @075a76a ``strategies.py:54-152``) normalises
+    the student's features and measures ``1 - cos``; APL's (ml-postech/active-prompt-learning
+    @105a662 ``trainers/active_learning/coreset.py:61-84``) measures Euclidean distance
+    between CLIP features the model has already normalised.
+
+    ``cold_start="random"``: uniform picks while nothing is labeled (APL ``alvlm.py:531-532``).
     """
 
+    Options = ColdStartOptions
     name = "coreset"
     requires = frozenset({"features"})
     optional = frozenset({"embeddings"})
 
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
+        cold = cold_start_picks(self.options, pool, budget, rng)
+        if cold is not None:
+            return Selection(query=cold)
         points = pool.embeddings if pool.embeddings is not None else pool.features
-        return Selection(query=kcenter_greedy(points, pool.labeled, budget, rng))
+        return Selection(query=kcenter_greedy(points, pool.labeled, budget, rng, normalize=True))

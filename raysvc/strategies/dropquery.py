@@ -8,10 +8,11 @@ import numpy as np
 
 from raysvc.errors import ConfigError
 from raysvc.options import Options, option
-from raysvc.strategies._faiss import as_f32, kmeans
+from raysvc.strategies import clustering
+from raysvc.strategies._faiss import as_f32
 from raysvc.strategies._guided import FeatureKind, FeatureRequires, pool_features
 from raysvc.strategies.base import Pool, Selection, Strategy
-from raysvc.strategies.cb import cluster_order
+from raysvc.strategies.cb import cluster_balanced_picks
 from raysvc.strategies.registry import register
 
 _CHUNK = 4096
@@ -48,7 +49,9 @@ class DropQuery(Strategy):
     """Candidates: unlabeled images whose text-head prediction changes under at least
     half of ``n_dropouts`` dropouts of rate ``rate``. K-means (K = budget) on the
     candidates' ``features`` ("image" or "guided"); query the candidate nearest each
-    centroid. Too few candidates: all of them, then random unlabeled images.
+    centroid (cosine; on unit-norm features the same as Euclidean), larger clusters
+    first should K-means leave one empty (:func:`~raysvc.strategies.cb.cluster_balanced_picks`
+    with nothing labeled). Too few candidates: all of them, then random unlabeled images.
     """
 
     @dataclasses.dataclass(frozen=True)
@@ -76,8 +79,7 @@ class DropQuery(Strategy):
             fill = rng.choice(rest, size=budget - len(candidates), replace=False)
             return Selection(query=np.concatenate([candidates, fill]))
         x = pool_features(pool, opts.features, rows=candidates)
-        centroids, assignment, _ = kmeans(x, budget, seed=int(rng.integers(2**31)))
-        # the first pass of this order is each cluster's nearest member; it goes on
-        # round robin should K-means leave a cluster empty
-        order = cluster_order(x, centroids, assignment, np.ones(len(candidates), dtype=bool), rng)
-        return Selection(query=candidates[order[:budget]])
+        centroids, assignment, _ = clustering.kmeans(x, budget, seed=int(rng.integers(2**31)))
+        nearest = cluster_balanced_picks(x, centroids, np.asarray(assignment, dtype=np.int64),
+                                         np.zeros(len(candidates), dtype=bool), budget)
+        return Selection(query=candidates[nearest])

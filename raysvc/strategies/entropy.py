@@ -1,8 +1,9 @@
-"""Maximum predictive entropy."""
+"""Maximum predictive entropy (APL @105a662 ``trainers/active_learning/entropy.py``; ActiveKD's
+"uncertainty", erjui/PCoreSet @075a76a ``strategies.py:33-52``, on the combined heads' probs)."""
 
 import numpy as np
 
-from raysvc.strategies.base import Pool, Selection, Strategy
+from raysvc.strategies.base import ColdStartOptions, Pool, Selection, Strategy, cold_start_picks
 from raysvc.strategies.registry import register
 
 
@@ -26,10 +27,22 @@ def entropy(probs: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
 
 @register
 class Entropy(Strategy):
+    """The unlabeled images of highest predictive entropy, highest first.
+
+    Ties go in random order (the official ``np.argsort`` / ``torch.sort`` leave them in an
+    unspecified one).
+
+    ``cold_start="random"``: uniform picks while nothing is labeled (APL ``alvlm.py:531-532``).
+    """
+
+    Options = ColdStartOptions
     name = "entropy"
     requires = frozenset({"probs"})
 
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
+        cold = cold_start_picks(self.options, pool, budget, rng)
+        if cold is not None:
+            return Selection(query=cold)
         candidates = pool.unlabeled_indices
         scores = entropy(pool.probs, candidates)
         # stable sort on a random permutation breaks ties at random, not by index

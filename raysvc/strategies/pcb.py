@@ -1,7 +1,10 @@
 """PCB (Bang et al., CVPR 2024, "Active Prompt Learning in Vision Language Models").
 
 BADGE proposes a candidate set larger than the budget; PCB then draws from it class by
-class so the pseudo-labeled classes of the labeled set stay balanced.
+class, always from the class with the fewest labeled images so far, so the labeled set
+stays balanced. As kaist-dmlab/pcb @7f32a1b ``pcb.py`` (byte-identical in
+ml-postech/active-prompt-learning @105a662 ``trainers/active_learning/pcb.py``) and the
+loop that calls it (APL ``trainers/alvlm.py:505, 543-555``).
 """
 
 import dataclasses
@@ -11,80 +14,107 @@ from typing import ClassVar
 import numpy as np
 
 from raysvc.errors import ConfigError
-from raysvc.options import Options, option
+from raysvc.options import option
 from raysvc.strategies._badge import LazyGradientFactor, badge_select
-from raysvc.strategies.base import Pool, Selection, Strategy
+from raysvc.strategies.base import ColdStartOptions, Pool, Selection, Strategy, cold_start_picks
 from raysvc.strategies.registry import register
 
 
 def balance_classes(
-    candidates: np.ndarray,
-    classes: np.ndarray,
-    counts: np.ndarray,
-    budget: int,
-    rng: np.random.Generator,
+    classes: np.ndarray, counts: np.ndarray, budget: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """Take ``budget`` of ``candidates`` (in preference order, class ``classes[i]`` each).
+    """Positions of ``budget`` of the candidates, candidate i being predicted ``classes[i]``,
+    by the official rule (``pcb.py:PCB.select``, 45-66), in pick order.
 
-    Repeatedly the class with the fewest images so far (``counts``, then one more per
-    pick; ties at random) gives up its most preferred remaining candidate; classes
-    without candidates are skipped.
+    Repeatedly ``c = argmin counts`` over all classes, the first minimum (``torch.argmin``).
+    If c has a candidate not yet taken, one of them drawn uniformly is taken and
+    ``counts[c] += 1``; otherwise one of all the candidates not yet taken is drawn
+    uniformly and no count changes, so once the scarcest class runs out every remaining
+    pick of the round is uniform. The official code draws with python's global ``random``
+    (``shuffle`` within the class, ``randint`` otherwise); ``rng`` draws from the same laws.
     """
-    if budget > len(candidates):
-        raise ValueError(f"budget {budget} exceeds the {len(candidates)} candidates")
+    if budget > len(classes):
+        raise ValueError(f"budget {budget} exceeds the {len(classes)} candidates")
     counts = np.array(counts, dtype=np.int64)
-    queues = [candidates[classes == c] for c in range(len(counts))]
-    taken = np.zeros(len(counts), dtype=np.int64)
-    open_ = np.array([len(q) > 0 for q in queues])
+    taken = np.zeros(len(classes), dtype=bool)
     picks = []
     while len(picks) < budget:
-        fewest = np.flatnonzero(open_ & (counts == counts[open_].min()))
-        c = int(rng.choice(fewest))
-        picks.append(queues[c][taken[c]])
-        taken[c] += 1
-        counts[c] += 1
-        open_[c] = taken[c] < len(queues[c])
+        c = int(np.argmin(counts))
+        members = np.flatnonzero((classes == c) & ~taken)
+        if len(members):
+            counts[c] += 1
+        else:
+            members = np.flatnonzero(~taken)
+        pick = int(rng.choice(members))
+        taken[pick] = True
+        picks.append(pick)
     return np.array(picks, dtype=np.int64)
 
 
 @register
 class PCB(Strategy):
-    """BADGE candidates (``candidate_factor`` x budget, at most the unlabeled pool), then
-    class-balanced by pseudo-label (argmax probs); labeled images count with their known label.
+    """BADGE candidates, then one at a time from the class with the fewest labeled images.
 
-    Pools of more than ``max_badge_pool`` unlabeled images: BADGE runs on a seeded
-    uniform subsample of that many unlabeled images (see ``max_badge_pool``)."""
+    :func:`balance_classes` on the candidates' predicted classes, the labeled images counted
+    by their stored label.
+
+    ``candidate_fraction`` x the pool size (labeled images included) candidates, rounded
+    down: the official ``int(len(unlabeled_dst) * GAMMA)`` with GAMMA = 0.1, where
+    ``unlabeled_dst`` is the whole training set (alvlm.py:499, 505). raysvc raises it to the
+    budget when smaller (the official loop would never end) and caps it at the unlabeled pool.
+
+    ``cold_start="random"``: uniform picks while nothing is labeled, as the official loop,
+    which runs neither BADGE nor PCB in round 0 (alvlm.py:531-532, 550).
+
+    Pools of more than ``max_badge_pool`` unlabeled images: BADGE runs on a seeded uniform
+    subsample of that many unlabeled images and proposes ``candidate_fraction`` of the
+    subsample (raysvc's scaling; see ``max_badge_pool``). Smaller pools are as official.
+    """
 
     @dataclasses.dataclass(frozen=True)
-    class Options(Options):
-        candidate_factor: float = option(10.0, "BADGE proposes this many times the budget as candidates")
+    class Options(ColdStartOptions):
+        candidate_fraction: float = option(0.1, "BADGE proposes this share of the pool, labeled included")
 
         def check(self):
-            if not self.candidate_factor >= 1:
-                raise ConfigError(f"option candidate_factor={self.candidate_factor!r}: must be >= 1")
+            if not 0 < self.candidate_fraction <= 1:
+                raise ConfigError(f"option candidate_fraction={self.candidate_fraction!r}: must be in (0, 1]")
 
     name = "pcb"
     requires = frozenset({"probs", "features"})
     optional = frozenset({"embeddings"})
 
     # BADGE proposes its candidates from at most this many unlabeled images: above it, from
-    # a seeded uniform subsample of that size (each of the candidate_factor x budget
-    # k-means++ picks reads every image it chooses from; 10 000 picks over 1.28M images
-    # would read the (N, C) probabilities 10 000 times). Below it, the whole unlabeled pool.
+    # a seeded uniform subsample of that size (each k-means++ pick reads every image it
+    # chooses from; the official 128 000 picks over 1.28M images would read the (N, C)
+    # probabilities 128 000 times). Below it, the whole unlabeled pool.
     max_badge_pool: ClassVar[int] = 20_000
 
+    def badge_pool_size(self, pool: Pool, budget: int) -> int | None:
+        """The size of BADGE's subsample, or None when BADGE sees the whole unlabeled pool."""
+        if len(pool.unlabeled_indices) > self.max_badge_pool:
+            return max(self.max_badge_pool, budget)
+        return None
+
+    def n_candidates(self, pool: Pool, budget: int) -> int:
+        """``floor(candidate_fraction x N)`` (of the subsample above ``max_badge_pool``), at least
+        the budget, at most what BADGE chooses from."""
+        seen = self.badge_pool_size(pool, budget)
+        if seen is not None:
+            return min(max(budget, math.floor(self.options.candidate_fraction * seen)), seen)
+        official = math.floor(self.options.candidate_fraction * len(pool.labeled))
+        return min(max(official, budget), len(pool.unlabeled_indices))
+
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
+        cold = cold_start_picks(self.options, pool, budget, rng)
+        if cold is not None:
+            return Selection(query=cold)
         h = pool.embeddings if pool.embeddings is not None else pool.features
-        n_candidates = min(math.ceil(self.options.candidate_factor * budget), len(pool.unlabeled_indices))
-        pairs = [(LazyGradientFactor(pool.probs), h)]
         excluded = pool.labeled
-        unlabeled = pool.unlabeled_indices
-        if len(unlabeled) > self.max_badge_pool:
+        seen = self.badge_pool_size(pool, budget)
+        if seen is not None:
             excluded = np.ones(len(pool.labeled), dtype=bool)
-            excluded[rng.choice(unlabeled, size=self.max_badge_pool, replace=False)] = False
-            n_candidates = min(n_candidates, self.max_badge_pool)
-        candidates = badge_select(pairs, excluded, n_candidates, rng)
-        known = pool.labels[pool.labeled & (pool.labels >= 0)]
-        counts = np.bincount(known, minlength=pool.n_classes)
-        classes = pool.probs[candidates].argmax(1)
-        return Selection(query=balance_classes(candidates, classes, counts, budget, rng))
+            excluded[rng.choice(pool.unlabeled_indices, size=seen, replace=False)] = False
+        candidates = badge_select([(LazyGradientFactor(pool.probs), h)], excluded, self.n_candidates(pool, budget), rng)
+        counts = np.bincount(pool.labels[pool.labeled & (pool.labels >= 0)], minlength=pool.n_classes)
+        predicted = pool.probs[candidates].argmax(1)
+        return Selection(query=candidates[balance_classes(predicted, counts, budget, rng)])

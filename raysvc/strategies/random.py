@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from raysvc.strategies.base import Pool, Selection, Strategy
+from raysvc.strategies.base import Pool, Selection, Strategy, uniform_picks
 from raysvc.strategies.registry import register
 
 
@@ -11,4 +11,4 @@ class Random(Strategy):
     name = "random"
 
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
-        return Selection(query=rng.choice(pool.unlabeled_indices, size=budget, replace=False))
+        return Selection(query=uniform_picks(pool, budget, rng))

@@ -8,7 +8,8 @@ import numpy as np
 
 from raysvc.errors import ConfigError
 from raysvc.options import Options, option
-from raysvc.strategies._faiss import kmeans, knn
+from raysvc.strategies import clustering
+from raysvc.strategies._faiss import knn
 from raysvc.strategies._guided import FeatureKind, FeatureRequires, pool_features
 from raysvc.strategies.base import Pool, Selection, Strategy
 from raysvc.strategies.registry import register
@@ -59,7 +60,7 @@ class TypiClust(Strategy):
         opts = self.options
         x = pool_features(pool, opts.features)
         k = min(int(pool.labeled.sum()) + budget, opts.max_clusters)
-        centroids, assignment, _ = kmeans(x, k, seed=int(rng.integers(2**31)))
+        centroids, assignment, _ = clustering.kmeans(x, k, seed=int(rng.integers(2**31)))
         k = len(centroids)
         sizes = np.bincount(assignment, minlength=k)
         n_labeled = np.bincount(assignment[pool.labeled], minlength=k)
