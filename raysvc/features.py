@@ -63,7 +63,7 @@ class EncodedDataset:
             out[start : start + len(x)] = self.logit_scale * (x @ text)
         return out
 
-    def zeroshot_probs(self, rows: np.ndarray | slice = slice(None), chunk: int = 65_536) -> np.ndarray:
+    def zeroshot_probs(self, rows: np.ndarray | slice = slice(None), chunk: int = 16_384) -> np.ndarray:
         """(len(rows), C) float32 softmax of :meth:`zeroshot_logits`."""
         logits = self.zeroshot_logits(rows, chunk)
         for start in range(0, len(logits), chunk):

@@ -133,7 +133,7 @@ def make_pool(fields: frozenset[str], experiment: Experiment, learner: Learner, 
     """The pool for one selection with only ``fields`` computed (a strategy's requires and optional)."""
     wanted = {
         "features": lambda: pool_features,
-        "probs": lambda: learner.predict_proba("pool"),
+        "probs": learner.pool_probs,
         "text_features": lambda: experiment.encoded.text_features,
         "embeddings": learner.pool_embeddings,
     }

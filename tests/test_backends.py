@@ -57,6 +57,7 @@ def test_ctx_init_words_make_the_untrained_prompt_the_zero_shot_prompt(conse):
 
     names = ["cat", "fire truck"]
     config = CoOpConfig(ctx_init="a photo of a", prompt="both")
+    assert CoOpConfig(variant="official").random_context and CoOpConfig().ctx_init == "a photo of a"
     n_ctx = context_length(config, conse)
     assert n_ctx == 4
     encoder = conse.prompt_encoder(names, n_ctx)
@@ -109,3 +110,21 @@ def test_bad_backbones():
         BACKBONES.options("conse-lite0", {"variant": "lite2"})
     with pytest.raises(ConfigError, match="top_t"):
         BACKBONES.options("conse-lite0", {"top_t": 0})
+
+
+def test_many_classes_are_encoded_in_checkpointed_chunks_with_the_same_values_and_gradients(conse, monkeypatch):
+    """1000 classes would hold ~3.6 GB of activations: chunks give the same embeddings and gradients."""
+    import raysvc.backends.base as base
+
+    names = ["cat", "dog", "fire truck", "tulip", "violin"]
+    encoder = conse.prompt_encoder(names, n_ctx=4)
+    ctx = torch.randn(4, encoder.token_dim, generator=torch.Generator().manual_seed(0)) * 0.02
+    whole_ctx = ctx.clone().requires_grad_(True)
+    whole = encoder(whole_ctx)
+    whole[:, 0].sum().backward()
+    monkeypatch.setattr(base, "CLASS_CHUNK", 2)
+    chunk_ctx = ctx.clone().requires_grad_(True)
+    chunked = encoder(chunk_ctx)
+    chunked[:, 0].sum().backward()
+    assert torch.allclose(chunked, whole, atol=1e-6)
+    assert torch.allclose(chunk_ctx.grad, whole_ctx.grad, atol=1e-6)

@@ -52,7 +52,7 @@ def test_coop_fits_labeled_set_better_than_zero_shot(small_experiment, prompt):
     contexts = train_coop({
         "backbone": exp.backbone, "classnames": list(exp.dataset.classnames),
         "features": features, "labels": labels, "seed": 0, "text_features": exp.encoded.text_features,
-        "config": {"prompt": prompt, "epochs": 40, "batch_size": 64},
+        "config": {"variant": "official", "prompt": prompt, "epochs": 40, "batch_size": 64, "warmup_epochs": 0},
     })
     shapes = {k: v.shape for k, v in contexts.items()}
     expected = {"unified": (16, 384), "classwise": (10, 16, 384)}
@@ -147,7 +147,8 @@ def test_pool_centring_removes_the_pool_mean_and_renormalises():
     from raysvc.features import EncodedDataset, centred
 
     x = np.array([[1, 0], [0, 1], [2 ** -0.5, 2 ** -0.5]], dtype=np.float16)
-    encoded = EncodedDataset(x, np.eye(2, dtype=np.float32), np.array([0, 1, 0]), 10.0, "k", 0.0)
+    text = np.eye(2, dtype=np.float32)
+    encoded = EncodedDataset(x, text, text, np.array([0, 1, 0]), 10.0, "k", 0.0)
     got = centred(encoded, np.array([0, 1]))
     h = 2 ** -0.5
     np.testing.assert_allclose(got.image_features.astype(np.float32), [[h, -h], [-h, h], [h, h]], atol=1e-3)
@@ -169,3 +170,16 @@ def test_run_ids_of_earlier_configurations_do_not_change():
     assert config.run_id == "animal-mnist-pcoreset-kd-zeroshot-s2-2957aabfe0"
     assert RunSpec(strategy="pcoreset", learner="kd-zeroshot", seed=2, per_class=200,
                      initial_per_class=1).run_id != config.run_id
+
+
+def test_official_coop_warms_up_one_epoch_at_1e_5_then_follows_a_cosine():
+    """Hand case: 2 epochs of 2 steps, lr 0.1, one warm-up epoch (dassl's constant warm-up)."""
+    from raysvc.learners.coop import warmup_cosine
+
+    config = CoOpConfig(variant="official", epochs=2, lr=0.1)
+    assert config.warmup_epochs == 1 and config.prompt == "classwise" and config.random_context
+    factor = warmup_cosine(config, steps_per_epoch=2)
+    assert [factor(s) for s in range(4)] == pytest.approx([1e-4, 1e-4, 0.5, 0.5 * (1 + np.cos(3 * np.pi / 4))])
+    prior = CoOpConfig()
+    assert (prior.ctx_init, prior.kg_weight, prior.prior_weight, prior.lr, prior.epochs) == ("a photo of a", 8.0, 0.5,
+                                                                                           0.01, 50)

@@ -167,3 +167,58 @@ def test_no_strategy_needs_a_pool_by_pool_matrix(tmp_path):
         if large > 6 * max(small, 0) + 64 * mb or large >= 20_000**2 * 4
     }
     assert not bad, f"selection memory grows faster than the pool (5k -> 20k points): {bad}"
+
+
+# ------------------------------------------------------------- computed-where-read arrays
+def test_lazy_rows_index_like_the_array_they_stand_for():
+    from raysvc.lazyrows import LazyRows
+
+    full = np.arange(40, dtype=np.float32).reshape(10, 4)
+    calls = []
+    view = LazyRows(10, 4, lambda rows: calls.append(len(rows)) or full[rows])
+    assert view.shape == (10, 4) and len(view) == 10 and view.ndim == 2 and view.dtype == np.float32
+    np.testing.assert_array_equal(view[2:7], full[2:7])
+    np.testing.assert_array_equal(view[np.array([9, 0, 3])], full[[9, 0, 3]])
+    mask = np.zeros(10, bool)
+    mask[[1, 8]] = True
+    np.testing.assert_array_equal(view[mask], full[mask])
+    np.testing.assert_array_equal(view[np.array([1, 5]), np.array([3, 0])], full[[1, 5], [3, 0]])
+    np.testing.assert_array_equal(view[4], full[4])
+    np.testing.assert_array_equal(np.asarray(view), full)
+    assert max(calls) <= 10  # computed only for the rows asked for
+
+
+def test_lazy_guided_features_and_pool_probs_equal_the_eager_ones():
+    """Above LARGE_POOL rows a pool's guided features come computed where read."""
+    from raysvc.lazyrows import LazyRows
+    from raysvc.strategies import Pool
+    from raysvc.strategies._faiss import LARGE_POOL
+    from raysvc.strategies._guided import pool_features
+
+    rng = np.random.default_rng(0)
+    n, d, c = LARGE_POOL + 10, 6, 3
+    x = rng.standard_normal((n, d)).astype(np.float16)
+    probs = rng.dirichlet(np.ones(c), size=n).astype(np.float32)
+    text = rng.standard_normal((c, d)).astype(np.float32)
+    lazy_probs = LazyRows(n, c, lambda rows: probs[rows])
+    pool = Pool(x, lazy_probs, np.zeros(n, bool), np.full(n, -1), text)
+    lazy = pool_features(pool, "guided")
+    assert isinstance(lazy, LazyRows) and lazy.shape == (n, 2 * d)
+    rows = np.array([0, 17, n - 1])
+    np.testing.assert_allclose(lazy[rows], class_guided_features(x, probs, text, rows=rows), atol=1e-6)
+
+
+def test_kmeans_with_many_clusters_on_a_large_pool_assigns_near_exactly():
+    """The HNSW assignment of the many-cluster path: almost every point to its nearest centre."""
+    from raysvc.strategies._faiss import LARGE_K, LARGE_POOL
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((LARGE_POOL + 1000, 8)).astype(np.float32)
+    centroids, assignment, inertia = kmeans(x, LARGE_K, seed=0)
+    assert centroids.shape == (LARGE_K, 8) and assignment.shape == (len(x),)
+    sample = rng.choice(len(x), 2000, replace=False)
+    exact = ((x[sample, None, :] - centroids[None]) ** 2).sum(-1)
+    agree = (exact.argmin(1) == assignment[sample]).mean()
+    assert agree > 0.95, agree
+    exact_inertia = exact.min(1).sum() * len(x) / len(sample)
+    assert inertia < 1.05 * exact_inertia

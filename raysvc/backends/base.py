@@ -12,10 +12,18 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
+import torch.utils.checkpoint
 from PIL import Image
 from torch import nn
 
 from raysvc.options import NoOptions, Options
+
+
+# Classes encoded at once. Every training step runs the text encoder on every class's
+# prompt, and backpropagation keeps each layer's activations: for 1000 ImageNet classes
+# through MiniLM that is ~3.6 GB. Above this many classes each chunk is checkpointed
+# (its forward recomputed in the backward pass), so one chunk's activations are held.
+CLASS_CHUNK = 128
 
 
 class PromptEncoder(nn.Module, abc.ABC):
@@ -24,14 +32,29 @@ class PromptEncoder(nn.Module, abc.ABC):
     ``forward(ctx)`` takes context vectors of shape (n_ctx, token_dim) (one prompt shared
     by all classes) or (n_classes, n_ctx, token_dim) (class-wise) and returns the
     L2-normalised class embeddings, (n_classes, embed_dim). The encoder's own weights
-    are frozen; gradients flow to ``ctx`` only.
+    are frozen; gradients flow to ``ctx`` only. Subclasses implement :meth:`encode`.
     """
 
     n_ctx: int
     token_dim: int
+    n_classes: int
+
+    def forward(self, ctx: torch.Tensor) -> torch.Tensor:
+        ctx = ctx.expand(self.n_classes, -1, -1) if ctx.dim() == 2 else ctx
+        if self.n_classes <= CLASS_CHUNK:
+            return self.encode(ctx, slice(0, self.n_classes))
+        parts = []
+        for start in range(0, self.n_classes, CLASS_CHUNK):
+            rows = slice(start, min(start + CLASS_CHUNK, self.n_classes))
+            if torch.is_grad_enabled() and ctx.requires_grad:
+                parts.append(torch.utils.checkpoint.checkpoint(self.encode, ctx[rows], rows, use_reentrant=False))
+            else:
+                parts.append(self.encode(ctx[rows], rows))
+        return torch.cat(parts)
 
     @abc.abstractmethod
-    def forward(self, ctx: torch.Tensor) -> torch.Tensor: ...
+    def encode(self, ctx: torch.Tensor, classes: slice) -> torch.Tensor:
+        """The normalised embeddings of the prompts of ``classes``, given their (len, n_ctx, token_dim) context."""
 
     @abc.abstractmethod
     def word_embeddings(self, words: str) -> torch.Tensor:

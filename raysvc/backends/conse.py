@@ -66,19 +66,19 @@ class MiniLMPromptEncoder(PromptEncoder):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.n_ctx = n_ctx
+        self.n_classes = len(classnames)
         self.token_dim = model.config.hidden_size
         # placeholder words reserve the context slots; their embeddings are replaced
         batch = tokenizer([" ".join(["x"] * n_ctx) + f" {name}." for name in classnames], padding=True, return_tensors="pt")
         self.register_buffer("input_ids", batch["input_ids"], persistent=False)
         self.register_buffer("attention_mask", batch["attention_mask"], persistent=False)
 
-    def forward(self, ctx: torch.Tensor) -> torch.Tensor:
-        words = self.model.embeddings.word_embeddings(self.input_ids)
-        n_classes = words.shape[0]
-        ctx = ctx.expand(n_classes, -1, -1) if ctx.dim() == 2 else ctx
+    def encode(self, ctx: torch.Tensor, classes: slice) -> torch.Tensor:
+        words = self.model.embeddings.word_embeddings(self.input_ids[classes])
+        mask = self.attention_mask[classes]
         embeds = torch.cat([words[:, :1], ctx.to(words.dtype), words[:, 1 + self.n_ctx :]], dim=1)
-        hidden = self.model(inputs_embeds=embeds, attention_mask=self.attention_mask).last_hidden_state
-        return F.normalize(_mean_pool(hidden, self.attention_mask), dim=-1)
+        hidden = self.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        return F.normalize(_mean_pool(hidden, mask), dim=-1)
 
     def word_embeddings(self, words: str) -> torch.Tensor:
         ids = self.tokenizer(words, add_special_tokens=False, return_tensors="pt")["input_ids"][0]

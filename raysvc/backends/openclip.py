@@ -26,20 +26,21 @@ class CLIPPromptEncoder(PromptEncoder):
         self.model = model
         self.tokenizer = tokenizer
         self.n_ctx = n_ctx
+        self.n_classes = len(classnames)
         self.token_dim = model.token_embedding.weight.shape[1]
         tokens = tokenizer([" ".join(["X"] * n_ctx) + f" {name}." for name in classnames])
         self.register_buffer("tokens", tokens, persistent=False)
 
-    def forward(self, ctx: torch.Tensor) -> torch.Tensor:
+    def encode(self, ctx: torch.Tensor, classes: slice) -> torch.Tensor:
         model = self.model
         cast = model.transformer.get_cast_dtype()
-        words = model.token_embedding(self.tokens).to(cast)
-        ctx = ctx.expand(words.shape[0], -1, -1) if ctx.dim() == 2 else ctx
+        tokens = self.tokens[classes]
+        words = model.token_embedding(tokens).to(cast)
         x = torch.cat([words[:, :1], ctx.to(cast), words[:, 1 + self.n_ctx :]], dim=1)
         x = x + model.positional_embedding.to(cast)
         x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
         # the end-of-text token has the largest id in CLIP's vocabulary
-        x = x[torch.arange(x.shape[0], device=x.device), self.tokens.argmax(dim=-1)]
+        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
         projection = model.text_projection
         x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
         return F.normalize(x, dim=-1)

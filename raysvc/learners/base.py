@@ -86,6 +86,12 @@ class Learner(abc.ABC):
     @abc.abstractmethod
     def set_state(self, state: dict[str, np.ndarray]) -> None: ...
 
+    def pool_probs(self):
+        """The pool's class probabilities for a selection: :meth:`predict_proba` of "pool", or a
+        row-indexable stand-in computed where read (:class:`~raysvc.lazyrows.LazyRows`) when the
+        whole array would outweigh the pool."""
+        return self.predict_proba("pool")
+
     def pool_embeddings(self) -> np.ndarray | None:
         """The learner's own penultimate features of the pool, if it has any."""
         return None

@@ -8,12 +8,13 @@ alike but belong to different classes once the model can tell them apart.
 
 from __future__ import annotations
 
-import numpy as np
-
 from typing import Literal, get_args
 
+import numpy as np
+
 from raysvc.errors import ConfigError
-from raysvc.strategies._faiss import as_f32, gather_f32
+from raysvc.lazyrows import LazyRows
+from raysvc.strategies._faiss import LARGE_POOL, as_f32, gather_f32
 from raysvc.strategies.base import Pool
 
 FeatureKind = Literal["image", "guided"]
@@ -71,13 +72,22 @@ def kind_requires(kind: str) -> frozenset[str]:
     return frozenset({"features"})
 
 
-def pool_features(pool: Pool, kind: str, rows: np.ndarray | None = None, variant: str = "official") -> np.ndarray:
+def pool_features(pool: Pool, kind: str, rows: np.ndarray | None = None, variant: str = "official"):
     """The float32 features a cluster-based selector works on: ``"image"`` or ``"guided"``
-    (of :func:`class_guided_features`'s ``variant``), of every image or of ``rows`` only."""
+    (of :func:`class_guided_features`'s ``variant``), of every image or of ``rows`` only.
+
+    The guided features of a whole pool above :data:`~raysvc.strategies._faiss.LARGE_POOL`
+    images come as :class:`~raysvc.lazyrows.LazyRows`, computed chunk by chunk where read
+    (at 1.28M x 2 x 512 they would be 5.2 GB of float32).
+    """
     if check_kind(kind) == "image":
         return gather_f32(pool.features, rows)
     if pool.text_features is None:
         raise ConfigError("class-guided features need pool.text_features")
+    if rows is None and len(pool.features) > LARGE_POOL:
+        width = pool.features.shape[1] + pool.text_features.shape[1]
+        return LazyRows(len(pool.features), width, lambda r: class_guided_features(
+            pool.features, pool.probs, pool.text_features, rows=r, variant=variant))
     return class_guided_features(pool.features, pool.probs, pool.text_features, rows=rows, variant=variant)
 
 
