@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--noise", type=float, default=1.2, help="image embedding noise around the class prompt")
+    parser.add_argument("--noise", type=float, default=4.5, help="image embedding noise around the class prompt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-kd", action="store_true")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "raysvc" / "bench-scale"))

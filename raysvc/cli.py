@@ -71,8 +71,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, axes: Iterable[str] = ())
         default = f"default: {f.default}" if f.default is not None else "default: none"
         kind = _scalar_type(hints[f.name])
         if f.name in axes:
-            group.add_argument(f"--{PLURAL[f.name]}", dest=f.name, nargs="+", type=kind, default=[f.default],
-                               metavar=f.name.upper(), help=f"{f.metadata['help']} ({default}; several: one run each)")
+            group.add_argument(f"--{PLURAL[f.name]}", f"--{f.name}", dest=f.name, nargs="+", type=kind,
+                               default=[f.default], metavar=f.name.upper(),
+                               help=f"{f.metadata['help']} ({default}; several: one run each)")
         else:
             group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=f.default,
                                metavar=f.name.upper(), help=f"{f.metadata['help']} ({default})")

@@ -23,7 +23,7 @@ from raysvc.options import NoOptions, Options
 # prompt, and backpropagation keeps each layer's activations: for 1000 ImageNet classes
 # through MiniLM that is ~3.6 GB. Above this many classes each chunk is checkpointed
 # (its forward recomputed in the backward pass), so one chunk's activations are held.
-CLASS_CHUNK = 128
+CLASS_CHUNK = 32
 
 
 class PromptEncoder(nn.Module, abc.ABC):
