@@ -81,8 +81,9 @@ def test_demo_config_is_valid():
     from raysvc.service.gridspec import load_grid
 
     spec = load_grid(REPO / "jobs" / "configs" / "demo.yaml")
-    assert len(spec.cells) == 12
-    assert {c["strategy"] for c in spec.cells} == {"random", "entropy", "coreset", "pcb", "cb", "cbsq"}
+    assert len(spec.cells) == 9 and len(spec.groups) == 3
+    assert {c["strategy"] for c in spec.cells} == {"random", "cb", "cbsq"}
+    assert all(c["dataset"] == "emoji" and c["rounds"] == 8 and c["feature_centering"] == "pool" for c in spec.cells)
 
 
 # ------------------------------------------------------------- Ray cluster

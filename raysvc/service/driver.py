@@ -1,7 +1,8 @@
 """Run a grid (:mod:`raysvc.service.gridspec`) as a Ray Tune experiment on the connected cluster.
 
-Trials are named ``<dataset>/<strategy>/s<seed>`` after their first cell; the console
-table shows each trial's latest round, test accuracy and oracle queries. Features come
+Trials are named ``<dataset>/<strategy>/s<seed>`` after their first cell; Tune's console
+table shows each trial's latest round, test accuracy, labeled images and oracle queries
+(the first four metrics a trial reports). Features come
 from one shared :class:`~raysvc.service.encoders.FeatureService` actor, which reports its
 encoding progress on the driver's console.
 """
@@ -35,12 +36,15 @@ class GridResult:
         return not self.missing and not self.errors
 
 
-def trial_name(trial) -> str:
-    """``<dataset>/<strategy>/s<seed>`` of the trial's first cell, ``+N`` for the cells packed with it."""
-    cells = trial.config.get("cells") or [{}]
+def group_name(cells: list[dict]) -> str:
+    """``<dataset>/<strategy>/s<seed>`` of a trial's first cell, ``+N`` for the cells packed with it."""
     first = cells[0]
-    name = f"{os.path.basename(str(first.get('dataset', '?')))}/{first.get('strategy', '?')}/s{first.get('seed', '?')}"
+    name = f"{os.path.basename(str(first['dataset']))}/{first['strategy']}/s{first['seed']}"
     return name + (f"+{len(cells) - 1}" if len(cells) > 1 else "")
+
+
+def trial_name(trial) -> str:
+    return str(trial.config.get("cells", trial.trial_id))
 
 
 def _trial_dirname(trial) -> str:
@@ -52,15 +56,6 @@ def _trainable(spec: GridSpec):
 
     resources = {k: v for k, v in dataclasses.asdict(spec.resources).items() if v}
     return tune.with_resources(grid_trainable, resources or {"cpu": 0})
-
-
-def _reporter():
-    from ray import tune
-
-    return tune.CLIReporter(
-        metric_columns={"round": "round", "test_acc": "test_acc", "n_queried": "queried", "cells_done": "done"},
-        parameter_columns=[], max_report_frequency=30, sort_by_metric=False,
-    )
 
 
 def run_grid(spec: GridSpec, *, resume: bool = False, skip_existing: bool = False, verbose: int = 1,
@@ -91,8 +86,13 @@ def run_grid(spec: GridSpec, *, resume: bool = False, skip_existing: bool = Fals
     if skip_existing:
         existing = set(storage.list_runs(spec.out))
         cells = [c for c in cells if RunSpec.from_dict(c).run_id not in existing]
+    groups: dict[str, list[dict]] = {}
+    for start in range(0, len(cells), spec.cells_per_trial):
+        group = cells[start : start + spec.cells_per_trial]
+        name = group_name(group)
+        groups[name if name not in groups else f"{name}#{start}"] = group
     settings = TrialSettings(
-        grid=spec.name, out=spec.out, train=spec.train, ray_train=dict(spec.ray_train), actor=spec.actor_name,
+        grid=spec.name, groups=groups, out=spec.out, train=spec.train, ray_train=dict(spec.ray_train), actor=spec.actor_name,
         code_revision=driver_code_revision(), threads=max(1, int(spec.resources.cpu or 1)),
         checkpoint_seconds=spec.checkpoint_seconds, observer=observer or TrialObserver(),
     )
@@ -106,10 +106,9 @@ def run_grid(spec: GridSpec, *, resume: bool = False, skip_existing: bool = Fals
     elif cells:
         if resume:
             print(f"nothing to resume at {path}: starting the grid afresh", flush=True)
-        groups = [cells[i : i + spec.cells_per_trial] for i in range(0, len(cells), spec.cells_per_trial)]
         tuner = tune.Tuner(
             trainable,
-            param_space={"cells": tune.grid_search(groups), "settings": settings},
+            param_space={"cells": tune.grid_search(list(groups)), "settings": settings},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=spec.max_concurrent_trials,
                 trial_name_creator=trial_name,
@@ -121,7 +120,6 @@ def run_grid(spec: GridSpec, *, resume: bool = False, skip_existing: bool = Fals
                 storage_path=os.path.dirname(path) if "://" not in path else path.rsplit("/", 1)[0],
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                progress_reporter=_reporter() if verbose else None,
                 verbose=verbose,
             ),
         )

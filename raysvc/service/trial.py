@@ -40,9 +40,11 @@ class TrialObserver:
 
 @dataclasses.dataclass(frozen=True)
 class TrialSettings:
-    """What every trial of a grid shares (handed to Tune in the param space)."""
+    """What every trial of a grid shares (handed to Tune in the param space); ``groups`` maps a
+    trial's name to its cells, so Tune searches over readable names, not over cell dicts."""
 
     grid: str
+    groups: dict[str, list[dict[str, Any]]]
     out: str
     train: str
     ray_train: dict[str, Any]
@@ -120,7 +122,7 @@ def grid_trainable(config: dict[str, Any]) -> None:
     from raysvc.service.train import make_runner
 
     settings: TrialSettings = config["settings"]
-    cells: list[dict[str, Any]] = config["cells"]
+    cells: list[dict[str, Any]] = settings.groups[config["cells"]]
     torch.set_num_threads(settings.threads)
     trial_id = tune.get_context().get_trial_id()
     saved = _restore_state()

@@ -44,6 +44,9 @@ LARGE_TRAIN_ELEMENTS = 1 << 27
 # kNN: exact (every pair) up to EXACT_KNN_MAX points, approximate above.
 EXACT_KNN_MAX = 50_000
 ROW_CHUNK = 65_536
+# rows assigned to centres at once: a chunk of guided features (2D wide, computed where read)
+# and its float32 copy stay ~50 MB at D = 384
+ASSIGN_CHUNK = 16_384
 
 
 def as_f32(x: np.ndarray) -> np.ndarray:
@@ -165,8 +168,9 @@ def kmeans(
     km = best[1]
     assignment = np.empty(n, dtype=np.int64)
     inertia = 0.0
-    for start in range(0, n, ROW_CHUNK):
-        chunk = xt[start : start + ROW_CHUNK] if train_rows is None else gather_f32(x[start : start + ROW_CHUNK])
+    for start in range(0, n, ASSIGN_CHUNK):
+        stop = start + ASSIGN_CHUNK
+        chunk = xt[start:stop] if train_rows is None else gather_f32(x[start:stop])
         sq_dist, a = km.index.search(chunk, 1)
         assignment[start : start + len(chunk)] = a[:, 0]
         inertia += float(sq_dist.sum(dtype=np.float64))
