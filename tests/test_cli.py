@@ -158,7 +158,7 @@ def test_help_is_clean_text_with_defaults_and_option_keys(capsys):
         main(["run", "--help"])
     text = capsys.readouterr().out
     assert "(default: cbsq)" in text and "(default: 8)" in text
-    assert "learner coop: n_ctx, prompt, epochs" in text and "backbone conse-lite0" in text
+    assert "learner coop: variant, n_ctx, prompt, epochs" in text and "backbone conse-lite0" in text
 
 
 @pytest.mark.parametrize("kind,expected", [
