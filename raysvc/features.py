@@ -140,7 +140,9 @@ class FeatureStore:
     :data:`PROGRESS_SECONDS`, for logs a driver forwards, as from a Ray actor) or "off".
     ``remote``: the shared feature store (``s3://bucket/prefix``, a folder, or an
     :class:`~raysvc.storage.ObjectStore`) behind the local cache; ``rows_per_shard`` the
-    rows of each of its shards. ``encoder``, ``ray_data_min_images``, ``ray_data``: how a
+    rows of each of its shards; ``lease_seconds`` how long a node that claimed an entry
+    may go silent before others take over encoding it (see
+    :class:`~raysvc.storage.features.EncodeLease`). ``encoder``, ``ray_data_min_images``, ``ray_data``: how a
     fresh encode runs, see :meth:`choose_encoder`.
     """
 
@@ -148,7 +150,8 @@ class FeatureStore:
                  dtype: str = "float32", *, remote: str | ObjectStore | None = None,
                  encoder: Encoder = "auto",
                  ray_data_min_images: int = DEFAULT_RAY_DATA_MIN_IMAGES,
-                 ray_data: RayDataOptions | Mapping | None = None, rows_per_shard: int | None = None):
+                 ray_data: RayDataOptions | Mapping | None = None, rows_per_shard: int | None = None,
+                 lease_seconds: float = 120.0):
         if dtype not in ("float32", "float16"):
             raise ConfigError(f"feature dtype must be float32 or float16, got {dtype!r}")
         if progress not in ("bar", "lines", "off"):
@@ -177,6 +180,9 @@ class FeatureStore:
 
             self.remote = open_feature_store(remote)
         self.rows_per_shard = rows_per_shard
+        self.lease_seconds = lease_seconds
+        # what the last Ray Data pass reported (seconds, first_rows_seconds, stats): benchmarks read it
+        self.last_ray_data_report: dict = {}
 
     @classmethod
     def at(cls, root: str | Path | None, **kwargs) -> FeatureStore:
@@ -222,23 +228,25 @@ class FeatureStore:
             source = "cache"
             if self.remote is not None:
                 self._publish(key, path)
-        elif self.remote is not None and self._fetch(key, path):
+        elif self.remote is None:
+            source, seconds = self._encode_into(path, dataset, backend, backbone)
+        elif self._fetch(key, path):
             source = "store"
         else:
-            source = self.choose_encoder(len(dataset), backbone)
-            start = time.perf_counter()
-            if source == "ray-data":
-                from raysvc.service.raydata import encode_images
+            from raysvc.storage.features import EncodeLease
 
-                features = encode_images(dataset, backbone, model_id=backend.model_id,
-                                         preprocess=backend.preprocessor(), dtype=self.dtype,
-                                         batch_size=self.batch_size, options=self.ray_data, progress=self.progress)
-            else:
-                features = self._encode_images(dataset, backend).astype(self.dtype)
-            seconds = time.perf_counter() - start
-            self._write(path, features)
-            if self.remote is not None:
-                self._put_remote(key, features)
+            # another node may be encoding this entry right now: wait for it rather than encode twice
+            lease = EncodeLease(self.remote, key, term=self.lease_seconds)
+            try:
+                if lease.claim():
+                    source, seconds = self._encode_into(path, dataset, backend, backbone)
+                    self._put_remote(key, np.load(path, mmap_mode="r"))
+                elif self._fetch(key, path):
+                    source = "store"
+                else:  # the entry appeared, yet does not read back: encode it here after all
+                    source, seconds = self._encode_into(path, dataset, backend, backbone)
+            finally:
+                lease.release()
         # a plain read-only view of the mapped file: Ray then ships it zero-copy (a memmap
         # subclass it would pickle as a writable copy)
         features = np.asarray(np.load(path, mmap_mode="r"))
@@ -253,6 +261,25 @@ class FeatureStore:
             text_key=text_key(key, prompts),
             source=source,
         )
+
+    def _encode_into(self, path: Path, dataset: ImageDataset, backend: VLMBackend,
+                     backbone: BackboneRef | None) -> tuple[str, float]:
+        """Encode now and write the local cache entry; (the encoder used, seconds)."""
+        encoder = self.choose_encoder(len(dataset), backbone)
+        start = time.perf_counter()
+        if encoder == "ray-data":
+            from raysvc.service.raydata import encode_images
+
+            self.last_ray_data_report = {}
+            features = encode_images(dataset, backbone, model_id=backend.model_id, image_size=backend.image_size,
+                                     preprocess=backend.preprocessor(), dtype=self.dtype,
+                                     batch_size=self.batch_size, options=self.ray_data, progress=self.progress,
+                                     report=self.last_ray_data_report)
+        else:
+            features = self._encode_images(dataset, backend).astype(self.dtype)
+        seconds = time.perf_counter() - start
+        self._write(path, features)
+        return encoder, seconds
 
     def _fetch(self, key: str, path: Path) -> bool:
         """Fill the local cache from the shared store; False when it has no complete entry."""

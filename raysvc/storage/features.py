@@ -19,12 +19,24 @@ one key write the same rows (the same images through the same backbone, equal wi
 float16 rounding), so a manifest over a mix of their shards is still a correct entry;
 a shard whose shape or dtype disagrees with the manifest (another format) makes the
 entry count as absent, so it is encoded and written anew.
+
+So that two nodes missing the same entry at once do not both encode it, the first puts
+``<key>/lease.json`` and renews it while it encodes; the others wait for the manifest
+(:class:`EncodeLease`). The lease is best effort (S3 has no compare-and-swap): two
+nodes that claim it within the same few milliseconds both encode, which costs time,
+never correctness. A lease that stops changing for its whole term (its holder died)
+is taken over.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import platform
+import threading
+import time
+import uuid
+from collections.abc import Callable
 
 import numpy as np
 
@@ -33,6 +45,8 @@ from raysvc.storage.stores import ObjectStore, open_store
 
 FORMAT = 1
 MANIFEST = "manifest.json"
+LEASE = "lease.json"
+LEASE_SECONDS = 120.0
 # 32768 rows: 24 MiB of float16 at D=384 (MiniLM), 64 MiB at D=1024: few objects per
 # entry, and none so large that a reader holds much more than one in memory at a time
 ROWS_PER_SHARD = 32_768
@@ -117,3 +131,77 @@ def delete_entry(store: ObjectStore, key: str) -> None:
     store.delete(f"{key}/{MANIFEST}")
     for name in store.list(f"{key}/"):
         store.delete(name)
+
+
+class EncodeLease:
+    """Who encodes a missing entry: ``claim()`` returns True for the one node that should
+    (it then renews the lease until :meth:`release`), or False once another node's entry
+    is complete (read it). Waiting nodes poll every ``poll`` seconds; a lease unchanged
+    for ``term`` seconds on the waiter's own clock (no clock skew between nodes matters)
+    belongs to a dead holder and is taken over.
+    """
+
+    def __init__(self, store: ObjectStore, key: str, term: float = LEASE_SECONDS, poll: float = 2.0,
+                 notice: Callable[[str], None] | None = None):
+        self.store, self.key, self.term, self.poll = store, key, term, poll
+        self.owner = f"{platform.node()}-{uuid.uuid4().hex[:12]}"
+        self.notice = notice or (lambda text: print(text, flush=True))
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    @property
+    def _name(self) -> str:
+        return f"{self.key}/{LEASE}"
+
+    def _put(self, beat: int) -> None:
+        body = {"owner": self.owner, "beat": beat, "term": self.term}
+        self.store.put(self._name, json.dumps(body).encode(), content_type="application/json")
+
+    def _read(self) -> bytes | None:
+        return self.store.get(self._name)
+
+    def claim(self) -> bool:
+        seen, since, told = None, time.monotonic(), False
+        while True:
+            if has_entry(self.store, self.key):
+                return False
+            current = self._read()
+            if current != seen:
+                seen, since = current, time.monotonic()
+            if current is None or time.monotonic() - since >= self.term:
+                self._put(0)
+                # the last of two simultaneous claimers wins the object; a reread tells each which
+                if _owner(self._read()) == self.owner:
+                    self._renewer = threading.Thread(target=self._renew, daemon=True, name=f"lease-{self.key}")
+                    self._renewer.start()
+                    return True
+                continue
+            if not told:
+                holder = _owner(current) or "?"
+                self.notice(f"features {self.key}: {holder} is encoding them; waiting for its entry")
+                told = True
+            time.sleep(self.poll)
+
+    def _renew(self) -> None:
+        beat = 0
+        while not self._stop.wait(self.term / 4):
+            beat += 1
+            try:
+                self._put(beat)
+            except Exception:  # a missed beat only risks a second encoder, never a wrong entry
+                pass
+
+    def release(self) -> None:
+        """Stop renewing and remove the lease (if still ours)."""
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+        if _owner(self._read()) == self.owner:
+            self.store.delete(self._name)
+
+
+def _owner(raw: bytes | None) -> str | None:
+    try:
+        return json.loads(raw).get("owner") if raw else None
+    except (ValueError, AttributeError):
+        return None  # not a lease of ours: treated as another holder's until it goes stale
