@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +34,9 @@ from raysvc.datasets import ImageDataset
 from raysvc.errors import ConfigError
 from raysvc.feature_options import RayDataOptions
 from raysvc.features import ProgressLines
+
+# a decode worker's resident memory with torch imported (~350 MiB measured), before its block
+DECODE_WORKER_BYTES = 400 * 2**20
 
 # per decode worker process: the datasets it has read from the object store, by ref
 _DATASETS: dict[str, ImageDataset] = {}
@@ -125,18 +129,18 @@ class Encoder:
         return {"index": batch["index"], "features": features.astype(self.dtype)}
 
 
-def _spread() -> dict[str, Any]:
-    return {"scheduling_strategy": "SPREAD"}
-
-
-def encode_images(dataset: ImageDataset, backbone: BackboneRef, *, model_id: str,
+def encode_images(dataset: ImageDataset, backbone: BackboneRef, *, model_id: str, image_size: int,
                   preprocess: Callable[[Sequence], Any], dtype: str = "float32", batch_size: int = 128,
-                  options: RayDataOptions | None = None, progress: str = "bar") -> np.ndarray:
+                  options: RayDataOptions | None = None, progress: str = "bar",
+                  report: dict[str, Any] | None = None) -> np.ndarray:
     """(N, D) embeddings of every image of ``dataset`` in dataset order, in ``dtype``.
 
     ``model_id``: the backend's id as the caller loaded it (the actors check theirs
     against it: the cache key is computed from the caller's). ``preprocess``: the
-    backend's picklable preprocessor (:meth:`~raysvc.backends.VLMBackend.preprocessor`).
+    backend's picklable preprocessor (:meth:`~raysvc.backends.VLMBackend.preprocessor`),
+    which makes ``image_size`` square float32 images. ``report``, when given, receives ``seconds``, ``first_rows_seconds`` (until the first
+    encoded rows arrived: mostly the actors loading the backbone) and ``stats`` (Ray
+    Data's per-operator summary).
     """
     import ray
     import ray.data
@@ -152,12 +156,16 @@ def encode_images(dataset: ImageDataset, backbone: BackboneRef, *, model_id: str
     dataset_ref = [ray.put(dataset)]
     indices = ray.data.range(n, override_num_blocks=max(1, math.ceil(n / batch_size)))
     indices.context.enable_progress_bars = progress == "bar"
+    block_bytes = batch_size * 3 * image_size * image_size * 4
     decoded = indices.map_batches(
         decode, batch_size=None, batch_format="numpy", num_cpus=options.decode_cpus,
         fn_kwargs={"dataset_ref": dataset_ref, "preprocess": preprocess},
-        # SPREAD puts the decode tasks on every node; a ray_remote_args_fn also keeps Ray
-        # Data from fusing them into the encoder actors, which would then decode too
-        ray_remote_args_fn=_spread,
+        # a decode worker holds torch (DECODE_WORKER_BYTES) and its block of pixels twice (PIL
+        # images, then the batch): the reservation keeps a node from taking more tasks than
+        # it can hold, and, as these remote arguments differ from the actors', Ray Data
+        # keeps decoding in tasks spread over the cluster (its default for tasks) instead
+        # of fusing it into the encoder actors
+        memory=DECODE_WORKER_BYTES + 2 * block_bytes,
     )
     encoded = decoded.map_batches(
         Encoder, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=options.actors),
@@ -171,15 +179,23 @@ def encode_images(dataset: ImageDataset, backbone: BackboneRef, *, model_id: str
     if progress == "bar":
         print(what, flush=True)
     done = 0
+    start = time.perf_counter()
+    first_rows = None
+    arrivals = []
     for batch in encoded.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
         index, features = batch["index"], batch["features"]
         if out is None:
+            first_rows = time.perf_counter() - start
             out = np.empty((n, features.shape[1]), dtype=features.dtype)
         out[index] = features
         seen[index] = True
         done += len(index)
+        arrivals.append((time.perf_counter() - start, done))
         if log is not None:
             log.update(done)
     if out is None or not seen.all():
         raise RuntimeError(f"Ray Data returned {int(seen.sum())} of {n} rows")  # a bug, not a user error
+    if report is not None:
+        report.update(seconds=time.perf_counter() - start, first_rows_seconds=first_rows, arrivals=arrivals,
+                      stats=encoded.stats())
     return out
