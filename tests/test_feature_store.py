@@ -161,6 +161,37 @@ def test_local_entry_is_published_to_the_shared_store(pool, backend, local_half,
     assert np.array_equal(read_entry(open_feature_store(s3_env), again.key), np.asarray(again.image_features))
 
 
+def test_two_nodes_missing_one_entry_at_once_encode_it_once(pool, backend, local_half, s3_env, tmp_path):
+    import threading
+
+    results = {}
+
+    def node(name):
+        store = FeatureStore(tmp_path / name, progress="off", dtype="float16", remote=s3_env, encoder="local")
+        results[name] = store.encode(pool, backend, BACKBONE)
+
+    threads = [threading.Thread(target=node, args=(name,)) for name in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(r.source for r in results.values()) == ["local", "store"]
+    assert np.array_equal(results["a"].image_features, results["b"].image_features)
+    assert _max_diff(results["a"].image_features, local_half.image_features) == 0.0
+
+
+def test_a_dead_nodes_lease_is_taken_over(pool, backend, s3_env, tmp_path):
+    from raysvc.storage.features import has_entry, open_feature_store
+
+    remote = open_feature_store(s3_env)
+    key = feature_key(pool, backend, "float16")
+    remote.put(f"{key}/lease.json", json.dumps({"owner": "dead-node", "beat": 3}).encode())
+    store = FeatureStore(tmp_path, progress="off", dtype="float16", remote=s3_env, lease_seconds=1.0)
+    encoded = store.encode(pool, backend, BACKBONE)
+    assert encoded.source == "local" and has_entry(remote, key)
+    assert not remote.exists(f"{key}/lease.json")  # released once the entry is complete
+
+
 # ------------------------------------------------------------------ the switch
 def test_threshold_switch_without_ray_stays_in_process(tmp_path):
     import sys
