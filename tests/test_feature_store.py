@@ -265,3 +265,23 @@ def test_grid_run_twice_against_the_feature_store_encodes_once(ray_cluster, s3_g
     assert len(keys) == 1  # one entry: the second grid read the first one's
     (key,) = keys
     assert (tmp_path / "node-b" / f"{key}.npy").exists()  # node b's cache was filled from the store
+
+
+# ------------------------------------------------------------------ command line
+def test_cli_run_and_sweep_share_features_through_the_feature_store(s3_env, tmp_path, capsys):
+    from jobs.sweep import main as sweep
+    from raysvc import storage
+    from raysvc.cli import main as raysvc
+    from raysvc.storage.features import open_feature_store
+
+    common = ["--per-class", "6", "--rounds", "1", "--epochs", "1", "--feature-store", s3_env]
+    assert raysvc(["run", *common, "--cache", str(tmp_path / "a")]) == 0
+    (entry,) = {k.split("/")[0] for k in open_feature_store(s3_env).list("")}
+    assert sweep([*common, "--cache", str(tmp_path / "b"), "--out", str(tmp_path / "res")]) == 0
+    assert (tmp_path / "b" / f"{entry}.npy").exists()  # the sweep's cache, filled from the store
+    assert storage.read_table(str(tmp_path / "res")).column("encode_seconds").to_pylist() == [0.0]
+    capsys.readouterr()
+    assert raysvc(["run", *common, "--ray-data-actors", "0"]) == 2
+    assert "ray data: option actors=0: must be >= 1" in capsys.readouterr().err
+    assert raysvc(["run", "--per-class", "6", "--feature-store", "gs://x"]) == 2
+    assert "feature store 'gs://x': use a local folder or s3://" in capsys.readouterr().err
