@@ -272,7 +272,7 @@ class FeatureStore:
 
             self.last_ray_data_report = {}
             features = encode_images(dataset, backbone, model_id=backend.model_id, image_size=backend.image_size,
-                                     preprocess=backend.preprocessor(), dtype=self.dtype,
+                                     preprocess=backend.preprocessor(), backend=backend, dtype=self.dtype,
                                      batch_size=self.batch_size, options=self.ray_data, progress=self.progress,
                                      report=self.last_ray_data_report)
         else:

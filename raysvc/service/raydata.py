@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from raysvc.backends import BackboneRef
+from raysvc.backends import BackboneRef, VLMBackend
 from raysvc.datasets import ImageDataset
 from raysvc.errors import ConfigError
 from raysvc.feature_options import RayDataOptions
@@ -101,13 +101,23 @@ def decode(batch: dict[str, np.ndarray], dataset_ref, preprocess: Callable[[Sequ
 
 
 class Encoder:
-    """An encoder actor: loads the backbone once (on its GPU when it has one) and embeds batches."""
+    """An encoder actor: gets the backbone once (on its GPU when it has one) and embeds batches.
 
-    def __init__(self, backbone: BackboneRef, model_id: str, dtype: str, threads: int, use_gpu: bool):
+    ``shipped``: ``[ref]`` of the caller's loaded backend in the object store, unpickled in
+    a fraction of a second; without it the actor loads ``backbone`` itself (conse-lite0:
+    ~16 s, mostly embedding its 1000 ImageNet prompts).
+    """
+
+    def __init__(self, backbone: BackboneRef, model_id: str, dtype: str, threads: int, use_gpu: bool,
+                 shipped: list | None = None):
+        import ray
         import torch
 
+        from raysvc._compat import import_torchvision
+
         torch.set_num_threads(threads)
-        self.backend = backbone.load()
+        import_torchvision()  # unpickling the backend imports transformers, which imports torchvision
+        self.backend = ray.get(shipped[0]) if shipped else backbone.load()
         if self.backend.model_id != model_id:
             raise ConfigError(f"backbone {backbone.name!r} loads as {self.backend.model_id} on this node, "
                               f"not {model_id}: the nodes' packages differ")
@@ -130,7 +140,8 @@ class Encoder:
 
 
 def encode_images(dataset: ImageDataset, backbone: BackboneRef, *, model_id: str, image_size: int,
-                  preprocess: Callable[[Sequence], Any], dtype: str = "float32", batch_size: int = 128,
+                  preprocess: Callable[[Sequence], Any], backend: VLMBackend | None = None,
+                  dtype: str = "float32", batch_size: int = 128,
                   options: RayDataOptions | None = None, progress: str = "bar",
                   report: dict[str, Any] | None = None) -> np.ndarray:
     """(N, D) embeddings of every image of ``dataset`` in dataset order, in ``dtype``.
@@ -138,7 +149,9 @@ def encode_images(dataset: ImageDataset, backbone: BackboneRef, *, model_id: str
     ``model_id``: the backend's id as the caller loaded it (the actors check theirs
     against it: the cache key is computed from the caller's). ``preprocess``: the
     backend's picklable preprocessor (:meth:`~raysvc.backends.VLMBackend.preprocessor`),
-    which makes ``image_size`` square float32 images. ``report``, when given, receives ``seconds``, ``first_rows_seconds`` (until the first
+    which makes ``image_size`` square float32 images. ``backend``: the caller's loaded
+    backend; on the CPU it goes to the actors through the object store (one put) instead
+    of each actor loading ``backbone`` anew. ``report``, when given, receives ``seconds``, ``first_rows_seconds`` (until the first
     encoded rows arrived: mostly the actors loading the backbone) and ``stats`` (Ray
     Data's per-operator summary).
     """
@@ -156,6 +169,8 @@ def encode_images(dataset: ImageDataset, backbone: BackboneRef, *, model_id: str
     dataset_ref = [ray.put(dataset)]
     indices = ray.data.range(n, override_num_blocks=max(1, math.ceil(n / batch_size)))
     indices.context.enable_progress_bars = progress == "bar"
+    # a backend on a GPU would unpickle onto a GPU the actor may not have: the actors load it then
+    shipped = [ray.put(backend)] if backend is not None and str(getattr(backend, "device", "cpu")) == "cpu" else None
     block_bytes = batch_size * 3 * image_size * image_size * 4
     decoded = indices.map_batches(
         decode, batch_size=None, batch_format="numpy", num_cpus=options.decode_cpus,
@@ -171,7 +186,7 @@ def encode_images(dataset: ImageDataset, backbone: BackboneRef, *, model_id: str
         Encoder, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=options.actors),
         num_cpus=actor_cpus(options, gpus), num_gpus=gpus or None,
         fn_constructor_kwargs={"backbone": backbone, "model_id": model_id, "dtype": dtype,
-                               "threads": options.threads, "use_gpu": bool(gpus)},
+                               "threads": options.threads, "use_gpu": bool(gpus), "shipped": shipped},
     )
     out: np.ndarray | None = None
     seen = np.zeros(n, dtype=bool)
