@@ -151,9 +151,10 @@ def encode_images(dataset: ImageDataset, backbone: BackboneRef, *, model_id: str
     backend's picklable preprocessor (:meth:`~raysvc.backends.VLMBackend.preprocessor`),
     which makes ``image_size`` square float32 images. ``backend``: the caller's loaded
     backend; on the CPU it goes to the actors through the object store (one put) instead
-    of each actor loading ``backbone`` anew. ``report``, when given, receives ``seconds``, ``first_rows_seconds`` (until the first
-    encoded rows arrived: mostly the actors loading the backbone) and ``stats`` (Ray
-    Data's per-operator summary).
+    of each actor loading ``backbone`` anew. ``report``, when given, receives ``seconds``,
+    ``first_rows_seconds`` (until the first encoded rows arrived: worker processes and
+    actors starting, and the first batch), ``arrivals`` (seconds and rows done at each
+    batch that came back) and ``stats`` (Ray Data's per-operator summary).
     """
     import ray
     import ray.data
