@@ -142,13 +142,12 @@ class FeatureStore:
     :class:`~raysvc.storage.ObjectStore`) behind the local cache; ``rows_per_shard`` the
     rows of each of its shards; ``lease_seconds`` how long a node that claimed an entry
     may go silent before others take over encoding it (see
-    :class:`~raysvc.storage.features.EncodeLease`). ``encoder``, ``ray_data_min_images``, ``ray_data``: how a
-    fresh encode runs, see :meth:`choose_encoder`.
+    :class:`~raysvc.storage.features.EncodeLease`). ``encoder``, ``ray_data_min_images``,
+    ``ray_data``: how a fresh encode runs, see :meth:`choose_encoder`.
     """
 
     def __init__(self, root: str | Path = DEFAULT_ROOT, batch_size: int = 128, progress: str = "bar",
-                 dtype: str = "float32", *, remote: str | ObjectStore | None = None,
-                 encoder: Encoder = "auto",
+                 dtype: str = "float32", *, remote: str | ObjectStore | None = None, encoder: Encoder = "auto",
                  ray_data_min_images: int = DEFAULT_RAY_DATA_MIN_IMAGES,
                  ray_data: RayDataOptions | Mapping | None = None, rows_per_shard: int | None = None,
                  lease_seconds: float = 120.0):
@@ -164,6 +163,8 @@ class FeatureStore:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if rows_per_shard is not None and rows_per_shard < 1:
             raise ConfigError(f"rows_per_shard must be >= 1, got {rows_per_shard!r}")
+        if lease_seconds <= 0:
+            raise ConfigError(f"lease_seconds must be > 0, got {lease_seconds!r}")
         self.root = Path(root)
         self.batch_size = batch_size
         self.progress = progress
