@@ -35,8 +35,8 @@ from raysvc.errors import ConfigError
 from raysvc.feature_options import RayDataOptions
 from raysvc.features import ProgressLines
 
-# a decode worker's resident memory with torch imported (~350 MiB measured), before its block
-DECODE_WORKER_BYTES = 400 * 2**20
+# a decode worker's resident memory with torch imported (~360 MiB measured), before its block
+DECODE_WORKER_BYTES = 450 * 2**20
 
 # per decode worker process: the datasets it has read from the object store, by ref
 _DATASETS: dict[str, ImageDataset] = {}
