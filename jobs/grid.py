@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells-per-trial", type=int, help="override the file's cells_per_trial:")
     parser.add_argument("--max-failures", type=int, help="override the file's max_failures:")
     parser.add_argument("--cache", help="feature cache directory of the encoder actor")
+    parser.add_argument("--feature-store", metavar="DEST",
+                        help="shared feature store behind the cache: s3://bucket/prefix (overrides features: store:)")
     parser.add_argument("--quiet", action="store_true", help="less Tune output")
     add_ray_arguments(parser)
     args = parser.parse_args(argv)
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                      cells_per_trial=args.cells_per_trial, max_failures=args.max_failures)
     if args.cache:
         spec = dataclasses.replace(spec, features=dataclasses.replace(spec.features, cache_dir=args.cache))
+    if args.feature_store:
+        spec = dataclasses.replace(spec, features=dataclasses.replace(spec.features, store=args.feature_store))
     if not spec.out:
         raise ConfigError("the grid has no results destination: set out: in the file or pass --out")
     check_writable(spec.out)  # before Ray starts: a bad destination costs nothing

@@ -3,7 +3,9 @@
     ray job submit --working-dir . -- python -m jobs.run --dataset animal-mnist --strategy cbsq \
         --rounds 4 --out s3://raysvc/single --train ray-train --num-workers 1
 
-Features come from the shared encoder actor (``--encoder-gpus`` places it on a GPU);
+Features come from the shared encoder actor (``--encoder-gpus`` places it on a GPU),
+in front of ``--feature-store s3://bucket/features`` when given, encoding large datasets
+on Ray Data (``--encoder``, ``--ray-data-actors``);
 ``--train ray-train`` trains every round with ``ray.train.torch.TorchTrainer``
 (``--num-workers``, ``--use-gpu``, ``--gpus-per-worker`` / ``--cpus-per-worker``,
 fractions allowed); ``--train local`` trains in the driver.
@@ -16,7 +18,7 @@ import sys
 import uuid
 
 from jobs.grid import add_ray_arguments, init_ray
-from raysvc.cli import PrintHooks, add_run_arguments, format_table, specs_from_args
+from raysvc.cli import PrintHooks, add_run_arguments, feature_settings, format_table, specs_from_args
 from raysvc.entry import Parser, entry_point
 
 
@@ -58,13 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     (spec,) = specs_from_args(args)
     if args.out:
         check_writable(args.out)  # before Ray starts: a bad destination costs nothing
+    features = feature_settings(args)
     options = ray_train_options(args) if args.train == "ray-train" else {}
     runner = make_runner(args.train, options)
     actor = None
     try:
         init_ray(args)
         name = f"raysvc-features-run-{uuid.uuid4().hex[:8]}"
-        actor = feature_service(name, cache_dir=args.cache, num_gpus=args.encoder_gpus)
+        actor = feature_service(name, cache_dir=args.cache, num_gpus=args.encoder_gpus, **features)
         result = execute(spec, encode=RayEncode(name), out=args.out, runner=runner, hooks=PrintHooks(),
                          revision=driver_code_revision(), context={"train": args.train, "ray_train": options})
         print(format_table(result.rows))

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from raysvc import storage
-    from raysvc.features import FeatureStore
+    from raysvc.cli import feature_store
     from raysvc.loop import store_encoder
     from raysvc.run import execute
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         for spec in (s for s in specs if s.run_id in stored):
             print(f"{spec.run_id}: already stored, skipped", flush=True)
         specs = [s for s in specs if s.run_id not in stored]
-    encode = store_encoder(FeatureStore.at(args.cache))
+    encode = store_encoder(feature_store(args))
     for spec in specs:
         result = execute(spec, encode=encode, out=args.out)
         print(f"{spec.run_id}: " + " ".join(f"{r['test_acc']:.3f}" for r in result.rows), flush=True)

@@ -25,6 +25,7 @@ from typing import Any
 
 from raysvc.entry import Parser, entry_point
 from raysvc.errors import ConfigError
+from raysvc.feature_options import DEFAULT_RAY_DATA_MIN_IMAGES, ENCODERS
 from raysvc.run import RunHooks
 
 PARTS = ("dataset", "strategy", "learner", "backbone")
@@ -58,7 +59,8 @@ def _scalar_type(annotation: Any) -> type:
 
 def add_run_arguments(parser: argparse.ArgumentParser, axes: Iterable[str] = ()) -> None:
     """One flag per RunSpec field (fields in ``axes`` take several values, under a plural
-    name: ``--strategies a b``), ``--<part>-opt KEY=VALUE`` per named part, ``--cache``
+    name: ``--strategies a b``), ``--<part>-opt KEY=VALUE`` per named part, ``--cache``,
+    the feature options (``--feature-store``, ``--encoder``, ...: :func:`feature_settings`)
     and ``--out``."""
     from raysvc.config import PARAM_FIELDS, RunSpec
 
@@ -83,7 +85,45 @@ def add_run_arguments(parser: argparse.ArgumentParser, axes: Iterable[str] = ())
     group.add_argument("--student", help="shortcut for --learner-opt student=NAME (ActiveKD learners)")
     group.add_argument("--epochs", type=int, help="shortcut for --learner-opt epochs=N")
     parser.add_argument("--cache", help="feature cache directory (default: $RAYSVC_CACHE or ~/.cache/raysvc/features)")
+    features = parser.add_argument_group("feature encoding")
+    features.add_argument("--feature-store", metavar="DEST",
+                          help="shared feature store behind --cache: s3://bucket/prefix or a folder; other nodes "
+                               "and later runs read features from it instead of encoding (default: none)")
+    features.add_argument("--encoder", choices=ENCODERS, default="auto",
+                          help="auto: Ray Data for large datasets when connected to Ray, else in this process; "
+                               "local; ray-data (default: auto)")
+    features.add_argument("--ray-data-min-images", type=int, default=DEFAULT_RAY_DATA_MIN_IMAGES, metavar="N",
+                          help=f"auto: Ray Data from N images on (default: {DEFAULT_RAY_DATA_MIN_IMAGES})")
+    features.add_argument("--ray-data-actors", type=int, default=1, metavar="N",
+                          help="Ray Data encoder actors (default: 1)")
+    features.add_argument("--ray-data-threads", type=int, default=1, metavar="N",
+                          help="torch threads per Ray Data CPU encoder actor (default: 1)")
     parser.add_argument("--out", help="results destination: local directory or s3://bucket/prefix (default: none)")
+
+
+def feature_settings(args: argparse.Namespace, check_store: bool = True) -> dict[str, Any]:
+    """The feature options of ``add_run_arguments``, validated (the store is checked
+    writable with ``check_store``, before anything is encoded): keyword arguments of
+    :class:`~raysvc.features.FeatureStore` and of the FeatureService actor."""
+    from raysvc.feature_options import RayDataOptions
+
+    if args.ray_data_min_images < 0:
+        raise ConfigError(f"--ray-data-min-images {args.ray_data_min_images}: must be >= 0")
+    ray_data = RayDataOptions.parse({"actors": args.ray_data_actors, "threads": args.ray_data_threads}, "ray data")
+    if args.feature_store and check_store:
+        from raysvc.storage.features import open_feature_store
+
+        open_feature_store(args.feature_store).check_writable()
+    return {"store": args.feature_store, "encoder": args.encoder, "ray_data_min_images": args.ray_data_min_images,
+            "ray_data": ray_data.to_dict()}
+
+
+def feature_store(args: argparse.Namespace):
+    """The :class:`~raysvc.features.FeatureStore` the run options describe (``--cache``, ``--feature-store``, ...)."""
+    from raysvc.features import FeatureStore
+
+    settings = feature_settings(args)
+    return FeatureStore.at(args.cache, remote=settings.pop("store"), **settings)
 
 
 def part_options_epilog() -> str:
@@ -165,12 +205,11 @@ class PrintHooks(RunHooks):
 
 # ------------------------------------------------------------------ commands
 def run_command(args: argparse.Namespace) -> int:
-    from raysvc.features import FeatureStore
     from raysvc.loop import store_encoder
     from raysvc.run import execute
 
     (spec,) = specs_from_args(args)
-    result = execute(spec, encode=store_encoder(FeatureStore.at(args.cache)), out=args.out, hooks=PrintHooks())
+    result = execute(spec, encode=store_encoder(feature_store(args)), out=args.out, hooks=PrintHooks())
     print(format_table(result.rows))
     if result.stored:
         print(f"wrote {len(result.rows)} rounds to {args.out}")

@@ -6,6 +6,17 @@ feature-format version, so a change to any of them encodes anew. Entries are wri
 to a temporary name and renamed, so a crash never leaves a half-written entry and
 concurrent writers of the same key are harmless.
 
+Two tiers: the local cache (``root/<key>.npy``, memory-mapped by readers) and, when
+given, a shared feature store in object storage (``s3://bucket/features``: sharded
+arrays, manifest last, see :mod:`raysvc.storage.features`) that any node reads. A
+local miss looks in the shared store and fills the local cache from it; a fresh
+encode writes both, so a dataset is encoded once however many nodes and grids use it.
+
+A fresh encode runs in this process (a loop over batches) or, for large datasets on a
+Ray cluster, on Ray Data (:mod:`raysvc.service.raydata`: decode tasks spread over the
+cluster, the backbone in an actor pool); see :meth:`FeatureStore.choose_encoder`. Both
+write the same entry under the same key.
+
 Embeddings reach the strategies in the stored dtype: a float16 store hands out float16
 (memory-mapped) arrays, and whoever needs float32 converts the rows it reads.
 """
@@ -16,9 +27,12 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -27,6 +41,11 @@ from tqdm.auto import tqdm
 from raysvc.backends.base import VLMBackend
 from raysvc.datasets import ImageDataset
 from raysvc.errors import ConfigError
+from raysvc.feature_options import DEFAULT_RAY_DATA_MIN_IMAGES, ENCODERS, Encoder, RayDataOptions
+
+if TYPE_CHECKING:
+    from raysvc.backends import BackboneRef
+    from raysvc.storage import ObjectStore
 
 FORMAT_VERSION = 1
 DEFAULT_ROOT = Path(os.environ.get("RAYSVC_CACHE", Path.home() / ".cache" / "raysvc" / "features"))
@@ -52,6 +71,7 @@ class EncodedDataset:
     key: str
     encode_seconds: float  # spent encoding now: 0.0 on a cache hit
     text_key: str = ""
+    source: str = ""  # "cache" (local file), "store" (shared feature store), or the encoder: "local", "ray-data"
 
     def zeroshot_logits(self, rows: np.ndarray | slice = slice(None), chunk: int = 65_536) -> np.ndarray:
         """(len(rows), C) float32 scaled cosines ``logit_scale * f . t``, in float32 row chunks."""
@@ -157,20 +177,54 @@ class FeatureStore:
 
     ``dtype="float16"`` halves the disk and page-cache footprint of large pools (a
     1.28M x 1024 pool is 2.6 GB); embeddings are unit vectors, so the rounding is ~1e-3.
-    ``progress``: "bar" (tqdm, for a terminal), "lines" (a line every
+    ``progress``: "bar" (tqdm or Ray Data's bars, for a terminal), "lines" (a line every
     :data:`PROGRESS_SECONDS`, for logs a driver forwards, as from a Ray actor) or "off".
+    ``remote``: the shared feature store (``s3://bucket/prefix``, a folder, or an
+    :class:`~raysvc.storage.ObjectStore`) behind the local cache; ``rows_per_shard`` the
+    rows of each of its shards; ``lease_seconds`` how long a node that claimed an entry
+    may go silent before others take over encoding it (see
+    :class:`~raysvc.storage.features.EncodeLease`). ``encoder``, ``ray_data_min_images``,
+    ``ray_data``: how a fresh encode runs, see :meth:`choose_encoder`.
     """
 
     def __init__(self, root: str | Path = DEFAULT_ROOT, batch_size: int = 128, progress: str = "bar",
-                 dtype: str = "float32"):
+                 dtype: str = "float32", *, remote: str | ObjectStore | None = None, encoder: Encoder = "auto",
+                 ray_data_min_images: int = DEFAULT_RAY_DATA_MIN_IMAGES,
+                 ray_data: RayDataOptions | Mapping | None = None, rows_per_shard: int | None = None,
+                 lease_seconds: float = 120.0):
         if dtype not in ("float32", "float16"):
             raise ConfigError(f"feature dtype must be float32 or float16, got {dtype!r}")
         if progress not in ("bar", "lines", "off"):
             raise ConfigError(f"progress must be bar, lines or off, got {progress!r}")
+        if encoder not in ENCODERS:
+            raise ConfigError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
+        if not isinstance(ray_data_min_images, int) or ray_data_min_images < 0:
+            raise ConfigError(f"ray_data_min_images must be an integer >= 0, got {ray_data_min_images!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if rows_per_shard is not None and rows_per_shard < 1:
+            raise ConfigError(f"rows_per_shard must be >= 1, got {rows_per_shard!r}")
+        if lease_seconds <= 0:
+            raise ConfigError(f"lease_seconds must be > 0, got {lease_seconds!r}")
         self.root = Path(root)
         self.batch_size = batch_size
         self.progress = progress
         self.dtype = dtype
+        self.encoder = encoder
+        self.ray_data_min_images = ray_data_min_images
+        if ray_data is None or isinstance(ray_data, RayDataOptions):
+            self.ray_data = ray_data or RayDataOptions()
+        else:
+            self.ray_data = RayDataOptions.parse(ray_data, "ray_data")
+        self.remote = None
+        if remote is not None:
+            from raysvc.storage.features import open_feature_store
+
+            self.remote = open_feature_store(remote)
+        self.rows_per_shard = rows_per_shard
+        self.lease_seconds = lease_seconds
+        # what the last Ray Data pass reported (seconds, first_rows_seconds, stats): benchmarks read it
+        self.last_ray_data_report: dict = {}
 
     @classmethod
     def at(cls, root: str | Path | None, **kwargs) -> FeatureStore:
@@ -180,19 +234,64 @@ class FeatureStore:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.npy"
 
-    def encode(self, dataset: ImageDataset, backend: VLMBackend) -> EncodedDataset:
+    def choose_encoder(self, n_images: int, backbone: BackboneRef | None = None) -> Literal["local", "ray-data"]:
+        """Which path a fresh encode of ``n_images`` takes.
+
+        "local" and "ray-data" are taken as set; "ray-data" needs ``backbone`` (the ref
+        its actors load). "auto" takes Ray Data when the dataset has at least
+        ``ray_data_min_images`` images, a ``backbone`` ref is given, this process is
+        connected to Ray (a driver, job or actor: there is a cluster to spread over), and
+        the cluster has room right now for one encoder actor and one decode task (a
+        cluster full of trials waiting for these features would otherwise never run
+        them); else the in-process loop.
+        """
+        if self.encoder == "local":
+            return "local"
+        if self.encoder == "ray-data":
+            if backbone is None:
+                raise ConfigError("encoder ray-data needs the backbone's BackboneRef (its actors load it)")
+            return "ray-data"
+        if n_images < self.ray_data_min_images or backbone is None or not _ray_connected():
+            return "local"
+        from raysvc.service.raydata import has_room
+
+        return "ray-data" if has_room(self.ray_data) else "local"
+
+    def encode(self, dataset: ImageDataset, backend: VLMBackend, backbone: BackboneRef | None = None) -> EncodedDataset:
+        """The dataset's features from the local cache, else the shared store, else encoded now.
+
+        ``backbone``: the ref ``backend`` was loaded from, which the Ray Data path's actors
+        load (without it a fresh encode runs in this process).
+        """
         key = feature_key(dataset, backend, self.dtype)
         path = self.path(key)
         seconds = 0.0
         if path.exists():
-            # a plain read-only view of the mapped file: Ray then ships it zero-copy (a memmap
-            # subclass it would pickle as a writable copy)
-            features = np.asarray(np.load(path, mmap_mode="r"))
+            source = "cache"
+            if self.remote is not None:
+                self._publish(key, path)
+        elif self.remote is None:
+            source, seconds = self._encode_into(path, dataset, backend, backbone)
+        elif self._fetch(key, path):
+            source = "store"
         else:
-            start = time.perf_counter()
-            features = self._encode_images(dataset, backend).astype(self.dtype)
-            seconds = time.perf_counter() - start
-            self._write(path, features)
+            from raysvc.storage.features import EncodeLease
+
+            # another node may be encoding this entry right now: wait for it rather than encode twice
+            lease = EncodeLease(self.remote, key, term=self.lease_seconds)
+            try:
+                if lease.claim():
+                    source, seconds = self._encode_into(path, dataset, backend, backbone)
+                    self._put_remote(key, np.load(path, mmap_mode="r"))
+                elif self._fetch(key, path):
+                    source = "store"
+                else:  # the entry appeared, yet does not read back: encode it here after all
+                    source, seconds = self._encode_into(path, dataset, backend, backbone)
+            finally:
+                lease.release()
+        # a plain read-only view of the mapped file: Ray then ships it zero-copy (a memmap
+        # subclass it would pickle as a writable copy)
+        features = np.asarray(np.load(path, mmap_mode="r"))
         prompts = dataset.prompts()
         text_features, text_raw = encode_prompt_embeddings(backend, prompts)
         return EncodedDataset(
@@ -204,7 +303,50 @@ class FeatureStore:
             key=key,
             encode_seconds=seconds,
             text_key=text_key(key, prompts),
+            source=source,
         )
+
+    def _encode_into(self, path: Path, dataset: ImageDataset, backend: VLMBackend,
+                     backbone: BackboneRef | None) -> tuple[str, float]:
+        """Encode now and write the local cache entry; (the encoder used, seconds)."""
+        encoder = self.choose_encoder(len(dataset), backbone)
+        start = time.perf_counter()
+        if encoder == "ray-data":
+            from raysvc.service.raydata import encode_images
+
+            self.last_ray_data_report = {}
+            features = encode_images(dataset, backbone, model_id=backend.model_id, image_size=backend.image_size,
+                                     preprocess=backend.preprocessor(), backend=backend, dtype=self.dtype,
+                                     batch_size=self.batch_size, options=self.ray_data, progress=self.progress,
+                                     report=self.last_ray_data_report)
+        else:
+            features = self._encode_images(dataset, backend).astype(self.dtype)
+        seconds = time.perf_counter() - start
+        self._write(path, features)
+        return encoder, seconds
+
+    def _fetch(self, key: str, path: Path) -> bool:
+        """Fill the local cache from the shared store; False when it has no complete entry."""
+        from raysvc.storage.features import read_entry
+
+        features = read_entry(self.remote, key)
+        if features is None:
+            return False
+        self._write(path, features)
+        return True
+
+    def _put_remote(self, key: str, features: np.ndarray) -> None:
+        from raysvc.storage.features import ROWS_PER_SHARD, write_entry
+
+        write_entry(self.remote, key, features, self.rows_per_shard or ROWS_PER_SHARD)
+
+    def _publish(self, key: str, path: Path) -> None:
+        """A local entry the shared store lacks (encoded before the store was set) goes up,
+        so other nodes need not encode it."""
+        from raysvc.storage.features import has_entry
+
+        if not has_entry(self.remote, key):
+            self._put_remote(key, np.load(path, mmap_mode="r"))
 
     def _encode_images(self, dataset: ImageDataset, backend: VLMBackend) -> np.ndarray:
         chunks = []
@@ -232,3 +374,9 @@ class FeatureStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _ray_connected() -> bool:
+    """Whether this process is a Ray driver or worker, without importing Ray."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()

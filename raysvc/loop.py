@@ -40,7 +40,7 @@ def default_image_size(config: RunSpec, dataset: ImageDataset) -> int | None:
 
 def store_encoder(store: FeatureStore) -> Encode:
     def encode(dataset: ImageDataset, backbone: BackboneRef) -> EncodedDataset:
-        return store.encode(dataset, backbone.load())
+        return store.encode(dataset, backbone.load(), backbone)
 
     return encode
 

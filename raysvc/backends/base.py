@@ -8,7 +8,7 @@ that for the backend's own text encoder.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
@@ -83,6 +83,12 @@ class VLMBackend(abc.ABC):
     @abc.abstractmethod
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """RGB PIL images -> a normalised (B, 3, S, S) batch."""
+
+    def preprocessor(self) -> Callable[[Sequence[Image.Image]], torch.Tensor]:
+        """A picklable function doing what :meth:`preprocess` does, for decode workers that
+        should not load the model (the Ray Data encoder ships it to every CPU task). This
+        default is the bound method, which pickles the whole backend: backends override it."""
+        return self.preprocess
 
     @abc.abstractmethod
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:

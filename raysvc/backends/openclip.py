@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +50,10 @@ class CLIPPromptEncoder(PromptEncoder):
         tokens = self.tokenizer([words])[0]
         end = int(tokens.argmax())  # the end-of-text token has the largest id
         return self.model.token_embedding(tokens[1:end].to(self.tokens.device)).detach()
+
+
+def _apply(transform, images: Sequence[Image.Image]) -> torch.Tensor:
+    return torch.stack([transform(im.convert("RGB")) for im in images])
 
 
 def _weights_id(weights: str) -> str:
@@ -116,7 +121,10 @@ class OpenCLIPBackend(VLMBackend):
         return [self.model]
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return torch.stack([self._transform(im.convert("RGB")) for im in images])
+        return _apply(self._transform, images)
+
+    def preprocessor(self):
+        return functools.partial(_apply, self._transform)
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.model.encode_image(pixels.to(self.device)), dim=-1)

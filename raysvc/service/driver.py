@@ -68,10 +68,13 @@ def run_grid(spec: GridSpec, *, resume: bool = False, skip_existing: bool = Fals
     from raysvc import storage
     from raysvc.provenance import driver_code_revision
     from raysvc.service.encoders import feature_service
+    from raysvc.storage.features import open_feature_store
 
     if not spec.out:
         raise ConfigError("the grid has no results destination: set out: in the file or pass --out")
     storage.check_writable(spec.out)
+    if spec.features.store:
+        open_feature_store(spec.features.store).check_writable()  # before Ray: a bad store costs nothing
     # per-round checkpoints with num_to_keep force frequent (cheap, local) state snapshots
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not ray.is_initialized():
@@ -80,7 +83,8 @@ def run_grid(spec: GridSpec, *, resume: bool = False, skip_existing: bool = Fals
     features = spec.features
     actor = feature_service(
         spec.actor_name, cache_dir=features.cache_dir, num_cpus=features.num_cpus, num_gpus=features.num_gpus,
-        detached=features.detached, threads=features.threads,
+        detached=features.detached, threads=features.threads, store=features.store, encoder=features.encoder,
+        ray_data_min_images=features.ray_data_min_images, ray_data=features.ray_data(),
     )
     cells = list(spec.cells)
     if skip_existing:

@@ -51,15 +51,22 @@ def key_name(key: Key) -> str:
 class _FeatureServiceImpl:
     """Body of the actor (also usable in-process for tests of the logic)."""
 
-    def __init__(self, cache_dir: str | None = None, batch_size: int = 128, threads: int | None = None):
+    def __init__(self, cache_dir: str | None = None, batch_size: int = 128, threads: int | None = None,
+                 store: str | None = None, encoder: str = "auto", ray_data_min_images: int | None = None,
+                 ray_data: dict[str, Any] | None = None):
         import torch
 
-        from raysvc.features import DEFAULT_ROOT, FeatureStore
+        from raysvc.features import DEFAULT_RAY_DATA_MIN_IMAGES, DEFAULT_ROOT, FeatureStore
 
         if threads:
             torch.set_num_threads(int(threads))
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.store = FeatureStore(cache_dir or DEFAULT_ROOT, batch_size=batch_size, progress="lines")
+        self.store = FeatureStore(
+            cache_dir or DEFAULT_ROOT, batch_size=batch_size, progress="lines", remote=store, encoder=encoder,
+            ray_data_min_images=DEFAULT_RAY_DATA_MIN_IMAGES if ray_data_min_images is None else ray_data_min_images,
+            ray_data=ray_data,
+        )
+        self._sources: dict[Key, str] = {}
         self._refs: dict[Key, ray.ObjectRef] = {}
         self._seconds: dict[Key, float] = {}
         self._passes: dict[Key, int] = {}
@@ -93,10 +100,11 @@ class _FeatureServiceImpl:
             backend = backbone.load()
             if self.device != "cpu":
                 backend.to(self.device)  # this process only: trials keep their CPU copy
-            encoded = self.store.encode(dataset, backend)
+            encoded = self.store.encode(dataset, backend, backbone)
             ref = ray.put(encoded)  # once; the actor owns it and keeps it alive
             with self._guard:
                 self._refs[key] = ref
+                self._sources[key] = encoded.source
                 self._passes[key] = self._passes.get(key, 0) + 1
                 self._seconds[key] = time.perf_counter() - start
             return {"ref": ref, "charged": True}
@@ -113,6 +121,7 @@ class _FeatureServiceImpl:
                     "passes": self._passes.get(k, 0),
                     "requests": self._requests.get(k, 0),
                     "seconds": self._seconds.get(k, 0.0),
+                    "source": self._sources.get(k, ""),
                 }
                 for k in self._requests
             }
@@ -131,6 +140,10 @@ def feature_service(
     detached: bool = False,
     threads: int | None = None,
     max_concurrency: int = 8,
+    store: str | None = None,
+    encoder: str = "auto",
+    ray_data_min_images: int | None = None,
+    ray_data: dict[str, Any] | None = None,
 ):
     """The named FeatureService actor, created if ``create`` and it does not exist.
 
@@ -138,7 +151,9 @@ def feature_service(
     ``threads``: torch threads for encoding (default: ``num_cpus`` when >= 1, else up to
     4 cores of the node; with ``num_cpus=0`` the actor borrows cores while trials wait). Not ``detached``: the actor belongs to the calling driver and goes
     with it (grid-scoped). ``detached``: it survives the driver, shared across grids and
-    jobs until :func:`shutdown_feature_service`.
+    jobs until :func:`shutdown_feature_service`. ``store``: the shared feature store behind
+    its cache; ``encoder``, ``ray_data_min_images``, ``ray_data``: how it encodes (see
+    :meth:`raysvc.features.FeatureStore.choose_encoder`).
     """
     if not create:
         return ray.get_actor(name, namespace=NAMESPACE)
@@ -156,7 +171,10 @@ def feature_service(
         options["lifetime"] = "detached"
     if threads is None:
         threads = int(num_cpus) if num_cpus >= 1 else min(4, os.cpu_count() or 1)
-    return FeatureService.options(**options).remote(cache_dir=cache_dir, threads=threads)
+    return FeatureService.options(**options).remote(
+        cache_dir=cache_dir, threads=threads, store=store, encoder=encoder, ray_data_min_images=ray_data_min_images,
+        ray_data=ray_data,
+    )
 
 
 def shutdown_feature_service(name: str = DEFAULT_ACTOR) -> bool:

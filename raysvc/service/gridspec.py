@@ -8,7 +8,11 @@ A grid file::
     ray_train: {num_workers: 1, use_gpu: false, resources_per_worker: {CPU: 1}}
     cells_per_trial: 2             # pack this many runs into one Tune trial
     resources: {cpu: 1, gpu: 0}    # per trial
-    features: {num_gpus: 0, num_cpus: 0, threads: null, cache_dir: null, detached: false, actor: null}
+    features: {num_gpus: 0, num_cpus: 0, threads: null, cache_dir: null, detached: false, actor: null,
+               store: null,                     # shared feature store: s3://bucket/features
+               encoder: auto,                   # auto | local | ray-data
+               ray_data_min_images: 50000,      # auto: Ray Data from this many images on
+               ray_data_actors: 1, ray_data_threads: 1, ray_data_gpus: null}
     max_failures: 2                # Tune retries of a trial whose worker died
     checkpoint_seconds: 30         # checkpoint loop state at most this often (0: every round)
     max_concurrent_trials: null
@@ -38,6 +42,7 @@ from typing import Any, Literal
 
 from raysvc.config import PARAM_FIELDS, RunSpec
 from raysvc.errors import ConfigError
+from raysvc.feature_options import DEFAULT_RAY_DATA_MIN_IMAGES, Encoder, RayDataOptions
 from raysvc.options import Options, option
 
 
@@ -57,7 +62,7 @@ class Resources(Options):
 
 @dataclasses.dataclass(frozen=True)
 class FeatureSettings(Options):
-    """The shared encoder actor."""
+    """The shared encoder actor, the feature store behind it, and how it encodes."""
 
     actor: str | None = option(None, "actor name (default raysvc-features-<grid name>)")
     cache_dir: str | None = option(None, "its local feature cache (default $RAYSVC_CACHE or ~/.cache/raysvc/features)")
@@ -65,6 +70,31 @@ class FeatureSettings(Options):
     num_gpus: float = option(0, "GPUs for it (1 on a GPU cluster: it encodes on CUDA)")
     detached: bool = option(False, "outlive the driver, shared with later grids")
     threads: int | None = option(None, "torch threads while encoding")
+    store: str | None = option(None, "shared feature store behind the cache: s3://bucket/prefix or a folder")
+    encoder: Encoder = option("auto", "auto (Ray Data for large datasets on a cluster), local or ray-data")
+    ray_data_min_images: int = option(DEFAULT_RAY_DATA_MIN_IMAGES, "auto: Ray Data from this many images on")
+    ray_data_actors: int = option(1, "Ray Data encoder actors")
+    ray_data_threads: int = option(1, "torch threads per Ray Data CPU encoder actor")
+    ray_data_gpus: float | None = option(None, "GPUs per Ray Data encoder actor (None: 1 on GPU clusters)")
+
+    def check(self):
+        if self.ray_data_min_images < 0:
+            raise ConfigError(f"option ray_data_min_images={self.ray_data_min_images!r}: must be >= 0")
+        self.ray_data()  # its own range checks
+        if self.store is not None:
+            from raysvc.errors import StorageError
+            from raysvc.storage.features import open_feature_store
+
+            try:
+                open_feature_store(self.store)  # parses the destination; nothing is contacted
+            except StorageError as exc:
+                raise ConfigError(str(exc)) from None
+
+    def ray_data(self) -> dict[str, Any]:
+        """The Ray Data options, as the FeatureService takes them."""
+        options = RayDataOptions(actors=self.ray_data_actors, threads=self.ray_data_threads,
+                                 num_gpus=self.ray_data_gpus)
+        return options.to_dict()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,287 @@
+"""Encoding on Ray Data and the shared feature store in object storage (issue 12).
+
+Real local Ray (2 CPUs), the real S3 gateway and the real conse-lite0 backbone on a
+60-image Animal-MNIST pool; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+
+import numpy as np
+import pytest
+
+from raysvc.backends import BackboneRef
+from raysvc.config import RunSpec
+from raysvc.errors import ConfigError, StorageError
+from raysvc.features import FeatureStore, feature_key
+from raysvc.loop import load_data
+
+BACKBONE = BackboneRef("conse-lite0", 112)
+FIXED = {"rounds": 1, "per_class": 6, "test_fraction": 0.25, "learner": "coop", "backbone": "conse-lite0",
+         "learner_params": {"epochs": 1}, "dataset": "animal-mnist"}
+# float16 keeps 11 significant bits: two float32 values a hair apart may round to neighbouring
+# float16 values, which below 1 are at most 2**-11 apart
+FLOAT16_ROUNDING = 2.0**-11
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return load_data(RunSpec(dataset="animal-mnist", per_class=6))
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return BACKBONE.load()
+
+
+@pytest.fixture(scope="module")
+def local_half(pool, backend, tmp_path_factory):
+    """The single-process path's float16 features of the pool."""
+    return FeatureStore(tmp_path_factory.mktemp("local16"), progress="off", dtype="float16", encoder="local").encode(
+        pool, backend, BACKBONE)
+
+
+@pytest.fixture
+def s3_env(s3_gateway, monkeypatch):
+    for key, value in s3_gateway.env.items():
+        monkeypatch.setenv(key, value)
+    return f"{s3_gateway.dest}/features-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(s3_gateway):
+    """A 2-CPU local Ray whose workers see the gateway (token auth off, no dashboard)."""
+    ray = pytest.importorskip("ray")
+    env = dict(s3_gateway.env, RAYSVC_S3_RETRY_SECONDS="120", RAY_AUTH_MODE="disabled",
+               TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).max())
+
+
+# ------------------------------------------------------------------ shard protocol
+def test_entry_is_sharded_with_the_manifest_listing_shape_and_dtype(s3_env):
+    from raysvc.storage.features import open_feature_store, read_entry, write_entry
+
+    store = open_feature_store(s3_env)
+    features = np.random.default_rng(0).standard_normal((70, 12)).astype(np.float16)
+    assert write_entry(store, "k1", features, rows_per_shard=32)
+    assert store.list("k1/") == ["k1/manifest.json", "k1/shard-00000.npy", "k1/shard-00001.npy",
+                                 "k1/shard-00002.npy"]
+    manifest = json.loads(store.get("k1/manifest.json"))
+    assert manifest["shape"] == [70, 12] and manifest["dtype"] == "float16"
+    assert [s["rows"] for s in manifest["shards"]] == [32, 32, 6]
+    back = read_entry(store, "k1")
+    assert back.dtype == np.float16 and np.array_equal(back, features)
+    assert not write_entry(store, "k1", features)  # complete already: nothing rewritten
+
+
+def test_entry_that_disagrees_with_its_manifest_counts_as_absent(s3_env):
+    from raysvc.storage.features import open_feature_store, read_entry, write_entry
+
+    store = open_feature_store(s3_env)
+    write_entry(store, "k2", np.ones((10, 4), np.float16), rows_per_shard=4)
+    store.delete("k2/shard-00001.npy")
+    assert read_entry(store, "k2") is None
+    write_entry(open_feature_store(s3_env + "/b"), "k3", np.ones((10, 4), np.float16), rows_per_shard=4)
+    other = open_feature_store(s3_env + "/b")
+    other.put("k3/shard-00000.npy", b"not an array")
+    assert read_entry(other, "k3") is None
+
+
+def test_feature_store_destination_errors_are_one_line():
+    from raysvc.service.gridspec import load_grid
+
+    with pytest.raises(StorageError, match=re.escape("feature store 'gs://x/f': use a local folder or s3://")):
+        FeatureStore("/tmp/unused", remote="gs://x/f")
+    with pytest.raises(ConfigError, match="encoder must be one of auto, local, ray-data"):
+        FeatureStore("/tmp/unused", encoder="spark")
+    with pytest.raises(ConfigError, match="grid features: feature store 'gs://x'"):
+        load_grid({"name": "g", "fixed": FIXED, "grid": {"strategy": ["random"]}, "features": {"store": "gs://x"}})
+    with pytest.raises(ConfigError, match="option ray_data_actors|option actors=0"):
+        load_grid({"name": "g", "fixed": FIXED, "grid": {"strategy": ["random"]}, "features": {"ray_data_actors": 0}})
+
+
+# ------------------------------------------------------------------ two tiers
+def test_remote_hit_fills_the_local_cache_and_encodes_nothing(pool, backend, local_half, s3_env, tmp_path):
+    node_a = FeatureStore(tmp_path / "a", progress="off", dtype="float16", remote=s3_env, rows_per_shard=16)
+    first = node_a.encode(pool, backend, BACKBONE)
+    assert first.source == "local" and first.encode_seconds > 0
+    assert first.key == local_half.key
+    node_b = FeatureStore(tmp_path / "b", progress="off", dtype="float16", remote=s3_env)
+    second = node_b.encode(pool, backend, BACKBONE)
+    assert second.source == "store" and second.encode_seconds == 0.0
+    assert node_b.path(second.key).exists()  # the local cache in front is filled
+    assert np.array_equal(second.image_features, first.image_features)
+    third = node_b.encode(pool, backend, BACKBONE)
+    assert third.source == "cache" and third.encode_seconds == 0.0
+
+
+def test_half_written_remote_entry_is_ignored_and_reencoded(pool, backend, local_half, s3_env, tmp_path):
+    from raysvc.storage.features import has_entry, open_feature_store, read_entry
+
+    remote = open_feature_store(s3_env)
+    key = local_half.key
+    # a writer that died after its shards: no manifest, and one shard of garbage
+    remote.put(f"{key}/shard-00000.npy", b"garbage")
+    remote.put(f"{key}/shard-00001.npy", b"garbage")
+    assert not has_entry(remote, key)
+    store = FeatureStore(tmp_path, progress="off", dtype="float16", remote=s3_env, rows_per_shard=32)
+    encoded = store.encode(pool, backend, BACKBONE)
+    assert encoded.source == "local" and encoded.encode_seconds > 0
+    back = read_entry(remote, key)
+    assert back is not None and np.array_equal(back, np.asarray(encoded.image_features))
+    assert _max_diff(back, local_half.image_features) == 0.0
+
+
+def test_local_entry_is_published_to_the_shared_store(pool, backend, local_half, s3_env, tmp_path):
+    from raysvc.storage.features import open_feature_store, read_entry
+
+    cache = tmp_path / "warm"
+    FeatureStore(cache, progress="off", dtype="float16", encoder="local").encode(pool, backend, BACKBONE)
+    again = FeatureStore(cache, progress="off", dtype="float16", remote=s3_env).encode(pool, backend, BACKBONE)
+    assert again.source == "cache"
+    assert np.array_equal(read_entry(open_feature_store(s3_env), again.key), np.asarray(again.image_features))
+
+
+def test_two_nodes_missing_one_entry_at_once_encode_it_once(pool, backend, local_half, s3_env, tmp_path):
+    import threading
+
+    results = {}
+
+    def node(name):
+        store = FeatureStore(tmp_path / name, progress="off", dtype="float16", remote=s3_env, encoder="local")
+        results[name] = store.encode(pool, backend, BACKBONE)
+
+    threads = [threading.Thread(target=node, args=(name,)) for name in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(r.source for r in results.values()) == ["local", "store"]
+    assert np.array_equal(results["a"].image_features, results["b"].image_features)
+    assert _max_diff(results["a"].image_features, local_half.image_features) == 0.0
+
+
+def test_a_dead_nodes_lease_is_taken_over(pool, backend, s3_env, tmp_path):
+    from raysvc.storage.features import has_entry, open_feature_store
+
+    remote = open_feature_store(s3_env)
+    key = feature_key(pool, backend, "float16")
+    remote.put(f"{key}/lease.json", json.dumps({"owner": "dead-node", "beat": 3}).encode())
+    store = FeatureStore(tmp_path, progress="off", dtype="float16", remote=s3_env, lease_seconds=1.0)
+    encoded = store.encode(pool, backend, BACKBONE)
+    assert encoded.source == "local" and has_entry(remote, key)
+    assert not remote.exists(f"{key}/lease.json")  # released once the entry is complete
+
+
+# ------------------------------------------------------------------ the switch
+def test_threshold_switch_without_ray_stays_in_process(tmp_path):
+    import sys
+
+    store = FeatureStore(tmp_path, encoder="auto", ray_data_min_images=10)
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        pytest.skip("Ray is connected in this process")
+    assert store.choose_encoder(1000, BACKBONE) == "local"  # no cluster to spread over
+    assert FeatureStore(tmp_path, encoder="local").choose_encoder(10**7, BACKBONE) == "local"
+    with pytest.raises(ConfigError, match="encoder ray-data needs the backbone"):
+        FeatureStore(tmp_path, encoder="ray-data").choose_encoder(10, None)
+
+
+@pytest.mark.timeout(300)
+def test_threshold_switch_on_ray_picks_the_path_it_says(ray_cluster, pool, backend, tmp_path):
+    store = FeatureStore(tmp_path, progress="off", dtype="float16", encoder="auto", ray_data_min_images=len(pool))
+    assert store.choose_encoder(len(pool), BACKBONE) == "ray-data"
+    assert store.choose_encoder(len(pool) - 1, BACKBONE) == "local"
+    assert store.choose_encoder(len(pool), None) == "local"  # no ref for the actors to load
+    crowded = FeatureStore(tmp_path, encoder="auto", ray_data_min_images=0, ray_data={"threads": 64})
+    assert crowded.choose_encoder(len(pool), BACKBONE) == "local"  # no room for a 64-CPU actor
+    assert FeatureStore(tmp_path, encoder="local").choose_encoder(10**7, BACKBONE) == "local"
+    below = FeatureStore(tmp_path / "below", progress="off", dtype="float16", ray_data_min_images=len(pool) + 1)
+    assert below.encode(pool, backend, BACKBONE).source == "local"
+
+
+# ------------------------------------------------------------------ Ray Data path
+@pytest.mark.timeout(300)
+def test_ray_data_path_equals_the_single_process_path(ray_cluster, pool, backend, local_half, tmp_path):
+    store = FeatureStore(tmp_path, progress="off", dtype="float16", batch_size=8, encoder="auto",
+                         ray_data_min_images=len(pool))  # 8-image blocks: order is really at stake
+    encoded = store.encode(pool, backend, BACKBONE)
+    assert encoded.source == "ray-data" and encoded.encode_seconds > 0
+    assert encoded.key == local_half.key == feature_key(pool, backend, "float16")
+    assert store.path(encoded.key).exists()
+    assert encoded.image_features.dtype == np.float16 and encoded.image_features.shape == local_half.image_features.shape
+    assert _max_diff(encoded.image_features, local_half.image_features) <= FLOAT16_ROUNDING
+    # row for row within rounding, while rows of other images are far off: in dataset order
+    ours = np.asarray(encoded.image_features, np.float32)
+    assert _max_diff(ours[::-1], local_half.image_features) > 100 * FLOAT16_ROUNDING
+    np.testing.assert_array_equal(encoded.labels, local_half.labels)
+
+
+# ------------------------------------------------------------------ grids on two nodes
+def _grid(name: str, s3_gateway, store: str, cache, tune_dir):
+    from raysvc.service.gridspec import load_grid
+
+    return load_grid({
+        "name": name, "out": f"{s3_gateway.dest}/{name}", "storage_path": str(tune_dir), "resources": {"cpu": 1},
+        "features": {"cache_dir": str(cache), "store": store}, "fixed": FIXED,
+        "grid": {"strategy": ["random"], "seed": [0]},
+    })
+
+
+@pytest.mark.timeout(420)
+def test_grid_run_twice_against_the_feature_store_encodes_once(ray_cluster, s3_gateway, tmp_path):
+    from raysvc import storage
+    from raysvc.service.driver import run_grid
+    from raysvc.storage.features import open_feature_store
+
+    feature_store = f"{s3_gateway.dest}/grid-features-{uuid.uuid4().hex[:8]}"
+    # two local caches stand for two nodes; the S3 feature store is what they share
+    first = run_grid(_grid("fs-first", s3_gateway, feature_store, tmp_path / "node-a", tmp_path / "tune"), verbose=0)
+    second = run_grid(_grid("fs-second", s3_gateway, feature_store, tmp_path / "node-b", tmp_path / "tune"), verbose=0)
+    assert first.ok and second.ok, (first.errors, second.errors)
+    rows_first = storage.read_table(first.out).to_pylist()
+    rows_second = storage.read_table(second.out).to_pylist()
+    assert [r["encode_seconds"] for r in rows_first][0] > 0
+    assert [r["encode_seconds"] for r in rows_second] == [0.0]
+    keys = {k.split("/")[0] for k in open_feature_store(feature_store).list("")}
+    assert len(keys) == 1  # one entry: the second grid read the first one's
+    (key,) = keys
+    assert (tmp_path / "node-b" / f"{key}.npy").exists()  # node b's cache was filled from the store
+
+
+# ------------------------------------------------------------------ command line
+def test_cli_run_and_sweep_share_features_through_the_feature_store(s3_env, tmp_path, capsys):
+    from jobs.sweep import main as sweep
+    from raysvc import storage
+    from raysvc.cli import main as raysvc
+    from raysvc.storage.features import open_feature_store
+
+    common = ["--per-class", "6", "--rounds", "1", "--epochs", "1", "--feature-store", s3_env]
+    assert raysvc(["run", *common, "--cache", str(tmp_path / "a")]) == 0
+    (entry,) = {k.split("/")[0] for k in open_feature_store(s3_env).list("")}
+    assert sweep([*common, "--cache", str(tmp_path / "b"), "--out", str(tmp_path / "res")]) == 0
+    assert (tmp_path / "b" / f"{entry}.npy").exists()  # the sweep's cache, filled from the store
+    assert storage.read_table(str(tmp_path / "res")).column("encode_seconds").to_pylist() == [0.0]
+    capsys.readouterr()
+    assert raysvc(["run", *common, "--ray-data-actors", "0"]) == 2
+    assert "ray data: option actors=0: must be >= 1" in capsys.readouterr().err
+    assert raysvc(["run", "--per-class", "6", "--feature-store", "gs://x"]) == 2
+    assert "feature store 'gs://x': use a local folder or s3://" in capsys.readouterr().err
