@@ -144,6 +144,7 @@ class EncodeLease:
     def __init__(self, store: ObjectStore, key: str, term: float = LEASE_SECONDS, poll: float = 2.0,
                  notice: Callable[[str], None] | None = None):
         self.store, self.key, self.term, self.poll = store, key, term, poll
+        self.settle = min(poll, 1.0)
         self.owner = f"{platform.node()}-{uuid.uuid4().hex[:12]}"
         self.notice = notice or (lambda text: print(text, flush=True))
         self._stop = threading.Event()
@@ -170,7 +171,9 @@ class EncodeLease:
                 seen, since = current, time.monotonic()
             if current is None or time.monotonic() - since >= self.term:
                 self._put(0)
-                # the last of two simultaneous claimers wins the object; a reread tells each which
+                # the last of two simultaneous claimers wins the object; rereading only after a
+                # settle lets a claimer that put a moment later land first, so both read one owner
+                time.sleep(self.settle)
                 if _owner(self._read()) == self.owner:
                     self._renewer = threading.Thread(target=self._renew, daemon=True, name=f"lease-{self.key}")
                     self._renewer.start()
