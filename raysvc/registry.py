@@ -14,6 +14,8 @@ entry point calls before encoding.
 
 from __future__ import annotations
 
+import sys
+
 import dataclasses
 import importlib
 import pkgutil
@@ -144,4 +146,6 @@ class Registry(Generic[T]):
 
 
 def _first_line(cls: type) -> str:
-    return (cls.__doc__ or "").strip().split("\n")[0]
+    """The first paragraph of the class's docstring (else of its module's), as one line."""
+    doc = cls.__doc__ or getattr(sys.modules.get(cls.__module__), "__doc__", None) or ""
+    return " ".join(doc.strip().split("\n\n")[0].split())
