@@ -38,8 +38,12 @@ demo: $(STAMP) $(EMOJI)
 	cluster/start_local.sh
 	. ./.ray-local.env && status=0; \
 	$(VENV)/bin/ray job submit --working-dir . -- python -m jobs.grid jobs/configs/demo.yaml --out s3://raysvc/demo \
-	  && $(PY) -m jobs.report s3://raysvc/demo --out reports/demo || status=$$?; \
-	cluster/stop_local.sh; exit $$status
+	  && $(PY) -m jobs.report s3://raysvc/demo --out reports/demo \
+	  && $(VENV)/bin/raysvc runs s3://raysvc/demo || status=$$?; \
+	cluster/stop_local.sh; \
+	[ $$status -eq 0 ] && echo "demo runs: s3://raysvc/demo (kept in .s3/); report: reports/demo/report.md;" \
+	  "to browse: cluster/start_local.sh && . ./.ray-local.env && $(VENV)/bin/raysvc runs s3://raysvc/demo"; \
+	exit $$status
 
 bench: $(STAMP)
 	$(PY) -m bench.selection

@@ -153,9 +153,10 @@ def train_coop(payload: dict[str, Any]) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(payload["seed"])
     contexts = {kind: torch.nn.Parameter(ctx)
                 for kind, ctx in initial_contexts(config, encoder, len(payload["classnames"]), generator).items()}
-    features = torch.as_tensor(payload["features"], dtype=torch.float32)
+    # copies: the arrays may arrive as read-only views of Ray's object store
+    features = torch.tensor(np.asarray(payload["features"], dtype=np.float32))
     labels = torch.as_tensor(payload["labels"], dtype=torch.long)
-    prior = torch.as_tensor(payload["text_features"], dtype=torch.float32)
+    prior = torch.tensor(np.asarray(payload["text_features"], dtype=np.float32))
     optimizer = torch.optim.SGD(contexts.values(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(labels) / config.batch_size)

@@ -91,10 +91,10 @@ def run_grid(spec: GridSpec, *, resume: bool = False, skip_existing: bool = Fals
         existing = set(storage.list_runs(spec.out))
         cells = [c for c in cells if RunSpec.from_dict(c).run_id not in existing]
     groups: dict[str, list[dict]] = {}
-    for start in range(0, len(cells), spec.cells_per_trial):
-        group = cells[start : start + spec.cells_per_trial]
+    for first in range(0, len(cells), spec.cells_per_trial):
+        group = cells[first : first + spec.cells_per_trial]
         name = group_name(group)
-        groups[name if name not in groups else f"{name}#{start}"] = group
+        groups[name if name not in groups else f"{name}#{first}"] = group
     settings = TrialSettings(
         grid=spec.name, groups=groups, out=spec.out, train=spec.train, ray_train=dict(spec.ray_train), actor=spec.actor_name,
         code_revision=driver_code_revision(), threads=max(1, int(spec.resources.cpu or 1)),
