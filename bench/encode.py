@@ -108,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         command("bench.encode", argv),
         "",
         f"{n} Animal-MNIST images at {args.image_size} px through conse-lite0, float16 features, batches of "
-        f"{args.batch_size}; {cores} CPU cores shared with other work. Load average (1, 5, 15 min) at the start "
+        f"{args.batch_size}; {cores} CPU cores. Load average (1, 5, 15 min) at the start "
         f"{', '.join(f'{x:.2f}' for x in load_start)}, at the end {', '.join(f'{x:.2f}' for x in load_end)}; "
         f"the `load` column is the 1-minute load average when each variant started (its own work adds up to "
         f"{cores}). Ray: a local instance with {cores + 1} logical CPUs, decode tasks 1 CPU each."
-        + (f" {args.note}" if args.note else ""),
+        + (f" Meanwhile: {args.note}." if args.note else ""),
         "",
         "| variant | seconds | images/s | images/s after first rows | load | same key | max abs diff |",
         "|---|---|---|---|---|---|---|",
