@@ -7,13 +7,13 @@ Real local Ray (2 CPUs), the real S3 gateway and the real conse-lite0 backbone o
 from __future__ import annotations
 
 import json
-import os
 import re
 import uuid
 
 import numpy as np
 import pytest
 
+from local_ray import local_ray
 from raysvc.backends import BackboneRef
 from raysvc.config import RunSpec
 from raysvc.errors import ConfigError, StorageError
@@ -55,21 +55,10 @@ def s3_env(s3_gateway, monkeypatch):
 @pytest.fixture(scope="module")
 def ray_cluster(s3_gateway):
     """A 2-CPU local Ray whose workers see the gateway (token auth off, no dashboard)."""
-    ray = pytest.importorskip("ray")
     env = dict(s3_gateway.env, RAYSVC_S3_RETRY_SECONDS="120", RAY_AUTH_MODE="disabled",
                TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0")
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
-    try:
+    with local_ray(env) as ray:
         yield ray
-    finally:
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:

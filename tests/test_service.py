@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from grid_events import EventLog, ship_by_value
+from local_ray import local_ray
 from raysvc.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,22 +96,11 @@ def feature_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_cluster(s3_gateway, feature_cache):
     """ray.init(num_cpus=2); driver and workers see the gateway and the shared feature cache."""
-    ray = pytest.importorskip("ray")
     ship_by_value()
     env = dict(s3_gateway.env, RAYSVC_CACHE=str(feature_cache), RAYSVC_S3_RETRY_SECONDS="120",
                TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0")
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
-    try:
+    with local_ray(env) as ray:
         yield ray
-    finally:
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _read_back(s3_gateway, prefix: str):
