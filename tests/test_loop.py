@@ -163,6 +163,16 @@ def test_prior_weight_mixes_the_zero_shot_cosines_into_the_logits():
     np.testing.assert_allclose(prompt_logits(image, [learned], 4.0, prior, 0.0).numpy(), [[4.0, 0.0]])
 
 
+def test_kgcoop_penalty_is_the_mean_squared_distance_to_the_zero_shot_embeddings():
+    """Hand case: rows (1, 0), (0, 1) against (0, 1), (1, 0): each squared distance 2, mean 2;
+    averaged with a second prompt kind equal to the prior (0): 1."""
+    from raysvc.learners.coop import kgcoop_penalty
+
+    learned, prior = torch.eye(2), torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    assert kgcoop_penalty([learned], prior).item() == pytest.approx(2.0)
+    assert kgcoop_penalty([learned, prior], prior).item() == pytest.approx(1.0)
+
+
 def test_run_ids_of_earlier_configurations_do_not_change():
     """Ids as computed before ``initial_per_class`` existed: reruns must replace, not duplicate."""
     assert RunSpec().run_id == "animal-mnist-cbsq-coop-s0-f90dfccc3b"

@@ -169,13 +169,19 @@ def train_coop(payload: dict[str, Any]) -> dict[str, Any]:
             logits = prompt_logits(features[batch], classes, backend.logit_scale, prior, config.prior_weight)
             loss = F.cross_entropy(logits, labels[batch])
             if config.kg_weight:
-                loss = loss + config.kg_weight * torch.stack(
-                    [(t - prior).pow(2).sum(-1).mean() for t in classes]).mean()
+                loss = loss + config.kg_weight * kgcoop_penalty(classes, prior)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
     return {kind: c.detach().numpy() for kind, c in contexts.items()}
+
+
+def kgcoop_penalty(classes: list[torch.Tensor], prior: torch.Tensor) -> torch.Tensor:
+    """KgCoOp (Yao et al., CVPR 2023) eq. 7 without its lambda: mean over classes of
+    ||w_c - w_c^clip||^2, the learned class embedding's squared distance to the zero-shot
+    one; averaged over the prompt kinds (unified, class-wise) in use."""
+    return torch.stack([(t - prior).pow(2).sum(-1).mean() for t in classes]).mean()
 
 
 @register
