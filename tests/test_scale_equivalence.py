@@ -188,6 +188,18 @@ def test_lazy_rows_index_like_the_array_they_stand_for():
     assert max(calls) <= 10  # computed only for the rows asked for
 
 
+def test_image_features_of_a_float16_pool_are_handed_out_as_stored():
+    """No float32 copy of the whole pool: only requested rows are converted."""
+    from raysvc.strategies import Pool
+    from raysvc.strategies._guided import pool_features
+
+    x = np.eye(3, 4, dtype=np.float16)
+    pool = Pool(x, None, np.zeros(3, bool), np.full(3, -1), n_classes=2)
+    assert pool_features(pool, "image") is pool.features
+    rows = pool_features(pool, "image", rows=np.array([2]))
+    assert rows.dtype == np.float32 and rows.tolist() == [[0, 0, 1, 0]]
+
+
 def test_lazy_guided_features_and_pool_probs_equal_the_eager_ones():
     """Above LARGE_POOL rows a pool's guided features come computed where read."""
     from raysvc.lazyrows import LazyRows

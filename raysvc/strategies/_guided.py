@@ -73,15 +73,17 @@ def kind_requires(kind: str) -> frozenset[str]:
 
 
 def pool_features(pool: Pool, kind: str, rows: np.ndarray | None = None, variant: str = "official"):
-    """The float32 features a cluster-based selector works on: ``"image"`` or ``"guided"``
+    """The features a cluster-based selector works on: ``"image"`` or ``"guided"``
     (of :func:`class_guided_features`'s ``variant``), of every image or of ``rows`` only.
 
+    The image features of the whole pool come as stored (a float16 pool stays float16;
+    K-means and the neighbour searches convert row chunks), ``rows`` of them as float32.
     The guided features of a whole pool above :data:`~raysvc.strategies._faiss.LARGE_POOL`
     images come as :class:`~raysvc.lazyrows.LazyRows`, computed chunk by chunk where read
     (at 1.28M x 2 x 512 they would be 5.2 GB of float32).
     """
     if check_kind(kind) == "image":
-        return gather_f32(pool.features, rows)
+        return pool.features if rows is None else gather_f32(pool.features, rows)
     if pool.text_features is None:
         raise ConfigError("class-guided features need pool.text_features")
     if rows is None and len(pool.features) > LARGE_POOL:
