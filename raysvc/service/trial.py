@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import pickle
 import tempfile
@@ -124,6 +125,10 @@ def grid_trainable(config: dict[str, Any]) -> None:
     settings: TrialSettings = config["settings"]
     cells: list[dict[str, Any]] = settings.groups[config["cells"]]
     torch.set_num_threads(settings.threads)
+    # Ray logs every persisted checkpoint at INFO from inside the trial; a grid's console
+    # should show rounds, not storage paths
+    for name in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     trial_id = tune.get_context().get_trial_id()
     saved = _restore_state()
     done: list[str] = list(saved["done"])
