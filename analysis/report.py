@@ -69,11 +69,13 @@ class Report:
     skipped: list[SkippedRun] = dataclasses.field(default_factory=list)  # runs left out by skip_bad
 
     def __str__(self) -> str:
-        """What the CLI prints: the main table and where the report went."""
+        """What the CLI prints: the main table, accuracy by round per dataset and the oracle
+        queries (where a strategy pseudo-labels), then where the report went."""
         skipped = f", {len(self.skipped)} skipped" if self.skipped else ""
+        shown = [self.main] + [t for name, t in self.tables.items() if name.startswith("rounds/") or name == "queries"]
         return (
-            f"{self.main.title}\n\n{self.main.to_markdown()}\n\n"
-            f"wrote {self.out_dir / 'report.md'} ({len(self.files)} files, {self.n_runs} runs{skipped})"
+            "".join(f"{t.title}\n\n{t.to_markdown()}\n\n" for t in shown)
+            + f"wrote {self.out_dir / 'report.md'} ({len(self.files)} files, {self.n_runs} runs{skipped})"
         )
 
 

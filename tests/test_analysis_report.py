@@ -236,6 +236,9 @@ def test_report_has_zeroshot_encoding_and_band_captions(results, tmp_path):
     assert main_csv.loc[0, "strategy"] == "zero-shot" and main_csv.loc[0, "alpha"] == pytest.approx(ZS_ALPHA)
     assert "encode s/run" not in pd.read_csv(tmp_path / "r" / "timing.csv").columns
     assert rep.skipped == [] and "## Skipped runs" not in md
+    printed = str(rep)  # what the CLI and `make demo` print: main table, then each dataset by round
+    assert printed.index(rep.main.title) < printed.index(rep.tables["rounds/alpha"].title)
+    assert rep.tables["rounds/beta"].to_markdown() in printed and printed.endswith(f"{rep.n_runs} runs)")
 
 
 # ----------------------------------------------------------- bad runs, --skip-bad

@@ -233,7 +233,7 @@ class CoOpLearner(Learner):
         if self.class_embeddings is None:
             return encoded.zeroshot_probs(rows)
         classes = [torch.as_tensor(t) for t in self.class_embeddings]
-        prior = torch.as_tensor(np.asarray(encoded.text_features, dtype=np.float32))
+        prior = torch.tensor(np.asarray(encoded.text_features, dtype=np.float32))  # a copy: may be read-only
         out = np.empty((len(rows), len(classes[0])), dtype=np.float32)
         with torch.no_grad():  # float32 row chunks: the store may hold float16
             for start in range(0, len(rows), chunk):

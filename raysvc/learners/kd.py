@@ -215,8 +215,9 @@ def fit_clap(
     re-encodes randomly cropped and flipped images every step; this fits the cached
     embeddings of the images as they are.
     """
-    anchor = torch.as_tensor(np.asarray(text_raw), dtype=torch.float32)
-    x = F.normalize(torch.as_tensor(np.asarray(features), dtype=torch.float32), dim=-1)
+    # copies: the arrays may be read-only views of Ray's object store
+    anchor = torch.tensor(np.asarray(text_raw, dtype=np.float32))
+    x = F.normalize(torch.tensor(np.asarray(features, dtype=np.float32)), dim=-1)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     with torch.no_grad():
         zs = clap_logits(x, anchor, logit_scale).softmax(-1).numpy()
