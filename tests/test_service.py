@@ -46,6 +46,17 @@ def test_grid_expands_axes_dotted_keys_and_packs():
     assert all(len({c["dataset"] for c in g}) == 1 for g in spec.groups)
 
 
+def test_trial_names_say_dataset_strategy_and_seeds():
+    from raysvc.service.driver import group_name
+
+    cell = {"dataset": "/data/emoji", "strategy": "cb", "seed": 0, "rounds": 8}
+    assert group_name([cell]) == "emoji/cb/s0"
+    seeds = [dict(cell, seed=s) for s in (0, 1, 2)]
+    assert group_name(seeds) == "emoji/cb/s0,1,2"
+    mixed = [cell, dict(cell, strategy="random", seed=1)]
+    assert group_name(mixed) == "emoji/cb/s0+1"
+
+
 def test_test_small_config_is_the_12_run_grid():
     from raysvc.service.gridspec import load_grid
 

@@ -37,10 +37,15 @@ class GridResult:
 
 
 def group_name(cells: list[dict]) -> str:
-    """``<dataset>/<strategy>/s<seed>`` of a trial's first cell, ``+N`` for the cells packed with it."""
+    """``<dataset>/<strategy>/s<seed>`` of a trial's cells: their seeds listed when the cells
+    differ only in seed (``emoji/cb/s0,1,2``), else the first cell's name and ``+N`` for the
+    others packed with it."""
     first = cells[0]
-    name = f"{os.path.basename(str(first['dataset']))}/{first['strategy']}/s{first['seed']}"
-    return name + (f"+{len(cells) - 1}" if len(cells) > 1 else "")
+    name = f"{os.path.basename(str(first['dataset']))}/{first['strategy']}/s"
+    rest = [{k: v for k, v in cell.items() if k != "seed"} for cell in cells]
+    if len(cells) > 1 and all(r == rest[0] for r in rest):
+        return name + ",".join(str(cell["seed"]) for cell in cells)
+    return name + str(first["seed"]) + (f"+{len(cells) - 1}" if len(cells) > 1 else "")
 
 
 def trial_name(trial) -> str:
