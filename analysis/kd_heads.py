@@ -33,7 +33,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 def head_accuracies(experiment, labeled: np.ndarray, config: KDConfig, seed: int) -> dict[str, float]:
     images = make_learner("no-distill", experiment, dataclasses.asdict(config))
     pool_images, test_images = images.images("pool"), images.images("test")
-    teacher_pool = experiment.encoded.zeroshot_probs(experiment.pool)
+    teacher_pool = experiment.encoded.zeroshot_logits(experiment.pool)  # what kd-zeroshot distils
     teacher_test = experiment.encoded.zeroshot_probs(experiment.test)
     y = experiment.test_labels
     accuracy = lambda p: float((p.argmax(1) == y).mean())  # noqa: E731
@@ -42,7 +42,7 @@ def head_accuracies(experiment, labeled: np.ndarray, config: KDConfig, seed: int
     for teacher in (None, teacher_pool):  # no-distill, then kd-zeroshot
         result = train_student({"config": dataclasses.asdict(config), "n_classes": experiment.dataset.n_classes,
                                 "images": pool_images.numpy(), "labeled": labeled,
-                                "labels": experiment.pool_labels[labeled], "teacher_probs": teacher, "seed": seed})
+                                "labels": experiment.pool_labels[labeled], "teacher_logits": teacher, "seed": seed})
         student = make_student(config.student, experiment.dataset.n_classes, "random")
         student.load_state_dict({k: torch.as_tensor(v) for k, v in result["state_dict"].items()})
         z_ce, z_kd, _ = student_outputs(student, test_images, mean, std)

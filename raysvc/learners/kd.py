@@ -250,8 +250,6 @@ def train_student(payload: dict[str, Any]) -> dict[str, Any]:
 
     payload: config (KDConfig as a dict), n_classes, images ((N, 3, S, S) uint8 of the
     whole pool), labeled (pool positions), labels, teacher_logits ((N, C) or None), seed.
-    A ``teacher_probs`` (N, C) array instead of logits is taken as its logarithm (its
-    zeros clamped), which equals the logits up to a per-row constant.
     """
     config = KDConfig(**payload["config"])
     images = torch.as_tensor(payload["images"])
@@ -261,8 +259,6 @@ def train_student(payload: dict[str, Any]) -> dict[str, Any]:
     teacher = payload.get("teacher_logits")
     if teacher is not None:
         teacher = torch.as_tensor(np.asarray(teacher), dtype=torch.float32)
-    elif payload.get("teacher_probs") is not None:
-        teacher = torch.as_tensor(np.asarray(payload["teacher_probs"]), dtype=torch.float32).clamp_min(1e-30).log()
     seed = int(payload["seed"])
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
