@@ -14,11 +14,10 @@ entry point calls before encoding.
 
 from __future__ import annotations
 
-import sys
-
 import dataclasses
 import importlib
 import pkgutil
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
