@@ -85,6 +85,11 @@ class Pool:
     def labeled_indices(self) -> np.ndarray:
         return np.flatnonzero(self.labeled)
 
+    def labeled_counts(self) -> np.ndarray:
+        """(C,) labeled images per class by their stored label (a pseudo-label counts as its
+        class; a labeled image without a stored label, -1, counts nowhere)."""
+        return np.bincount(self.labels[self.labeled & (self.labels >= 0)], minlength=self.n_classes)
+
 
 @dataclasses.dataclass(frozen=True)
 class Selection:

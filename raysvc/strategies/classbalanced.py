@@ -56,7 +56,7 @@ class ClassBalanced(Strategy):
         predicted = np.concatenate(
             [pool.probs[unlabeled[s : s + _CHUNK]].argmax(1) for s in range(0, len(unlabeled), _CHUNK)]
         )
-        counts = np.bincount(pool.labels[pool.labeled & (pool.labels >= 0)], minlength=pool.n_classes)
+        counts = pool.labeled_counts()
         alloc = classbalanced_allocation(counts, np.unique(predicted), budget)
         taken = np.zeros(len(unlabeled), dtype=bool)
         picks = []

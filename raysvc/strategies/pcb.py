@@ -115,6 +115,6 @@ class PCB(Strategy):
             excluded = np.ones(len(pool.labeled), dtype=bool)
             excluded[rng.choice(pool.unlabeled_indices, size=seen, replace=False)] = False
         candidates = badge_select([(LazyGradientFactor(pool.probs), h)], excluded, self.n_candidates(pool, budget), rng)
-        counts = np.bincount(pool.labels[pool.labeled & (pool.labels >= 0)], minlength=pool.n_classes)
+        counts = pool.labeled_counts()
         predicted = pool.probs[candidates].argmax(1)
         return Selection(query=candidates[balance_classes(predicted, counts, budget, rng)])
