@@ -66,6 +66,13 @@ def gather_f32(x: np.ndarray, rows: np.ndarray | None = None, chunk: int = ROW_C
     return out
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """``x`` with every row divided by its L2 norm, in place (a zero row stays zero, as
+    ``F.normalize``); ``x`` must be a float array (or a writable view) the caller owns."""
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
+
+
 def _use_gpu() -> bool:
     return faiss.get_num_gpus() > 0
 

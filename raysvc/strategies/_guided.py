@@ -14,7 +14,7 @@ import numpy as np
 
 from raysvc.errors import ConfigError
 from raysvc.lazyrows import LazyRows
-from raysvc.strategies._faiss import LARGE_POOL, as_f32, gather_f32
+from raysvc.strategies._faiss import LARGE_POOL, as_f32, gather_f32, unit_rows
 from raysvc.strategies.base import Pool
 
 FeatureKind = Literal["image", "guided"]
@@ -52,10 +52,10 @@ def class_guided_features(
         sel = slice(start, stop) if rows is None else rows[start:stop]
         z = out[start:stop]
         z[:, :d] = features[sel]
-        z[:, :d] /= np.maximum(np.linalg.norm(z[:, :d], axis=1, keepdims=True), 1e-12)
+        unit_rows(z[:, :d])
         np.matmul(as_f32(probs[sel]), text, out=z[:, d:])
         if variant == "official":
-            z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+            unit_rows(z)
     return out
 
 

@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from raysvc.strategies._faiss import gather_f32
+from raysvc.strategies._faiss import gather_f32, unit_rows
 
 # Elements of one candidates x centres block (64 MiB in float32): bounds the memory of
 # folding in many labeled centres at once.
@@ -71,13 +71,6 @@ def half_backend() -> Backend:
 
 def use_half(be: Backend, n_rows: int) -> bool:
     return be.xp is np and n_rows >= HALF_MIN_ROWS
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """``x`` with every row divided by its L2 norm, in place (a zero row stays zero, as
-    ``F.normalize``); ``x`` must be a float array the caller owns."""
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return x
 
 
 def gather_rows(points: np.ndarray, rows: np.ndarray, normalize: bool) -> np.ndarray:
