@@ -92,10 +92,15 @@ class DatasetSource(abc.ABC):
 
 
 def array_dataset(name: str, images: np.ndarray, labels: np.ndarray, classnames: Sequence[str], *,
-                  invert: bool = False, **fields) -> ImageDataset:
-    """A dataset of uint8 (N, H, W[, 3]) arrays in memory; ``invert`` shows 255 - pixels."""
+                  invert: bool = False, fingerprint_extra: bytes = b"", **fields) -> ImageDataset:
+    """A dataset of uint8 (N, H, W[, 3]) arrays in memory; ``invert`` shows 255 - pixels.
+
+    The fingerprint (the feature cache key's dataset part) hashes the arrays and
+    ``fingerprint_extra`` (e.g. a fixed split), never class names or templates.
+    """
     labels = np.asarray(labels, dtype=np.int64)
-    digest = hashlib.sha256(images.tobytes() + labels.tobytes() + (b"inverted" if invert else b"")).hexdigest()[:16]
+    digest = hashlib.sha256(
+        images.tobytes() + labels.tobytes() + fingerprint_extra + (b"inverted" if invert else b"")).hexdigest()[:16]
 
     def load(i: int) -> Image.Image:
         pixels = images[i]

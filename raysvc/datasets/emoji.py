@@ -17,7 +17,6 @@ data MIT; see docs/emoji.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -28,14 +27,14 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from raysvc.datasets import DATASETS
-from raysvc.datasets.base import DatasetSource, ImageDataset
+from raysvc.datasets.base import DatasetSource, ImageDataset, array_dataset
 from raysvc.entry import Parser, entry_point
 from raysvc.errors import DatasetError
 from raysvc.prompts import PROMPT_ENSEMBLE
@@ -305,10 +304,6 @@ def build(root: Path = DEFAULT_ROOT, npm: str = "npm") -> Path:
 # --- loading -------------------------------------------------------------------------------
 
 
-def _array_loader(images: np.ndarray) -> Callable[[int], Image.Image]:
-    return lambda i: Image.fromarray(images[i])
-
-
 @DATASETS.register("emoji")
 class Emoji(DatasetSource):
     """Emoji: 852 Noto and Twemoji 64-px renderings of 426 emoji in 18 classes, fixed split (make data)."""
@@ -335,19 +330,8 @@ def load(root: Path = DEFAULT_ROOT) -> ImageDataset:
         raise DatasetError(f"emoji dataset in {root} is format {meta.get('format')}, not {FORMAT}: "
                            f"delete it and run `{how}`")
     images, labels, test = arrays["images"], arrays["labels"], arrays["test_indices"]
-    classnames = tuple(meta["classes"])
-    # arrays only: the feature cache holds image embeddings, which class names and template do not touch
-    digest = hashlib.sha256(images.tobytes() + labels.tobytes() + test.tobytes())
-    return ImageDataset(
-        name=NAME,
-        classnames=classnames,
-        labels=labels,
-        fingerprint=f"{NAME}-{digest.hexdigest()[:16]}",
-        loader=_array_loader(images),
-        templates=TEMPLATES,
-        native_size=SIDE,
-        test_indices=test,
-    )
+    return array_dataset(NAME, images, labels, tuple(meta["classes"]), fingerprint_extra=test.tobytes(),
+                         templates=TEMPLATES, native_size=SIDE, test_indices=test)
 
 
 # --- command line --------------------------------------------------------------------------
