@@ -34,22 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import command, host, write_results
+from bench import command, host, parse_size, status_kb, write_results
 
 GB = 1024**3
 
 
-def parse_size(text: str) -> int:
-    text = text.strip().lower()
-    return int(round(float(text.rstrip("km")) * {"k": 1_000, "m": 1_000_000}.get(text[-1], 1)))
-
-
 def rss_gb(key: str = "VmHWM") -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024 / GB
-    return float("nan")
+    kb = status_kb(key)
+    return float("nan") if kb is None else kb * 1024 / GB
 
 
 def synthetic_features(path: Path, labels: np.ndarray, text: np.ndarray, noise: float, seed: int,

@@ -58,6 +58,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import parse_size, status_kb
+
 GB = 1024**3
 RESULTS = Path(__file__).resolve().parent / "results"
 KCENTER = {"coreset": "features", "pcoreset": "probs"}
@@ -71,12 +73,6 @@ FIELDS = ["host", "device", "n", "dim", "classes", "dtype", "budget", "n_labeled
 
 # ---------------------------------------------------------------------------------------------
 # pool
-
-
-def parse_size(text: str) -> int:
-    text = text.strip().lower()
-    mult = {"k": 1_000, "m": 1_000_000}.get(text[-1], 1)
-    return int(round(float(text.rstrip("km")) * mult))
 
 
 def fmt_size(n: int) -> str:
@@ -152,11 +148,7 @@ def load_pool(path: Path, round_: int):
 
 
 def _status_kb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
+    return status_kb(key) or 0
 
 
 def _reset_hwm() -> bool:
