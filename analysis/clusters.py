@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m analysis.clusters --dataset animal-mnist --backbone conse-lite0 --out DIR``."""
     import argparse
 
-    from raysvc.config import RunSpec
+    from raysvc.spec import RunSpec
     from raysvc.features import DEFAULT_ROOT, FeatureStore
     from raysvc.loop import load_experiment, store_encoder
 

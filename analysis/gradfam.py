@@ -2,7 +2,7 @@
 
 Kim et al. 2024 (appendix A) adapt Grad-CAM to embeddings: with ``A`` (B, K, h, w) the
 activations of the image encoder's last convolutional layer
-(:meth:`raysvc.backends.base.VLMBackend.last_conv_layer`: ConSE's EfficientNet conv head,
+(:meth:`raysvc.backbones.base.Backbone.last_conv_layer`: ConSE's EfficientNet conv head,
 open_clip ResNets' ``layer4``) and ``s`` an alignment score of the image embedding with a
 target,
 
@@ -25,7 +25,7 @@ in [0, 1]; an all-zero map stays zero). Targets:
              identically zero gradient (a unit vector's cosine with itself is stationary),
              so this target uses the dot product of the *unnormalised* embedding ``y`` with the
              detached unit embedding, ``s = <y, y/|y|>`` = ``|y|`` at the image: the regions that
-             make the embedding stronger along its own direction. It needs the backend's
+             make the embedding stronger along its own direction. It needs the backbone's
              pre-normalisation embedding (:func:`raw_image_embedding`: ConSE and open_clip).
 An explicit (D,) or (B, D) target tensor uses the cosine.
 """
@@ -48,12 +48,12 @@ from analysis.load import AnalysisError
 TARGETS = ("text", "image", "guided")
 
 
-def raw_image_embedding(backend, pixels: torch.Tensor) -> torch.Tensor | None:
-    """The image embedding before L2 normalisation, or None when the backend does not expose it."""
-    if hasattr(backend, "imagenet_probs") and hasattr(backend, "imagenet_text"):  # ConSE
-        probs, classes = backend.imagenet_probs(pixels).topk(backend.top_t, dim=-1)
-        return (probs.unsqueeze(-1) * backend.imagenet_text[classes]).sum(1)
-    model = getattr(backend, "model", None)
+def raw_image_embedding(backbone, pixels: torch.Tensor) -> torch.Tensor | None:
+    """The image embedding before L2 normalisation, or None when the backbone does not expose it."""
+    if hasattr(backbone, "imagenet_probs") and hasattr(backbone, "imagenet_text"):  # ConSE
+        probs, classes = backbone.imagenet_probs(pixels).topk(backbone.top_t, dim=-1)
+        return (probs.unsqueeze(-1) * backbone.imagenet_text[classes]).sum(1)
+    model = getattr(backbone, "model", None)
     if model is not None and hasattr(model, "encode_image"):  # open_clip
         return model.encode_image(pixels)
     return None
@@ -69,7 +69,7 @@ def _as_rows(t, batch: int, device) -> torch.Tensor:
 
 
 def gradfam(
-    backend,
+    backbone,
     pixels: torch.Tensor,
     target="text",
     *,
@@ -83,12 +83,12 @@ def gradfam(
     ``target``: "text" (needs ``text_features`` (C, D); ``class_index`` int or (B,), default
     the zero-shot prediction), "guided" (needs ``text_features``; ``probs`` (B, C) default
     zero-shot), "image", or a (D,) / (B, D) embedding. ``layer`` defaults to
-    ``backend.last_conv_layer()``.
+    ``backbone.last_conv_layer()``.
     """
-    layer = layer if layer is not None else backend.last_conv_layer()
+    layer = layer if layer is not None else backbone.last_conv_layer()
     if layer is None:
-        raise AnalysisError(f"GradFAM needs a convolutional image encoder; {backend.model_id} has none")
-    device = getattr(backend, "device", torch.device("cpu"))
+        raise AnalysisError(f"GradFAM needs a convolutional image encoder; {backbone.model_id} has none")
+    device = getattr(backbone, "device", torch.device("cpu"))
     pixels = pixels.to(device).detach().float()
     batch = pixels.shape[0]
     if isinstance(target, str) and target not in TARGETS:
@@ -101,15 +101,15 @@ def gradfam(
         with torch.enable_grad():
             px = pixels.requires_grad_(True)  # activations need a graph even if the weights are frozen
             if isinstance(target, str) and target == "image":
-                raw = raw_image_embedding(backend, px)
+                raw = raw_image_embedding(backbone, px)
                 if raw is None:
                     raise AnalysisError(
                         f"GradFAM target 'image' needs the unnormalised embedding, "
-                        f"which {backend.model_id} does not expose"
+                        f"which {backbone.model_id} does not expose"
                     )
                 score = (raw * F.normalize(raw, dim=-1).detach()).sum()
             else:
-                emb = backend.encode_images(px)
+                emb = backbone.encode_images(px)
                 if isinstance(target, str):
                     text = torch.as_tensor(np.asarray(text_features), dtype=torch.float32).to(device)
                     text = F.normalize(text, dim=-1)
@@ -121,7 +121,7 @@ def gradfam(
                         goal = text[idx]
                     else:
                         if probs is None:
-                            p = (backend.logit_scale * emb.detach() @ text.T).softmax(-1)
+                            p = (backbone.logit_scale * emb.detach() @ text.T).softmax(-1)
                         else:
                             p = torch.as_tensor(np.asarray(probs), dtype=torch.float32).to(device)
                         goal = p @ text
@@ -182,7 +182,7 @@ def draw_gradfam(images: Sequence, heatmaps: dict[str, np.ndarray], out_path, ro
 
 
 def gradfam_figure(
-    backend,
+    backbone,
     images: Sequence,
     text_features,
     out_path,
@@ -195,11 +195,11 @@ def gradfam_figure(
 
     The "text" target is each image's ``labels`` entry (else its zero-shot prediction).
     """
-    pixels = backend.preprocess(list(images))
+    pixels = backbone.preprocess(list(images))
     maps = {}
     for target in targets:
         name = target if isinstance(target, str) else "custom"
-        maps[name] = gradfam(backend, pixels, target, text_features=text_features,
+        maps[name] = gradfam(backbone, pixels, target, text_features=text_features,
                              class_index=None if labels is None else np.asarray(labels), probs=probs)
     titles = None
     if labels is not None and classnames is not None:

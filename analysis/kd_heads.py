@@ -18,10 +18,10 @@ import dataclasses
 import numpy as np
 import torch
 
-from raysvc.config import RunSpec
+from raysvc.spec import RunSpec
 from raysvc.features import DEFAULT_ROOT, FeatureStore
 from raysvc.learners import make_learner
-from raysvc.learners.kd import KDConfig, combine_heads, student_outputs, train_student
+from raysvc.learners.kd import KDOptions, combine_heads, student_outputs, train_student
 from raysvc.learners.students import make_student, normalisation
 from raysvc.loop import initial_labeled, load_experiment, store_encoder
 
@@ -30,7 +30,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return torch.as_tensor(z).softmax(-1).numpy()
 
 
-def head_accuracies(experiment, labeled: np.ndarray, config: KDConfig, seed: int) -> dict[str, float]:
+def head_accuracies(experiment, labeled: np.ndarray, config: KDOptions, seed: int) -> dict[str, float]:
     images = make_learner("no-distill", experiment, dataclasses.asdict(config))
     pool_images, test_images = images.images("pool"), images.images("test")
     teacher_pool = experiment.encoded.zeroshot_logits(experiment.pool)  # what kd-zeroshot distils
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     columns = {}
     for n in sizes:
         labeled = np.sort(np.concatenate([start, rest[: max(0, n - len(start))]]))
-        columns[n] = head_accuracies(experiment, labeled, KDConfig(), seed=args.seed * 1000 + n)
+        columns[n] = head_accuracies(experiment, labeled, KDOptions(), seed=args.seed * 1000 + n)
     names = list(next(iter(columns.values())))
     print(f"{args.dataset}: {len(experiment.pool)} pool / {len(experiment.test)} test, teacher {args.backbone}, "
           f"seed {args.seed}; test accuracy by labeled-set size")

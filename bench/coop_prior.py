@@ -24,7 +24,7 @@ import torch
 
 from bench import command, host, write_results
 from raysvc.cli import parse_options
-from raysvc.config import RunSpec
+from raysvc.spec import RunSpec
 from raysvc.features import FeatureStore
 from raysvc.learners import LocalRunner, make_learner
 from raysvc.loop import load_experiment, store_encoder

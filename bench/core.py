@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from bench import command, host, write_results
-from raysvc.config import RunSpec
+from raysvc.spec import RunSpec
 from raysvc.features import FeatureStore
-from raysvc.learners.coop import CoOpConfig, prompt_logits, train_coop
+from raysvc.learners.coop import CoOpOptions, prompt_logits, train_coop
 from raysvc.loop import load_experiment, store_encoder
 from raysvc.run import execute
 
@@ -48,7 +48,7 @@ def reencoding_epochs(config: RunSpec, n_labeled: int, epochs: int) -> tuple[flo
     backend = experiment.backbone.load()
     rows = np.random.default_rng(0).choice(len(experiment.pool), n_labeled, replace=False)
     labels = experiment.pool_labels[rows]
-    coop = CoOpConfig(epochs=epochs, lr=0.1, batch_size=n_labeled)
+    coop = CoOpOptions(epochs=epochs, lr=0.1, batch_size=n_labeled)
     payload = {"backbone": experiment.backbone,
                "classnames": list(experiment.dataset.classnames), "labels": labels, "seed": 0,
                "text_features": experiment.encoded.text_features,

@@ -5,7 +5,7 @@
 
 Knobs of the prior: the class-prompt template (one, or the mean of several templates'
 normalised embeddings), ConSE top-T, the input size, the EfficientNet-Lite variant, and
-the sentence template of ConSE's ImageNet side ("a photo of a {}." in the backend), and
+the sentence template of ConSE's ImageNet side ("a photo of a {}." in the backbone), and
 centring the image features (less the mean ImageNet-side sentence, or less the mean
 embedding of the unlabeled pool).
 Choices are made on the pool split only: zero-shot prediction needs no labels, and the
@@ -65,25 +65,25 @@ DEFAULT = {"variant": "lite0", "size": 224, "top_t": 10, "prompt": "photo", "ima
 
 def imagenet_probs(dataset, variant: str, size: int, cache: Path) -> tuple[np.ndarray, float]:
     """(N, 1000) ImageNet probabilities of every image and the seconds encoding took."""
-    from raysvc.backends.conse import ConSEBackend
+    from raysvc.backbones.conse import ConSEBackend
 
     key = hashlib.sha256(f"{dataset.fingerprint}|{variant}|{size}".encode()).hexdigest()[:16]
     path = cache / f"{variant}-{size}-{key}.npy"
     if path.exists():
         return np.load(path), json.loads(path.with_suffix(".json").read_text())["seconds"]
-    backend = ConSEBackend(variant, top_t=10, image_size=size)
+    backbone = ConSEBackend(variant, top_t=10, image_size=size)
     chunks = []
     start = time.perf_counter()
     with torch.no_grad():
         for lo in range(0, len(dataset), 64):
-            pixels = backend.preprocess([dataset.load(i) for i in range(lo, min(lo + 64, len(dataset)))])
-            chunks.append(backend.imagenet_probs(pixels).float().numpy())
+            pixels = backbone.preprocess([dataset.load(i) for i in range(lo, min(lo + 64, len(dataset)))])
+            chunks.append(backbone.imagenet_probs(pixels).float().numpy())
     seconds = time.perf_counter() - start
     probs = np.concatenate(chunks)
-    # the bench re-derives ConSE embeddings from these probabilities; they must be the backend's own
+    # the bench re-derives ConSE embeddings from these probabilities; they must be the backbone's own
     with torch.no_grad():
-        own = backend.encode_images(backend.preprocess([dataset.load(i) for i in range(8)])).numpy()
-    mine = conse_features(probs[:8], 10, backend.imagenet_text.numpy())
+        own = backbone.encode_images(backbone.preprocess([dataset.load(i) for i in range(8)])).numpy()
+    mine = conse_features(probs[:8], 10, backbone.imagenet_text.numpy())
     assert np.allclose(own, mine, atol=1e-5), "bench ConSE features differ from ConSEBackend.encode_images"
     cache.mkdir(parents=True, exist_ok=True)
     np.save(path, probs)
@@ -118,7 +118,7 @@ def centred(features: np.ndarray, how: str, imagenet_text: np.ndarray, pool: np.
 
 def sentence_embeddings(names, cache: dict) -> dict[str, np.ndarray]:
     """Normalised MiniLM embeddings of ``template.format(name)`` for every template (rows follow names)."""
-    from raysvc.backends.conse import load_minilm
+    from raysvc.backbones.conse import load_minilm
 
     if "model" not in cache:
         cache["model"] = load_minilm()
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     import_torchvision()  # open_clip imports it; this host may lack its compiled ops
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-    from raysvc.backends.conse import VARIANTS
+    from raysvc.backbones.conse import VARIANTS
 
     dataset = emoji.load(args.root)
     labels = dataset.labels
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Templates: " + "; ".join(f"{k} = `{v}`" for k, v in TEMPLATES.items())
         + "; ens4 = mean of photo, emoji, cartoon, icon; ens7 = mean of all seven. ImageNet side: the sentence "
-        "each ImageNet class is embedded as in ConSE (the backend uses photo); same = the class prompt's template(s). "
+        "each ImageNet class is embedded as in ConSE (the backbone uses photo); same = the class prompt's template(s). "
         "Centring: image features less the mean ImageNet-side sentence (imagenet; no images used) or less the mean "
         "unlabeled pool embedding (pool; no labels used), renormalised.",
         "",

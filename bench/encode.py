@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from bench import command, host, write_results
-from raysvc.backends import BackboneRef
+from raysvc.backbones import BackboneRef
 from raysvc.datasets import load_dataset
 from raysvc.features import FeatureStore
 

@@ -29,7 +29,7 @@ import pandas as pd
 
 from bench import command, host, write_results
 from raysvc import storage
-from raysvc.config import RunSpec
+from raysvc.spec import RunSpec
 from raysvc.features import DEFAULT_ROOT, FeatureStore
 from raysvc.loop import load_experiment, store_encoder
 from raysvc.run import execute

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from bench import command, host, write_results
-from raysvc.config import RunSpec
+from raysvc.spec import RunSpec
 from raysvc.features import FeatureStore
 from raysvc.learners import LocalRunner, make_learner
 from raysvc.loop import initial_labeled, load_experiment, store_encoder

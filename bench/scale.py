@@ -70,7 +70,7 @@ def synthetic_experiment(n_pool: int, n_test: int, noise: float, seed: int, cach
     import_torchvision()  # before open_clip, which imports it
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-    from raysvc.backends import BackboneRef
+    from raysvc.backbones import BackboneRef
     from raysvc.datasets import ImageDataset
     from raysvc.errors import DatasetError
     from raysvc.features import EncodedDataset, encode_prompt_embeddings
@@ -95,7 +95,7 @@ def synthetic_experiment(n_pool: int, n_test: int, noise: float, seed: int, cach
 
 
 def cbsq_run(experiment, args) -> tuple[list[dict], list[dict]]:
-    from raysvc.config import RunSpec
+    from raysvc.spec import RunSpec
     from raysvc.loop import run_loop
 
     spec = RunSpec(dataset="imagenet-synthetic", strategy="cbsq", learner="coop", rounds=args.rounds,
@@ -136,7 +136,7 @@ def kd_steps(experiment, args) -> dict:
 
 def student_cost(epochs: int = 1) -> dict:
     """Seconds per image per epoch of DHO student training, on real Animal-MNIST images."""
-    from raysvc.config import RunSpec
+    from raysvc.spec import RunSpec
     from raysvc.features import FeatureStore
     from raysvc.learners import LocalRunner, make_learner
     from raysvc.loop import load_experiment, store_encoder

@@ -4,7 +4,7 @@
 ``raysvc report`` writes tables and figures; ``raysvc datasets | strategies | learners |
 backbones`` list the named parts with their options.
 
-Run options are generated from :class:`~raysvc.config.RunSpec` (one flag per field,
+Run options are generated from :class:`~raysvc.spec.RunSpec` (one flag per field,
 its default shown) plus ``--<part>-opt KEY=VALUE`` for the options of the named parts,
 so ``raysvc run``, ``jobs.run`` and ``jobs.sweep`` accept the same options. Every entry
 point is wrapped by :func:`entry_point`: a raysvc error is one line on stderr and exit
@@ -62,7 +62,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, axes: Iterable[str] = ())
     name: ``--strategies a b``), ``--<part>-opt KEY=VALUE`` per named part, ``--cache``,
     the feature options (``--feature-store``, ``--encoder``, ...: :func:`feature_settings`)
     and ``--out``."""
-    from raysvc.config import PARAM_FIELDS, RunSpec
+    from raysvc.spec import PARAM_FIELDS, RunSpec
 
     axes = set(axes)
     hints = typing.get_type_hints(RunSpec)
@@ -128,7 +128,7 @@ def feature_store(args: argparse.Namespace):
 
 def part_options_epilog() -> str:
     """The option keys of every named part, for ``--help`` (generated from their typed options)."""
-    from raysvc.backends import BACKBONES
+    from raysvc.backbones import BACKBONES
     from raysvc.datasets import DATASETS
     from raysvc.learners import LEARNERS
     from raysvc.strategies import STRATEGIES
@@ -150,7 +150,7 @@ def part_options_epilog() -> str:
 
 def specs_from_args(args: argparse.Namespace, axes: Iterable[str] = ()) -> list:
     """The validated RunSpecs the arguments describe: one, or the product of the ``axes``."""
-    from raysvc.config import PARAM_FIELDS, RunSpec
+    from raysvc.spec import PARAM_FIELDS, RunSpec
 
     axes = [f.name for f in dataclasses.fields(RunSpec) if f.name in set(axes)]
     base = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunSpec) if f.name not in PARAM_FIELDS}
@@ -224,7 +224,7 @@ def describe_part(entry_name: str, summary: str, options_type, extra: str = "") 
 
 
 def list_command(kind: str) -> int:
-    from raysvc.backends import BACKBONES
+    from raysvc.backbones import BACKBONES
     from raysvc.datasets import DATASETS
     from raysvc.learners import LEARNERS
     from raysvc.strategies import STRATEGIES

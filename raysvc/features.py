@@ -38,13 +38,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from raysvc.backends.base import VLMBackend
+from raysvc.backbones.base import Backbone
 from raysvc.datasets import ImageDataset
 from raysvc.errors import ConfigError
 from raysvc.feature_options import DEFAULT_RAY_DATA_MIN_IMAGES, ENCODERS, Encoder, RayDataOptions
 
 if TYPE_CHECKING:
-    from raysvc.backends import BackboneRef
+    from raysvc.backbones import BackboneRef
     from raysvc.storage import ObjectStore
 
 FORMAT_VERSION = 1
@@ -123,7 +123,7 @@ def text_key(image_key: str, prompts: list[tuple[str, ...]]) -> str:
 
 
 @torch.no_grad()
-def encode_prompt_embeddings(backend: VLMBackend, prompts: list[tuple[str, ...]]) -> tuple[np.ndarray, np.ndarray]:
+def encode_prompt_embeddings(backend: Backbone, prompts: list[tuple[str, ...]]) -> tuple[np.ndarray, np.ndarray]:
     """(C, D) float32 pair per class: the normalised mean of its normalised sentence embeddings
     (DHO's zero-shot classifier, ``text_features``) and the mean of its raw sentence
     embeddings (ActiveKD's ``clip_weights_before_norm``, ``text_raw``), from one encoding."""
@@ -139,12 +139,12 @@ def encode_prompt_embeddings(backend: VLMBackend, prompts: list[tuple[str, ...]]
     return torch.stack(normalised).numpy().astype(np.float32), torch.stack(means).numpy().astype(np.float32)
 
 
-def encode_prompts(backend: VLMBackend, prompts: list[tuple[str, ...]]) -> np.ndarray:
+def encode_prompts(backend: Backbone, prompts: list[tuple[str, ...]]) -> np.ndarray:
     """(C, D) float32: per class, the normalised mean of its normalised sentence embeddings."""
     return encode_prompt_embeddings(backend, prompts)[0]
 
 
-def feature_key(dataset: ImageDataset, backend: VLMBackend, dtype: str = "float32") -> str:
+def feature_key(dataset: ImageDataset, backend: Backbone, dtype: str = "float32") -> str:
     spec = json.dumps([FORMAT_VERSION, dataset.fingerprint, backend.model_id] + ([dtype] if dtype != "float32" else []))
     return hashlib.sha256(spec.encode()).hexdigest()[:24]
 
@@ -257,7 +257,7 @@ class FeatureStore:
 
         return "ray-data" if has_room(self.ray_data) else "local"
 
-    def encode(self, dataset: ImageDataset, backend: VLMBackend, backbone: BackboneRef | None = None) -> EncodedDataset:
+    def encode(self, dataset: ImageDataset, backend: Backbone, backbone: BackboneRef | None = None) -> EncodedDataset:
         """The dataset's features from the local cache, else the shared store, else encoded now.
 
         ``backbone``: the ref ``backend`` was loaded from, which the Ray Data path's actors
@@ -306,7 +306,7 @@ class FeatureStore:
             source=source,
         )
 
-    def _encode_into(self, path: Path, dataset: ImageDataset, backend: VLMBackend,
+    def _encode_into(self, path: Path, dataset: ImageDataset, backend: Backbone,
                      backbone: BackboneRef | None) -> tuple[str, float]:
         """Encode now and write the local cache entry; (the encoder used, seconds)."""
         encoder = self.choose_encoder(len(dataset), backbone)
@@ -348,7 +348,7 @@ class FeatureStore:
         if not has_entry(self.remote, key):
             self._put_remote(key, np.load(path, mmap_mode="r"))
 
-    def _encode_images(self, dataset: ImageDataset, backend: VLMBackend) -> np.ndarray:
+    def _encode_images(self, dataset: ImageDataset, backend: Backbone) -> np.ndarray:
         chunks = []
         what = f"encoding {dataset.name} with {backend.model_id}"
         bar = tqdm(total=len(dataset), desc=what, unit="img", disable=self.progress != "bar")

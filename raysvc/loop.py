@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from raysvc.backends import BackboneRef
-from raysvc.config import RunSpec
+from raysvc.backbones import BackboneRef
+from raysvc.spec import RunSpec
 from raysvc.datasets import ImageDataset, load_dataset, per_class_subset, pool_test_split
 from raysvc.errors import ConfigError, PoolExhaustedError
 from raysvc.features import EncodedDataset, FeatureStore, centred

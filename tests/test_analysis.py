@@ -320,10 +320,10 @@ def conse():
     import torch
 
     try:
-        from raysvc.backends import load_backend
+        from raysvc.backbones import load_backbone
         from raysvc.datasets import load_dataset
 
-        loaded = load_backend("conse-lite0", 112), load_dataset("animal-mnist")
+        loaded = load_backbone("conse-lite0", 112), load_dataset("animal-mnist")
     except (ImportError, RaysvcError) as e:  # weights or dataset package missing
         pytest.skip(f"ConSE backbone or Animal-MNIST unavailable: {e}")
     threads = torch.get_num_threads()
@@ -336,11 +336,11 @@ def test_gradfam_on_conse(conse, tmp_path):
     from analysis.gradfam import gradfam, gradfam_figure
     from raysvc.features import encode_prompts
 
-    backend, data = conse
+    backbone, data = conse
     idx = [0, int(np.flatnonzero(data.labels == 3)[0])]
     images, labels = [data.load(i) for i in idx], data.labels[idx]
-    text = encode_prompts(backend, data.prompts())
-    res = gradfam_figure(backend, images, text, tmp_path / "gradfam.png", labels=labels, classnames=data.classnames)
+    text = encode_prompts(backbone, data.prompts())
+    res = gradfam_figure(backbone, images, text, tmp_path / "gradfam.png", labels=labels, classnames=data.classnames)
     assert res.path.is_file()
     assert set(res.heatmaps) == {"text", "image", "guided"}
     for heat in res.heatmaps.values():
@@ -353,7 +353,7 @@ def test_gradfam_on_conse(conse, tmp_path):
     assert not np.allclose(h["text"], h["image"]) and not np.allclose(h["guided"], h["image"])
     assert not np.allclose(h["text"], h["guided"])
     # another class's text embedding looks elsewhere
-    other = gradfam(backend, backend.preprocess(images), "text", text_features=text, class_index=(labels + 5) % 10)
+    other = gradfam(backbone, backbone.preprocess(images), "text", text_features=text, class_index=(labels + 5) % 10)
     assert other.shape == (2, 112, 112) and not np.allclose(other, h["text"])
     with pytest.raises(AnalysisError, match="needs the class text features"):
-        gradfam(backend, backend.preprocess(images), "guided")
+        gradfam(backbone, backbone.preprocess(images), "guided")

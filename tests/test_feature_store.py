@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from local_ray import local_ray
-from raysvc.backends import BackboneRef
-from raysvc.config import RunSpec
+from raysvc.backbones import BackboneRef
+from raysvc.spec import RunSpec
 from raysvc.errors import ConfigError, StorageError
 from raysvc.features import FeatureStore, feature_key
 from raysvc.loop import load_data

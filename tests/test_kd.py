@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import raysvc.learners.kd  # noqa: F401  (registers no-distill, kd-zeroshot, kd-fewshot)
-from raysvc.config import RunSpec
+from raysvc.spec import RunSpec
 from raysvc.errors import ConfigError, UnknownNameError
 from raysvc.features import FeatureStore
 from raysvc.learners import make_learner
 from raysvc.learners.kd import (
-    KDConfig,
+    KDOptions,
     clap_logits,
     clap_loss,
     clap_penalty_weights,
@@ -223,7 +223,7 @@ def test_student_schedule_is_epochs_of_pool_sized_batches():
     from raysvc.learners.kd import train_student
 
     rng = np.random.default_rng(0)
-    config = KDConfig(epochs=2, batch_size=4, image_size=32, student_weights="random").to_dict()
+    config = KDOptions(epochs=2, batch_size=4, image_size=32, student_weights="random").to_dict()
     images = rng.integers(0, 255, (10, 3, 32, 32), dtype=np.uint8)
     out = train_student({"config": config, "n_classes": 3, "images": images, "labeled": np.array([0, 1, 2]),
                          "labels": np.array([0, 1, 2]), "teacher_logits": rng.standard_normal((10, 3)), "seed": 0})
@@ -248,24 +248,24 @@ def test_teacher_with_fewer_classes_is_a_config_error(experiment):
 
 def test_config_validation():
     with pytest.raises(ConfigError):
-        KDConfig(alpha=1.5)
+        KDOptions(alpha=1.5)
     with pytest.raises(ConfigError):
-        KDConfig(epochs=0)
+        KDOptions(epochs=0)
     with pytest.raises(ConfigError):
-        KDConfig(labeled_fraction=0.0)
+        KDOptions(labeled_fraction=0.0)
     with pytest.raises(ConfigError):
-        KDConfig(clap_repeat=0)
+        KDOptions(clap_repeat=0)
     with pytest.raises(TypeError):
-        KDConfig(probe_steps=300)  # replaced by clap_repeat and clap_lr
+        KDOptions(probe_steps=300)  # replaced by clap_repeat and clap_lr
     with pytest.raises(dataclasses.FrozenInstanceError):
-        KDConfig().alpha = 0.1
+        KDOptions().alpha = 0.1
 
 
 def test_kd_heads_analysis_reports_what_the_learner_predicts(experiment):
     from analysis.kd_heads import head_accuracies
     from raysvc.learners.base import LocalRunner
 
-    config = KDConfig(epochs=1)
+    config = KDOptions(epochs=1)
     labeled = np.arange(0, len(experiment.pool), 4)
     heads = head_accuracies(experiment, labeled, config, seed=7)
     learner = make_learner("kd-zeroshot", experiment, {"epochs": 1})

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from raysvc.config import RunSpec
+from raysvc.spec import RunSpec
 from raysvc.errors import ConfigError, PoolExhaustedError
 from raysvc.features import FeatureStore
-from raysvc.learners.coop import CoOpConfig, prompt_logits, train_coop
+from raysvc.learners.coop import CoOpOptions, prompt_logits, train_coop
 from raysvc.loop import LoopState, initial_labeled, load_experiment, run_loop, store_encoder
 
 
@@ -23,9 +23,9 @@ def test_both_prompts_average_the_two_cosines():
 
 def test_coop_config_rejects_bad_values():
     with pytest.raises(ConfigError, match="prompt"):
-        CoOpConfig(prompt="per-pixel")
+        CoOpOptions(prompt="per-pixel")
     with pytest.raises(ConfigError, match="epochs"):
-        CoOpConfig(epochs=0)
+        CoOpOptions(epochs=0)
 
 
 @pytest.fixture(scope="module")
@@ -186,10 +186,10 @@ def test_official_coop_warms_up_one_epoch_at_1e_5_then_follows_a_cosine():
     """Hand case: 2 epochs of 2 steps, lr 0.1, one warm-up epoch (dassl's constant warm-up)."""
     from raysvc.learners.coop import warmup_cosine
 
-    config = CoOpConfig(variant="official", epochs=2, lr=0.1)
+    config = CoOpOptions(variant="official", epochs=2, lr=0.1)
     assert config.warmup_epochs == 1 and config.prompt == "classwise" and config.random_context
     factor = warmup_cosine(config, steps_per_epoch=2)
     assert [factor(s) for s in range(4)] == pytest.approx([1e-4, 1e-4, 0.5, 0.5 * (1 + np.cos(3 * np.pi / 4))])
-    prior = CoOpConfig()
+    prior = CoOpOptions()
     assert (prior.ctx_init, prior.kg_weight, prior.prior_weight, prior.lr, prior.epochs) == ("a photo of a", 8.0, 0.5,
                                                                                            0.01, 50)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from raysvc.backends import BACKBONES, load_backend
+from raysvc.backbones import BACKBONES, load_backbone
 from raysvc.datasets import DATASETS, load_dataset
 from raysvc.learners import LEARNERS, LocalRunner, make_learner
 
@@ -37,25 +37,25 @@ def test_every_dataset_loads_labelled_rgb_images_with_a_stable_fingerprint(name)
 
 @pytest.mark.parametrize("name", _backbone_names())
 def test_every_backbone_embeds_images_and_prompts_in_one_unit_sphere(name):
-    backend = load_backend(name)
+    backbone = load_backbone(name)
     images = [Image.fromarray(np.full((48, 48, 3), v, np.uint8)) for v in (30, 200)]
     with torch.no_grad():
-        pixels = backend.preprocess(images)
-        features = backend.encode_images(pixels)
-        text = backend.encode_text(["a photo of a cat.", "a photo of a dog."])
-    assert pixels.shape[-1] == backend.image_size
-    assert features.shape == (2, backend.embed_dim) and text.shape == (2, backend.embed_dim)
+        pixels = backbone.preprocess(images)
+        features = backbone.encode_images(pixels)
+        text = backbone.encode_text(["a photo of a cat.", "a photo of a dog."])
+    assert pixels.shape[-1] == backbone.image_size
+    assert features.shape == (2, backbone.embed_dim) and text.shape == (2, backbone.embed_dim)
     assert torch.allclose(features.norm(dim=-1), torch.ones(2), atol=1e-4)
     assert torch.allclose(text.norm(dim=-1), torch.ones(2), atol=1e-4)
-    encoder = backend.prompt_encoder(["cat", "dog"], n_ctx=4)
+    encoder = backbone.prompt_encoder(["cat", "dog"], n_ctx=4)
     with torch.no_grad():  # a context of the words themselves is the plain prompt
         assert torch.allclose(encoder(encoder.word_embeddings("a photo of a")), text, atol=1e-4)
-    assert isinstance(backend.model_id, str) and backend.model_id and backend.logit_scale > 0
+    assert isinstance(backbone.model_id, str) and backbone.model_id and backbone.logit_scale > 0
 
 
 @pytest.fixture(scope="module")
 def tiny_experiment(tmp_path_factory):
-    from raysvc.config import RunSpec
+    from raysvc.spec import RunSpec
     from raysvc.features import FeatureStore
     from raysvc.loop import load_experiment, store_encoder
 

@@ -58,7 +58,7 @@ def test_descriptions_naming_one_class_twice_are_refused(tmp_path):
 
 
 class _FixedText:
-    """A backend whose raw sentence embeddings are given."""
+    """A backbone whose raw sentence embeddings are given."""
 
     def __init__(self, raw):
         self.raw = raw
@@ -69,10 +69,10 @@ class _FixedText:
 
 
 def test_class_text_embeddings_normalised_for_zero_shot_and_raw_for_clap():
-    backend = _FixedText({"a": [3.0, 0.0], "b": [0.0, 1.0], "c": [2.0, 2.0]})
-    normalised, raw = encode_prompt_embeddings(backend, [("a", "b"), ("c",)])
+    backbone = _FixedText({"a": [3.0, 0.0], "b": [0.0, 1.0], "c": [2.0, 2.0]})
+    normalised, raw = encode_prompt_embeddings(backbone, [("a", "b"), ("c",)])
     # zero-shot: the normalised mean of the normalised sentences ((1, 0) and (0, 1) -> (1, 1) / sqrt 2)
     np.testing.assert_allclose(normalised, [[2 ** -0.5, 2 ** -0.5], [2 ** -0.5, 2 ** -0.5]], atol=1e-6)
     # CLAP's anchor (ActiveKD's clip_weights_before_norm): the plain mean of the raw sentences
     np.testing.assert_allclose(raw, [[1.5, 0.5], [2.0, 2.0]], atol=1e-6)
-    np.testing.assert_array_equal(encode_prompts(backend, [("a", "b"), ("c",)]), normalised)
+    np.testing.assert_array_equal(encode_prompts(backbone, [("a", "b"), ("c",)]), normalised)

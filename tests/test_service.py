@@ -210,8 +210,8 @@ def test_one_encoder_pass_per_dataset_and_backbone(small_grid):
 def test_feature_service_hands_out_one_shared_read_only_copy(ray_cluster, feature_cache):
     import numpy as np
 
-    from raysvc.backends import BackboneRef
-    from raysvc.config import RunSpec
+    from raysvc.backbones import BackboneRef
+    from raysvc.spec import RunSpec
     from raysvc.loop import load_data
     from raysvc.service.encoders import RayEncode, feature_service
 

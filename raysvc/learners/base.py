@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from raysvc.backends import BackboneRef
+from raysvc.backbones import BackboneRef
 from raysvc.datasets import ImageDataset
 from raysvc.features import EncodedDataset
 from raysvc.options import NoOptions, Options

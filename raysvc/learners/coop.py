@@ -36,7 +36,7 @@ LAZY_POOL = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
-class CoOpConfig(Options):
+class CoOpOptions(Options):
     """CoOp's options. ``variant`` fills in every option left unset (None):
 
     * ``keep-prior`` (default): the context starts as "a photo of a", KgCoOp's pull (8) and
@@ -100,11 +100,11 @@ VARIANTS = {
 WARMUP_LR = 1e-5
 
 
-def _kinds(config: CoOpConfig) -> tuple[str, ...]:
+def _kinds(config: CoOpOptions) -> tuple[str, ...]:
     return ("unified", "classwise") if config.prompt == "both" else (config.prompt,)
 
 
-def initial_contexts(config: CoOpConfig, encoder, n_classes: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def initial_contexts(config: CoOpOptions, encoder, n_classes: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """The context of every prompt kind before training: ``ctx_init``'s word embeddings
     (shared, or copied to every class), else N(0, init_std) draws."""
     if not config.random_context:
@@ -114,14 +114,14 @@ def initial_contexts(config: CoOpConfig, encoder, n_classes: int, generator: tor
     return {k: torch.randn(shapes[k], generator=generator) * config.init_std for k in _kinds(config)}
 
 
-def context_length(config: CoOpConfig, backend) -> int:
+def context_length(config: CoOpOptions, backbone) -> int:
     """The number of context slots: ``ctx_init``'s token count, else ``n_ctx``."""
     if config.random_context:
         return config.n_ctx
-    return len(backend.prompt_encoder(["x"], 1).word_embeddings(config.ctx_init))
+    return len(backbone.prompt_encoder(["x"], 1).word_embeddings(config.ctx_init))
 
 
-def warmup_cosine(config: CoOpConfig, steps_per_epoch: int):
+def warmup_cosine(config: CoOpOptions, steps_per_epoch: int):
     """The learning-rate factor of each step: ``WARMUP_LR`` for ``warmup_epochs``, then a cosine
     over all ``epochs`` (dassl's ConstantWarmupScheduler over CosineAnnealingLR, stepped per batch)."""
     total = config.epochs * steps_per_epoch
@@ -147,9 +147,9 @@ def prompt_logits(image_features: torch.Tensor, class_embeddings: list[torch.Ten
 
 def train_coop(payload: dict[str, Any]) -> dict[str, Any]:
     """Learn the context vectors; pure function of the payload (runs on any worker)."""
-    config = CoOpConfig(**payload["config"])
-    backend = payload["backbone"].load()
-    encoder = backend.prompt_encoder(payload["classnames"], context_length(config, backend))
+    config = CoOpOptions(**payload["config"])
+    backbone = payload["backbone"].load()
+    encoder = backbone.prompt_encoder(payload["classnames"], context_length(config, backbone))
     generator = torch.Generator().manual_seed(payload["seed"])
     contexts = {kind: torch.nn.Parameter(ctx)
                 for kind, ctx in initial_contexts(config, encoder, len(payload["classnames"]), generator).items()}
@@ -166,7 +166,7 @@ def train_coop(payload: dict[str, Any]) -> dict[str, Any]:
         for start in range(0, len(labels), config.batch_size):
             batch = order[start : start + config.batch_size]
             classes = [encoder(c) for c in contexts.values()]
-            logits = prompt_logits(features[batch], classes, backend.logit_scale, prior, config.prior_weight)
+            logits = prompt_logits(features[batch], classes, backbone.logit_scale, prior, config.prior_weight)
             loss = F.cross_entropy(logits, labels[batch])
             if config.kg_weight:
                 loss = loss + config.kg_weight * kgcoop_penalty(classes, prior)
@@ -189,9 +189,9 @@ class CoOpLearner(Learner):
     """CoOp prompt learning on cached image embeddings."""
 
     name = "coop"
-    Options = CoOpConfig
+    Options = CoOpOptions
 
-    def __init__(self, experiment, options: CoOpConfig | None = None):
+    def __init__(self, experiment, options: CoOpOptions | None = None):
         super().__init__(experiment, options)
         self.class_embeddings: list[np.ndarray] | None = None  # None: zero-shot prompts
 
@@ -206,8 +206,8 @@ class CoOpLearner(Learner):
             "config": self.options.to_dict(),
             "seed": seed,
         })
-        backend = exp.backbone.load()
-        encoder = backend.prompt_encoder(exp.dataset.classnames, context_length(self.options, backend))
+        backbone = exp.backbone.load()
+        encoder = backbone.prompt_encoder(exp.dataset.classnames, context_length(self.options, backbone))
         with torch.no_grad():
             self.class_embeddings = [encoder(torch.as_tensor(c)).numpy() for c in contexts.values()]
 

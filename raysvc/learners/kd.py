@@ -50,7 +50,7 @@ from raysvc.options import Options, option
 
 
 @dataclasses.dataclass(frozen=True)
-class KDConfig(Options):
+class KDOptions(Options):
     """Student training options of the ActiveKD learners (``learner_params``)."""
 
     student: Student = option("efficientnet-lite0", "the student network (see raysvc.learners.students)")
@@ -248,10 +248,10 @@ def _cycle(positions: np.ndarray, rng: np.random.Generator):
 def train_student(payload: dict[str, Any]) -> dict[str, Any]:
     """Train a dual-head student; returns its state dict as numpy arrays.
 
-    payload: config (KDConfig as a dict), n_classes, images ((N, 3, S, S) uint8 of the
+    payload: config (KDOptions as a dict), n_classes, images ((N, 3, S, S) uint8 of the
     whole pool), labeled (pool positions), labels, teacher_logits ((N, C) or None), seed.
     """
-    config = KDConfig(**payload["config"])
+    config = KDOptions(**payload["config"])
     images = torch.as_tensor(payload["images"])
     labeled = np.asarray(payload["labeled"], dtype=np.int64)
     label_of = np.full(len(images), -1, dtype=np.int64)
@@ -323,9 +323,9 @@ class KDLearner(Learner):
     """A student distilled from the VLM teacher (``teacher_kind``: none, zeroshot or fewshot)."""
 
     teacher_kind: ClassVar[str]
-    Options = KDConfig
+    Options = KDOptions
 
-    def __init__(self, experiment, options: KDConfig | None = None):
+    def __init__(self, experiment, options: KDOptions | None = None):
         super().__init__(experiment, options)
         encoded, n_classes = experiment.encoded, experiment.dataset.n_classes
         n_teacher = len(encoded.text_features)

@@ -95,7 +95,7 @@ def make_feature_extractor(name: str, weights: str | None = None) -> tuple[nn.Mo
     is_file = path is not None and path.is_file()
     if name == "efficientnet-lite0":
         if weights is None:
-            from raysvc.backends.conse import load_efficientnet_lite
+            from raysvc.backbones.conse import load_efficientnet_lite
 
             net = load_efficientnet_lite("lite0")
         elif weights == "random" or is_file:

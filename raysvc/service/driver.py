@@ -13,7 +13,7 @@ import dataclasses
 import os
 import time
 
-from raysvc.config import RunSpec
+from raysvc.spec import RunSpec
 from raysvc.errors import ConfigError
 from raysvc.service.gridspec import GridSpec
 from raysvc.service.trial import TrialObserver, TrialSettings, grid_trainable

@@ -25,7 +25,7 @@ from typing import Any
 
 import ray
 
-from raysvc.backends import BackboneRef
+from raysvc.backbones import BackboneRef
 from raysvc.datasets import ImageDataset
 from raysvc.features import EncodedDataset
 

@@ -27,7 +27,7 @@ A grid file::
       learner_params.epochs: [5, 10]   # dotted keys reach into *_params
 
 Cells are the cartesian product of the axes (in file order, so consecutive cells share
-a dataset) over ``fixed``; each is a :class:`~raysvc.config.RunSpec` whose names and
+a dataset) over ``fixed``; each is a :class:`~raysvc.spec.RunSpec` whose names and
 options are all validated here, so a typo fails in seconds, not inside a trial.
 """
 
@@ -40,7 +40,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from raysvc.config import PARAM_FIELDS, RunSpec
+from raysvc.spec import PARAM_FIELDS, RunSpec
 from raysvc.errors import ConfigError
 from raysvc.feature_options import DEFAULT_RAY_DATA_MIN_IMAGES, Encoder, RayDataOptions
 from raysvc.options import Options, option

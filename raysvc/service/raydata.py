@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from raysvc.backends import BackboneRef, VLMBackend
+from raysvc.backbones import BackboneRef, Backbone
 from raysvc.datasets import ImageDataset
 from raysvc.errors import ConfigError
 from raysvc.feature_options import RayDataOptions
@@ -140,7 +140,7 @@ class Encoder:
 
 
 def encode_images(dataset: ImageDataset, backbone: BackboneRef, *, model_id: str, image_size: int,
-                  preprocess: Callable[[Sequence], Any], backend: VLMBackend | None = None,
+                  preprocess: Callable[[Sequence], Any], backend: Backbone | None = None,
                   dtype: str = "float32", batch_size: int = 128,
                   options: RayDataOptions | None = None, progress: str = "bar",
                   report: dict[str, Any] | None = None) -> np.ndarray:
@@ -148,7 +148,7 @@ def encode_images(dataset: ImageDataset, backbone: BackboneRef, *, model_id: str
 
     ``model_id``: the backend's id as the caller loaded it (the actors check theirs
     against it: the cache key is computed from the caller's). ``preprocess``: the
-    backend's picklable preprocessor (:meth:`~raysvc.backends.VLMBackend.preprocessor`),
+    backend's picklable preprocessor (:meth:`~raysvc.backbones.Backbone.preprocessor`),
     which makes ``image_size`` square float32 images. ``backend``: the caller's loaded
     backend; on the CPU it goes to the actors through the object store (one put) instead
     of each actor loading ``backbone`` anew. ``report``, when given, receives ``seconds``,

@@ -20,7 +20,7 @@ import tempfile
 import time
 from typing import Any
 
-from raysvc.config import RunSpec
+from raysvc.spec import RunSpec
 from raysvc.run import RunHooks
 
 STATE_FILE = "raysvc_state.pkl"

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from raysvc.backends import BACKBONES
-from raysvc.backends.base import PromptEncoder, VLMBackend
+from raysvc.backbones import BACKBONES
+from raysvc.backbones.base import PromptEncoder, Backbone
 from raysvc.errors import ConfigError
 from raysvc.options import Options, option
 
@@ -96,7 +96,7 @@ class MiniLMPromptEncoder(PromptEncoder):
 @BACKBONES.register("conse-lite2", preset={"variant": "lite2"})
 @BACKBONES.register("conse-lite1", preset={"variant": "lite1"})
 @BACKBONES.register("conse-lite0", preset={"variant": "lite0"})
-class ConSEBackend(VLMBackend):
+class ConSEBackend(Backbone):
     """EfficientNet-Lite ImageNet probabilities mapped into MiniLM's sentence space (offline)."""
 
     @dataclasses.dataclass(frozen=True)

@@ -83,7 +83,7 @@ class RunSpec(Options):
 
     def resolved_options(self) -> dict[str, dict[str, Any]]:
         """Every named part's options with defaults filled in (the manifest records them)."""
-        from raysvc.backends import BACKBONES
+        from raysvc.backbones import BACKBONES
         from raysvc.datasets import dataset_options
         from raysvc.learners import LEARNERS
         from raysvc.strategies import STRATEGIES

@@ -1,7 +1,7 @@
-"""VLM backends by name: ``conse-lite0`` (the embedded default), ``conse-lite1``,
+"""VLM backbones by name: ``conse-lite0`` (the embedded default), ``conse-lite1``,
 ``conse-lite2``, and the family ``open_clip:<model>[:<weights>]`` where weights is a
 pretrained tag, a checkpoint file or ``random`` (the default; tests use it, real runs on
-clusters use a tag). Each backend module registers itself in :data:`BACKBONES`.
+clusters use a tag). Each backbone module registers itself in :data:`BACKBONES`.
 """
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from raysvc._compat import import_torchvision
-from raysvc.backends.base import PromptEncoder, VLMBackend
+from raysvc.backbones.base import PromptEncoder, Backbone
 from raysvc.options import Options
 from raysvc.registry import Registry
 
-BACKBONES: Registry[VLMBackend] = Registry("backbone", "raysvc.backends")
+BACKBONES: Registry[Backbone] = Registry("backbone", "raysvc.backbones")
 
 
 @dataclasses.dataclass(frozen=True)
 class BackboneRef:
-    """Which backend, at which input size, with which options: small and picklable, so a
-    worker process can load the same backend (:meth:`load`) and caches can key on it."""
+    """Which backbone, at which input size, with which options: small and picklable, so a
+    worker process can load the same backbone (:meth:`load`) and caches can key on it."""
 
     name: str
     image_size: int | None = None
@@ -32,19 +32,19 @@ class BackboneRef:
     def of(cls, name: str, image_size: int | None = None, params: Mapping[str, Any] | None = None) -> BackboneRef:
         return cls(name, image_size, tuple(sorted((params or {}).items())))
 
-    def load(self) -> VLMBackend:
-        return load_backend(self.name, self.image_size, dict(self.params))
+    def load(self) -> Backbone:
+        return load_backbone(self.name, self.image_size, dict(self.params))
 
 
-def load_backend(name: str, image_size: int | None = None, params: Mapping[str, Any] | None = None) -> VLMBackend:
-    """The backend called ``name`` with validated ``params``; loaded once per process and shared."""
+def load_backbone(name: str, image_size: int | None = None, params: Mapping[str, Any] | None = None) -> Backbone:
+    """The backbone called ``name`` with validated ``params``; loaded once per process and shared."""
     return _load(BACKBONES.resolve(name).cls, BACKBONES.options(name, params), image_size)
 
 
 @functools.lru_cache(maxsize=4)
-def _load(cls: type[VLMBackend], options: Options, image_size: int | None) -> VLMBackend:
+def _load(cls: type[Backbone], options: Options, image_size: int | None) -> Backbone:
     import_torchvision()  # open_clip and transformers import it
     return cls(options, image_size)
 
 
-__all__ = ["BACKBONES", "BackboneRef", "PromptEncoder", "VLMBackend", "load_backend"]
+__all__ = ["BACKBONES", "BackboneRef", "PromptEncoder", "Backbone", "load_backbone"]

@@ -1,8 +1,8 @@
-"""The VLM backend interface: images and class prompts in one embedding space.
+"""The VLM backbone interface: images and class prompts in one embedding space.
 
 Prompt learning needs to put learnable context vectors in front of the class name
-inside the text encoder; :meth:`VLMBackend.prompt_encoder` returns a module that does
-that for the backend's own text encoder.
+inside the text encoder; :meth:`Backbone.prompt_encoder` returns a module that does
+that for the backbone's own text encoder.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class PromptEncoder(nn.Module, abc.ABC):
         ``ctx_init``, which starts the context as these words."""
 
 
-class VLMBackend(abc.ABC):
+class Backbone(abc.ABC):
     """A frozen vision-language model.
 
     model_id: stable identifier of architecture and weights (the feature cache keys on it).
@@ -87,7 +87,7 @@ class VLMBackend(abc.ABC):
     def preprocessor(self) -> Callable[[Sequence[Image.Image]], torch.Tensor]:
         """A picklable function doing what :meth:`preprocess` does, for decode workers that
         should not load the model (the Ray Data encoder ships it to every CPU task). This
-        default is the bound method, which pickles the whole backend: backends override it."""
+        default is the bound method, which pickles the whole backbone: backbones override it."""
         return self.preprocess
 
     @abc.abstractmethod
@@ -103,7 +103,7 @@ class VLMBackend(abc.ABC):
     def prompt_encoder(self, classnames: Sequence[str], n_ctx: int) -> PromptEncoder:
         """A text encoder with ``n_ctx`` learnable slots before each class name."""
 
-    def to(self, device: str | torch.device) -> VLMBackend:
+    def to(self, device: str | torch.device) -> Backbone:
         for module in self.modules():
             module.to(device)
         self.device = torch.device(device)
@@ -111,7 +111,7 @@ class VLMBackend(abc.ABC):
 
     @abc.abstractmethod
     def modules(self) -> list[nn.Module]:
-        """The torch modules that make up the backend (for device moves)."""
+        """The torch modules that make up the backbone (for device moves)."""
 
     def last_conv_layer(self) -> nn.Module | None:
         """The module whose output is the image encoder's last convolutional activation map

@@ -1,11 +1,11 @@
-"""VLM backends: the ConSE formula, and prompt encoders that reproduce plain text encoding."""
+"""VLM backbones: the ConSE formula, and prompt encoders that reproduce plain text encoding."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from raysvc.backends import BACKBONES, load_backend
+from raysvc.backbones import BACKBONES, load_backbone
 from raysvc.errors import ConfigError, UnknownNameError
 
 
@@ -53,11 +53,11 @@ def test_minilm_prompt_encoder_reproduces_text_encoding_and_trains_only_context(
 
 def test_ctx_init_words_make_the_untrained_prompt_the_zero_shot_prompt(conse):
     """CoOp's ctx_init: a context of "a photo of a"'s word embeddings is that prompt."""
-    from raysvc.learners.coop import CoOpConfig, context_length, initial_contexts
+    from raysvc.learners.coop import CoOpOptions, context_length, initial_contexts
 
     names = ["cat", "fire truck"]
-    config = CoOpConfig(ctx_init="a photo of a", prompt="both")
-    assert CoOpConfig(variant="official").random_context and CoOpConfig().ctx_init == "a photo of a"
+    config = CoOpOptions(ctx_init="a photo of a", prompt="both")
+    assert CoOpOptions(variant="official").random_context and CoOpOptions().ctx_init == "a photo of a"
     n_ctx = context_length(config, conse)
     assert n_ctx == 4
     encoder = conse.prompt_encoder(names, n_ctx)
@@ -70,21 +70,21 @@ def test_ctx_init_words_make_the_untrained_prompt_the_zero_shot_prompt(conse):
 
 
 def test_open_clip_random_weights_same_interface():
-    backend = load_backend("open_clip:RN50")
-    assert backend.model_id == "open_clip-RN50-random" and backend.embed_dim == 1024
-    pixels = backend.preprocess(_images(1))
+    backbone = load_backbone("open_clip:RN50")
+    assert backbone.model_id == "open_clip-RN50-random" and backbone.embed_dim == 1024
+    pixels = backbone.preprocess(_images(1))
     with torch.no_grad():
-        image = backend.encode_images(pixels)
+        image = backbone.encode_images(pixels)
     assert image.shape == (1, 1024)
-    encoder = backend.prompt_encoder(["cat", "dog"], n_ctx=3)
-    ctx = backend.model.token_embedding(encoder.tokens)[0, 1:4].detach()
+    encoder = backbone.prompt_encoder(["cat", "dog"], n_ctx=3)
+    ctx = backbone.model.token_embedding(encoder.tokens)[0, 1:4].detach()
     with torch.no_grad():
-        assert torch.allclose(encoder(ctx), backend.encode_text(["X X X cat.", "X X X dog."]), atol=1e-4)
-        words = backend.prompt_encoder(["cat", "dog"], n_ctx=4).word_embeddings("a photo of a")
+        assert torch.allclose(encoder(ctx), backbone.encode_text(["X X X cat.", "X X X dog."]), atol=1e-4)
+        words = backbone.prompt_encoder(["cat", "dog"], n_ctx=4).word_embeddings("a photo of a")
         assert words.shape == (4, encoder.token_dim)
-        photo = backend.prompt_encoder(["cat", "dog"], n_ctx=4)(words)
-        assert torch.allclose(photo, backend.encode_text(["a photo of a cat.", "a photo of a dog."]), atol=1e-4)
-    assert backend.last_conv_layer() is not None
+        photo = backbone.prompt_encoder(["cat", "dog"], n_ctx=4)(words)
+        assert torch.allclose(photo, backbone.encode_text(["a photo of a cat.", "a photo of a dog."]), atol=1e-4)
+    assert backbone.last_conv_layer() is not None
 
 
 def test_open_clip_weights_from_local_file(tmp_path):
@@ -94,9 +94,9 @@ def test_open_clip_weights_from_local_file(tmp_path):
     torch.nn.init.constant_(model.text_projection, 0.01)
     path = tmp_path / "rn50.pt"
     torch.save(model.state_dict(), path)
-    backend = load_backend(f"open_clip:RN50:{path}")
-    assert backend.model_id.startswith("open_clip-RN50-file-")
-    assert torch.allclose(backend.model.text_projection, torch.full_like(backend.model.text_projection, 0.01))
+    backbone = load_backbone(f"open_clip:RN50:{path}")
+    assert backbone.model_id.startswith("open_clip-RN50-file-")
+    assert torch.allclose(backbone.model.text_projection, torch.full_like(backbone.model.text_projection, 0.01))
 
 
 def test_bad_backbones():
@@ -105,7 +105,7 @@ def test_bad_backbones():
     with pytest.raises(ConfigError, match="unknown open_clip model"):
         BACKBONES.options("open_clip:NoSuchNet")  # refused before anything loads
     with pytest.raises(ConfigError, match="neither a file"):
-        load_backend("open_clip:RN50:/no/such/file.pt")
+        load_backbone("open_clip:RN50:/no/such/file.pt")
     with pytest.raises(ConfigError, match="fixed by the name"):
         BACKBONES.options("conse-lite0", {"variant": "lite2"})
     with pytest.raises(ConfigError, match="top_t"):
@@ -114,7 +114,7 @@ def test_bad_backbones():
 
 def test_many_classes_are_encoded_in_checkpointed_chunks_with_the_same_values_and_gradients(conse, monkeypatch):
     """1000 classes would hold ~3.6 GB of activations: chunks give the same embeddings and gradients."""
-    import raysvc.backends.base as base
+    import raysvc.backbones.base as base
 
     names = ["cat", "dog", "fire truck", "tulip", "violin"]
     encoder = conse.prompt_encoder(names, n_ctx=4)

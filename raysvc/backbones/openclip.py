@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from raysvc.backends import BACKBONES
-from raysvc.backends.base import PromptEncoder, VLMBackend
+from raysvc.backbones import BACKBONES
+from raysvc.backbones.base import PromptEncoder, Backbone
 from raysvc.errors import ConfigError
 from raysvc.options import Options, option
 
@@ -87,7 +87,7 @@ def _pretrained(model: str, weights: str) -> str | None:
 
 @BACKBONES.register_family("open_clip:<model>[:<pretrained tag|checkpoint path|random>]",
                            lambda name: name.startswith("open_clip:"), _parse_name, fixed=("model", "weights"))
-class OpenCLIPBackend(VLMBackend):
+class OpenCLIPBackend(Backbone):
     """Any open_clip model; weights by pretrained tag (needs the hub), checkpoint file or random."""
 
     @dataclasses.dataclass(frozen=True)
