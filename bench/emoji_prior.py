@@ -65,13 +65,13 @@ DEFAULT = {"variant": "lite0", "size": 224, "top_t": 10, "prompt": "photo", "ima
 
 def imagenet_probs(dataset, variant: str, size: int, cache: Path) -> tuple[np.ndarray, float]:
     """(N, 1000) ImageNet probabilities of every image and the seconds encoding took."""
-    from raysvc.backbones.conse import ConSEBackend
+    from raysvc.backbones.conse import ConSEBackbone
 
     key = hashlib.sha256(f"{dataset.fingerprint}|{variant}|{size}".encode()).hexdigest()[:16]
     path = cache / f"{variant}-{size}-{key}.npy"
     if path.exists():
         return np.load(path), json.loads(path.with_suffix(".json").read_text())["seconds"]
-    backbone = ConSEBackend(variant, top_t=10, image_size=size)
+    backbone = ConSEBackbone(ConSEBackbone.Options(variant=variant, top_t=10), image_size=size)
     chunks = []
     start = time.perf_counter()
     with torch.no_grad():
@@ -84,7 +84,7 @@ def imagenet_probs(dataset, variant: str, size: int, cache: Path) -> tuple[np.nd
     with torch.no_grad():
         own = backbone.encode_images(backbone.preprocess([dataset.load(i) for i in range(8)])).numpy()
     mine = conse_features(probs[:8], 10, backbone.imagenet_text.numpy())
-    assert np.allclose(own, mine, atol=1e-5), "bench ConSE features differ from ConSEBackend.encode_images"
+    assert np.allclose(own, mine, atol=1e-5), "bench ConSE features differ from ConSEBackbone.encode_images"
     cache.mkdir(parents=True, exist_ok=True)
     np.save(path, probs)
     path.with_suffix(".json").write_text(json.dumps({"seconds": seconds, "threads": torch.get_num_threads()}))
@@ -92,7 +92,7 @@ def imagenet_probs(dataset, variant: str, size: int, cache: Path) -> tuple[np.nd
 
 
 def conse_features(probs: np.ndarray, top_t: int, imagenet_text: np.ndarray) -> np.ndarray:
-    """ConSEBackend.encode_images on precomputed probabilities."""
+    """ConSEBackbone.encode_images on precomputed probabilities."""
     p = torch.from_numpy(probs)
     weights, classes = p.topk(top_t, dim=-1)
     # a dense product of the zeroed-out probabilities: a gather of N x T x D is 1.3 GB at T=1000

@@ -511,10 +511,10 @@ def main(argv=None) -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))), flush=True)
         return
-    from raysvc.strategies import strategy_names
+    from raysvc.strategies import STRATEGIES
 
-    names = strategy_names() if args.strategies == "all" else [s.strip() for s in args.strategies.split(",")]
-    unknown = set(names) - set(strategy_names())
+    names = STRATEGIES.names() if args.strategies == "all" else [s.strip() for s in args.strategies.split(",")]
+    unknown = set(names) - set(STRATEGIES.names())
     if unknown:
         p.error(f"unknown strategies: {', '.join(sorted(unknown))}")
     rows = []

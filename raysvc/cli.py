@@ -137,12 +137,9 @@ def part_options_epilog() -> str:
     for part, registry in (("dataset", DATASETS), ("strategy", STRATEGIES), ("learner", LEARNERS),
                            ("backbone", BACKBONES)):
         by_keys: dict[tuple[str, ...], list[str]] = {}
-        for entry in registry.entries():
-            keys = tuple(name for name, *_ in entry.options_type.describe() if name not in entry.preset)
+        for entry in registry.entries() + registry.families():
+            keys = tuple(name for name, *_ in entry.options_type.describe() if name not in entry.fixed)
             by_keys.setdefault(keys, []).append(entry.name)
-        for family in registry.families():
-            keys = tuple(name for name, *_ in family.cls.Options.describe() if name not in family.fixed)
-            by_keys.setdefault(keys, []).append(family.pattern)
         for keys, names in by_keys.items():
             lines.append(f"  {part} {', '.join(names)}: {', '.join(keys) or '(none)'}")
     return "\n".join(lines)
@@ -238,7 +235,7 @@ def list_command(kind: str) -> int:
         preset = ", ".join(f"{k}={v}" for k, v in entry.preset.items())
         blocks.append(describe_part(entry.name + (f" ({preset})" if preset else ""), entry.summary,
                                     entry.options_type, extra))
-    blocks += [describe_part(f.pattern, f.summary, f.cls.Options) for f in registry.families()]
+    blocks += [describe_part(f.name, f.summary, f.options_type) for f in registry.families()]
     print("\n".join(blocks))
     return 0
 

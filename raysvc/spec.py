@@ -90,9 +90,9 @@ class RunSpec(Options):
 
         return {
             "dataset": dataset_options(self.dataset, self.split_file, self.dataset_params).to_dict(),
-            "strategy": STRATEGIES.options(self.strategy, self.strategy_params).to_dict(),
-            "learner": LEARNERS.options(self.learner, self.learner_params).to_dict(),
-            "backbone": BACKBONES.options(self.backbone, self.backbone_params).to_dict(),
+            "strategy": STRATEGIES.part(self.strategy, self.strategy_params).options.to_dict(),
+            "learner": LEARNERS.part(self.learner, self.learner_params).options.to_dict(),
+            "backbone": BACKBONES.part(self.backbone, self.backbone_params).options.to_dict(),
         }
 
     @classmethod

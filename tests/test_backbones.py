@@ -101,15 +101,15 @@ def test_open_clip_weights_from_local_file(tmp_path):
 
 def test_bad_backbones():
     with pytest.raises(UnknownNameError):
-        BACKBONES.options("clip-9000")
+        BACKBONES.part("clip-9000")
     with pytest.raises(ConfigError, match="unknown open_clip model"):
-        BACKBONES.options("open_clip:NoSuchNet")  # refused before anything loads
+        BACKBONES.part("open_clip:NoSuchNet")  # refused before anything loads
     with pytest.raises(ConfigError, match="neither a file"):
         load_backbone("open_clip:RN50:/no/such/file.pt")
     with pytest.raises(ConfigError, match="fixed by the name"):
-        BACKBONES.options("conse-lite0", {"variant": "lite2"})
+        BACKBONES.part("conse-lite0", {"variant": "lite2"})
     with pytest.raises(ConfigError, match="top_t"):
-        BACKBONES.options("conse-lite0", {"top_t": 0})
+        BACKBONES.part("conse-lite0", {"top_t": 0})
 
 
 def test_many_classes_are_encoded_in_checkpointed_chunks_with_the_same_values_and_gradients(conse, monkeypatch):

@@ -18,7 +18,7 @@ FAMILY_MEMBERS = {"open_clip:<model>[:<pretrained tag|checkpoint path|random>]":
 
 
 def _backbone_names() -> list[str]:
-    return [e.name for e in BACKBONES.entries()] + [FAMILY_MEMBERS[f.pattern] for f in BACKBONES.families()]
+    return [e.name for e in BACKBONES.entries()] + [FAMILY_MEMBERS[f.name] for f in BACKBONES.families()]
 
 
 @pytest.mark.parametrize("name", [e.name for e in DATASETS.entries()])

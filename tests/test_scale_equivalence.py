@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from bench.selection import generate_pool, load_pool
-from raysvc.strategies import make_strategy, strategy_names
+from raysvc.strategies import STRATEGIES, make_strategy
 from raysvc.strategies._badge import (
     badge_embeddings_reference,
     badge_select_reference,
@@ -152,14 +152,14 @@ def test_no_strategy_needs_a_pool_by_pool_matrix(tmp_path):
         generate_pool(paths[-1], n, 8, 10, "float32", 0.01, seed=7)
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(
-        [sys.executable, "-c", _MEMORY_SCRIPT, ",".join(strategy_names()), *map(str, paths)],
+        [sys.executable, "-c", _MEMORY_SCRIPT, ",".join(STRATEGIES.names()), *map(str, paths)],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     extra = json.loads(proc.stdout.strip().splitlines()[-1])
     if "skip" in extra:
         pytest.skip(extra["skip"])
-    assert set(extra) == set(strategy_names())
+    assert set(extra) == set(STRATEGIES.names())
     mb = 2**20
     bad = {
         name: f"{small / mb:.0f} MB -> {large / mb:.0f} MB"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from raysvc.errors import PoolExhaustedError
-from raysvc.strategies import Pool, make_strategy, strategy_class, strategy_names
+from raysvc.strategies import STRATEGIES, Pool, make_strategy
 
 N, D, C, E = 60, 8, 4, 6
 # options whose every value is a way of running the strategy (the others are tuning knobs)
@@ -23,7 +23,7 @@ MODE_OPTIONS = ("variant", "cold_start")
 
 def _modes(name: str) -> list[dict]:
     """{} and, for each mode option the strategy has, one params dict per value."""
-    options = strategy_class(name).Options
+    options = STRATEGIES.resolve(name).cls.Options
     hints = typing.get_type_hints(options)
     modes = [{}]
     for field in dataclasses.fields(options):
@@ -32,7 +32,7 @@ def _modes(name: str) -> list[dict]:
     return modes
 
 
-CASES = [(name, params) for name in strategy_names() for params in _modes(name)]
+CASES = [(name, params) for name in STRATEGIES.names() for params in _modes(name)]
 
 
 def _case_id(case) -> str:
@@ -68,14 +68,14 @@ def make_pool(strategy, n_labeled: int = 8, fields: str = "requires", dtype=np.f
 
 
 def _fields(name: str) -> list[str]:
-    return ["requires", "optional"] if strategy_class(name).optional else ["requires"]
+    return ["requires", "optional"] if STRATEGIES.resolve(name).cls.optional else ["requires"]
 
 
 CASES_WITH_FIELDS = [(name, params, fields) for name, params in CASES for fields in _fields(name)]
 
 
 def test_every_listed_strategy_is_checked():
-    assert sorted({name for name, _ in CASES}) == sorted(strategy_names())
+    assert sorted({name for name, _ in CASES}) == sorted(STRATEGIES.names())
 
 
 @pytest.mark.parametrize("name, params, fields", CASES_WITH_FIELDS,

@@ -38,7 +38,8 @@ class BackboneRef:
 
 def load_backbone(name: str, image_size: int | None = None, params: Mapping[str, Any] | None = None) -> Backbone:
     """The backbone called ``name`` with validated ``params``; loaded once per process and shared."""
-    return _load(BACKBONES.resolve(name).cls, BACKBONES.options(name, params), image_size)
+    part = BACKBONES.part(name, params)
+    return _load(part.cls, part.options, image_size)
 
 
 @functools.lru_cache(maxsize=4)

@@ -70,10 +70,12 @@ class Backbone(abc.ABC):
     logit_scale: multiplier of cosine similarities in zero-shot and prompt-learning logits.
     image_size: side of the square images the image encoder receives.
 
-    Subclasses declare a nested ``Options`` dataclass and are built as
+    Subclasses set ``name`` (the registry key; see :mod:`raysvc.registry` for ``preset`` and
+    families), declare a nested ``Options`` dataclass and are built as
     ``cls(options, image_size)`` (``image_size`` None: the model's own).
     """
 
+    name: ClassVar[str]
     Options: ClassVar[type[Options]] = NoOptions
     model_id: str
     embed_dim: int

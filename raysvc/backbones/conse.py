@@ -93,11 +93,9 @@ class MiniLMPromptEncoder(PromptEncoder):
         return self.model.embeddings.word_embeddings(ids.to(self.input_ids.device)).detach()
 
 
-@BACKBONES.register("conse-lite2", preset={"variant": "lite2"})
-@BACKBONES.register("conse-lite1", preset={"variant": "lite1"})
-@BACKBONES.register("conse-lite0", preset={"variant": "lite0"})
-class ConSEBackend(Backbone):
-    """EfficientNet-Lite ImageNet probabilities mapped into MiniLM's sentence space (offline)."""
+class ConSEBackbone(Backbone):
+    """EfficientNet-Lite ImageNet probabilities mapped into MiniLM's sentence space (offline);
+    registered once per EfficientNet-Lite size, which the name fixes."""
 
     @dataclasses.dataclass(frozen=True)
     class Options(Options):
@@ -158,3 +156,27 @@ class ConSEBackend(Backbone):
 
     def last_conv_layer(self) -> nn.Module:
         return self.classifier._conv_head
+
+
+@BACKBONES.register
+class ConSELite0(ConSEBackbone):
+    """EfficientNet-Lite0 ImageNet probabilities mapped into MiniLM's sentence space (offline; the default)."""
+
+    name = "conse-lite0"
+    preset = {"variant": "lite0"}
+
+
+@BACKBONES.register
+class ConSELite1(ConSEBackbone):
+    """EfficientNet-Lite1 ImageNet probabilities mapped into MiniLM's sentence space (offline)."""
+
+    name = "conse-lite1"
+    preset = {"variant": "lite1"}
+
+
+@BACKBONES.register
+class ConSELite2(ConSEBackbone):
+    """EfficientNet-Lite2 ImageNet probabilities mapped into MiniLM's sentence space (offline)."""
+
+    name = "conse-lite2"
+    preset = {"variant": "lite2"}

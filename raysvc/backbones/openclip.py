@@ -64,11 +64,6 @@ def _weights_id(weights: str) -> str:
     return weights
 
 
-def _parse_name(name: str) -> dict[str, str]:
-    model, sep, weights = name.removeprefix("open_clip:").partition(":")
-    return {"model": model, "weights": weights} if sep else {"model": model}
-
-
 def _pretrained(model: str, weights: str) -> str | None:
     """open_clip's ``pretrained`` argument for ``weights``; ConfigError when it names nothing."""
     import open_clip
@@ -85,10 +80,20 @@ def _pretrained(model: str, weights: str) -> str | None:
     raise ConfigError(f"weights {weights!r} for {model} are neither a file, 'random' nor a pretrained tag")
 
 
-@BACKBONES.register_family("open_clip:<model>[:<pretrained tag|checkpoint path|random>]",
-                           lambda name: name.startswith("open_clip:"), _parse_name, fixed=("model", "weights"))
-class OpenCLIPBackend(Backbone):
+@BACKBONES.register
+class OpenCLIPBackbone(Backbone):
     """Any open_clip model; weights by pretrained tag (needs the hub), checkpoint file or random."""
+
+    name = "open_clip:<model>[:<pretrained tag|checkpoint path|random>]"
+    fixed = ("model", "weights")
+
+    @classmethod
+    def from_name(cls, name: str) -> dict[str, str] | None:
+        """``open_clip:<model>[:<weights>]``."""
+        if not name.startswith("open_clip:"):
+            return None
+        model, sep, weights = name.removeprefix("open_clip:").partition(":")
+        return {"model": model, "weights": weights} if sep else {"model": model}
 
     @dataclasses.dataclass(frozen=True)
     class Options(Options):

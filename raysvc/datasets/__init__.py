@@ -21,7 +21,7 @@ def dataset_options(name: str, split_file: str | None = None, params: Mapping[st
     values = dict(params or {})
     if split_file is not None:
         values["split_file"] = split_file
-    return DATASETS.options(name, values)
+    return DATASETS.part(name, values).options
 
 
 def load_dataset(name: str, split_file: str | None = None, params: Mapping[str, Any] | None = None) -> ImageDataset:
@@ -29,9 +29,5 @@ def load_dataset(name: str, split_file: str | None = None, params: Mapping[str, 
     return DATASETS.resolve(name).cls(dataset_options(name, split_file, params)).load()
 
 
-def dataset_names() -> list[str]:
-    return DATASETS.names()
-
-
-__all__ = ["DATASETS", "DatasetSource", "ImageDataset", "array_dataset", "dataset_names", "dataset_options",
+__all__ = ["DATASETS", "DatasetSource", "ImageDataset", "array_dataset", "dataset_options",
            "load_dataset", "per_class_subset", "pool_test_split"]

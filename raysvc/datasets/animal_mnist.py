@@ -13,7 +13,7 @@ from raysvc.datasets.base import DatasetSource, ImageDataset, array_dataset
 from raysvc.errors import DatasetError
 
 
-@DATASETS.register("animal-mnist")
+@DATASETS.register
 class AnimalMNIST(DatasetSource):
     """Animal-MNIST: 10 animals, 1000 28-px drawings each (PyPI animal-mnist)."""
 

@@ -304,7 +304,7 @@ def build(root: Path = DEFAULT_ROOT, npm: str = "npm") -> Path:
 # --- loading -------------------------------------------------------------------------------
 
 
-@DATASETS.register("emoji")
+@DATASETS.register
 class Emoji(DatasetSource):
     """Emoji: 852 Noto and Twemoji 64-px renderings of 426 emoji in 18 classes, fixed split (make data)."""
 

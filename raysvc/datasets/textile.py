@@ -8,7 +8,7 @@ from raysvc.datasets.folder import image_folder
 from raysvc.errors import DatasetError
 
 
-@DATASETS.register("textile")
+@DATASETS.register
 class Textile(DatasetSource):
     """Textile: 2000 simulated fabric images, flawless or with a local or global defect."""
 

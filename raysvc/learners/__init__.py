@@ -1,5 +1,6 @@
 """Learners by name (``coop``, and the ActiveKD students ``no-distill``, ``kd-zeroshot``,
-``kd-fewshot``): each module of this package registers its learners with ``@register``."""
+``kd-fewshot``): each module of this package registers its learners with
+``@LEARNERS.register`` (see :mod:`raysvc.registry`)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,10 @@ from raysvc.registry import Registry
 LEARNERS: Registry[Learner] = Registry("learner", "raysvc.learners")
 
 
-def register(cls: type[Learner]) -> type[Learner]:
-    return LEARNERS.register(cls.name)(cls)
+def make_learner(name: str, experiment: Experiment, options: Mapping[str, Any] | None = None) -> Learner:
+    """The learner ``name`` for ``experiment`` with validated ``options``, for use outside a run."""
+    part = LEARNERS.part(name, options)
+    return part.cls(experiment, part.options)
 
 
-def make_learner(name: str, experiment: Experiment, params: Mapping[str, Any] | None = None) -> Learner:
-    """The learner ``name`` for ``experiment`` with validated ``params``."""
-    return LEARNERS.resolve(name).cls(experiment, LEARNERS.options(name, params))
-
-
-__all__ = ["LEARNERS", "Experiment", "Learner", "LocalRunner", "TrainRunner", "make_learner", "register"]
+__all__ = ["LEARNERS", "Experiment", "Learner", "LocalRunner", "TrainRunner", "make_learner"]

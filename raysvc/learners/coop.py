@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from raysvc.errors import ConfigError
 from raysvc.lazyrows import LazyRows
-from raysvc.learners import register
+from raysvc.learners import LEARNERS
 from raysvc.learners.base import Learner, TrainRunner
 from raysvc.options import Options, option
 
@@ -184,7 +184,7 @@ def kgcoop_penalty(classes: list[torch.Tensor], prior: torch.Tensor) -> torch.Te
     return torch.stack([(t - prior).pow(2).sum(-1).mean() for t in classes]).mean()
 
 
-@register
+@LEARNERS.register
 class CoOpLearner(Learner):
     """CoOp prompt learning on cached image embeddings."""
 

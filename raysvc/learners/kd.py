@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from raysvc.errors import ConfigError
-from raysvc.learners import register
+from raysvc.learners import LEARNERS
 from raysvc.learners.base import Learner, TrainRunner
 from raysvc.learners.students import Student, decode_images, make_student, normalisation, to_input
 from raysvc.options import Options, option
@@ -434,7 +434,7 @@ class KDLearner(Learner):
         self._state = {k: np.asarray(state[k]) for k in _STATE_KEYS if k in state}
 
 
-@register
+@LEARNERS.register
 class NoDistillLearner(KDLearner):
     """A student trained on the labeled images only (ActiveKD's no-distillation baseline)."""
 
@@ -442,7 +442,7 @@ class NoDistillLearner(KDLearner):
     teacher_kind = "none"
 
 
-@register
+@LEARNERS.register
 class ZeroShotKDLearner(KDLearner):
     """A student distilled from the VLM's zero-shot predictions (DHO)."""
 
@@ -450,7 +450,7 @@ class ZeroShotKDLearner(KDLearner):
     teacher_kind = "zeroshot"
 
 
-@register
+@LEARNERS.register
 class FewShotKDLearner(KDLearner):
     """A student distilled from a CLAP few-shot teacher re-fitted every round (DHO)."""
 

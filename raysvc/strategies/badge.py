@@ -14,12 +14,12 @@ import numpy as np
 
 from raysvc.strategies._badge import LazyGradientFactor, badge_select, cosine_farthest_first, gradient_factor
 from raysvc.strategies.base import ColdStartOptions, Pool, Selection, Strategy, cold_start_picks
-from raysvc.strategies.registry import register
+from raysvc.strategies.registry import STRATEGIES
 
 __all__ = ["Badge", "badge_select", "cosine_farthest_first", "gradient_factor"]
 
 
-@register
+@STRATEGIES.register
 class Badge(Strategy):
     """BADGE: k-means++ on gradient embeddings, or ActiveKD's cosine farthest-first for students.
 

@@ -29,7 +29,7 @@ from raysvc.strategies import clustering
 from raysvc.strategies._faiss import ASSIGN_CHUNK
 from raysvc.strategies._guided import FeatureKind, FeatureRequires, pool_features
 from raysvc.strategies.base import Pool, Selection, Strategy, Variant
-from raysvc.strategies.registry import register
+from raysvc.strategies.registry import STRATEGIES
 
 
 def allocate_to_clusters(assignment: np.ndarray, labeled: np.ndarray, budget: int, n_clusters: int) -> np.ndarray:
@@ -95,7 +95,7 @@ def cluster_balanced_picks(
     return candidates[order[rank < alloc[by_cluster]]]
 
 
-@register
+@STRATEGIES.register
 class ClusterBalanced(Strategy):
     """Query the centroid-nearest images of the clusters with the least labeled share, largest first.
 

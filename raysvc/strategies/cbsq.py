@@ -28,7 +28,7 @@ from raysvc.options import option
 from raysvc.strategies._guided import FeatureRequires
 from raysvc.strategies.base import Pool, Selection, Variant
 from raysvc.strategies.cb import ClusterBalanced
-from raysvc.strategies.registry import register
+from raysvc.strategies.registry import STRATEGIES
 
 
 def class_thresholds(
@@ -48,7 +48,7 @@ def class_thresholds(
     return tau
 
 
-@register
+@STRATEGIES.register
 class ClusterBalancedSelectiveQuery(ClusterBalanced):
     """Cluster-balanced picks; confident ones are pseudo-labeled, the others queried.
 

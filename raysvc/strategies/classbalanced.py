@@ -6,7 +6,7 @@ As erjui/PCoreSet @075a76a ``strategies.py:291-425`` (``ClassBalancedSampling``)
 import numpy as np
 
 from raysvc.strategies.base import Pool, Selection, Strategy
-from raysvc.strategies.registry import register
+from raysvc.strategies.registry import STRATEGIES
 
 _CHUNK = 65_536  # rows per argmax: no copy of the whole unlabeled probs
 
@@ -36,7 +36,7 @@ def classbalanced_allocation(labeled_counts: np.ndarray, predicted_classes: np.n
     return out
 
 
-@register
+@STRATEGIES.register
 class ClassBalanced(Strategy):
     """More of the budget to rarely labeled classes, drawn at random within each predicted class.
 

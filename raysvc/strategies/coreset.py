@@ -4,10 +4,10 @@ import numpy as np
 
 from raysvc.strategies._kcenter import kcenter_greedy
 from raysvc.strategies.base import ColdStartOptions, Pool, Selection, Strategy, cold_start_picks
-from raysvc.strategies.registry import register
+from raysvc.strategies.registry import STRATEGIES
 
 
-@register
+@STRATEGIES.register
 class CoreSet(Strategy):
     """Pick images farthest from their nearest labeled or picked one, on L2-normalised points.
 

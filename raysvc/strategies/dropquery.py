@@ -13,7 +13,7 @@ from raysvc.strategies._faiss import as_f32
 from raysvc.strategies._guided import FeatureKind, FeatureRequires, pool_features
 from raysvc.strategies.base import Pool, Selection, Strategy
 from raysvc.strategies.cb import cluster_balanced_picks
-from raysvc.strategies.registry import register
+from raysvc.strategies.registry import STRATEGIES
 
 _CHUNK = 4096
 
@@ -44,7 +44,7 @@ def dropout_flips(
     return flips
 
 
-@register
+@STRATEGIES.register
 class DropQuery(Strategy):
     """Candidates: unlabeled images whose text-head prediction changes under at least
     half of ``n_dropouts`` dropouts of rate ``rate``. K-means (K = budget) on the

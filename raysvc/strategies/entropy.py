@@ -4,7 +4,7 @@
 import numpy as np
 
 from raysvc.strategies.base import ColdStartOptions, Pool, Selection, Strategy, cold_start_picks
-from raysvc.strategies.registry import register
+from raysvc.strategies.registry import STRATEGIES
 
 
 _CHUNK = 16_384
@@ -25,7 +25,7 @@ def entropy(probs: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-@register
+@STRATEGIES.register
 class Entropy(Strategy):
     """The unlabeled images of highest predictive entropy, highest first.
 

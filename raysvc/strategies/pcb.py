@@ -17,7 +17,7 @@ from raysvc.errors import ConfigError
 from raysvc.options import option
 from raysvc.strategies._badge import LazyGradientFactor, badge_select
 from raysvc.strategies.base import ColdStartOptions, Pool, Selection, Strategy, cold_start_picks
-from raysvc.strategies.registry import register
+from raysvc.strategies.registry import STRATEGIES
 
 
 def balance_classes(
@@ -51,7 +51,7 @@ def balance_classes(
     return np.array(picks, dtype=np.int64)
 
 
-@register
+@STRATEGIES.register
 class PCB(Strategy):
     """BADGE candidates, then one at a time from the class with the fewest labeled images.
 

@@ -4,10 +4,10 @@ import numpy as np
 
 from raysvc.strategies._kcenter import kcenter_greedy
 from raysvc.strategies.base import Pool, Selection, Strategy
-from raysvc.strategies.registry import register
+from raysvc.strategies.registry import STRATEGIES
 
 
-@register
+@STRATEGIES.register
 class PCoreSet(Strategy):
     """Pick images whose probability vector is farthest (Euclidean) from its nearest
     labeled or already picked one, covering the simplex rather than feature space."""

@@ -11,7 +11,7 @@ from raysvc.options import Options, option
 from raysvc.strategies._faiss import EXACT_KNN_MAX, knn_blocks
 from raysvc.strategies._guided import FeatureKind, FeatureRequires, pool_features
 from raysvc.strategies.base import Pool, Selection, Strategy
-from raysvc.strategies.registry import register
+from raysvc.strategies.registry import STRATEGIES
 
 
 def ball_graph(
@@ -36,7 +36,7 @@ def ball_graph(
     return np.concatenate(sources + [missing_self]), np.concatenate(targets + [missing_self])
 
 
-@register
+@STRATEGIES.register
 class ProbCover(Strategy):
     """Repeatedly query the unlabeled image whose delta-ball holds the most uncovered images.
 

@@ -3,10 +3,10 @@
 import numpy as np
 
 from raysvc.strategies.base import Pool, Selection, Strategy, uniform_picks
-from raysvc.strategies.registry import register
+from raysvc.strategies.registry import STRATEGIES
 
 
-@register
+@STRATEGIES.register
 class Random(Strategy):
     name = "random"
 

@@ -1,4 +1,5 @@
-"""The strategy registry: every module of this package registers its strategy with ``@register``."""
+"""The strategy registry: every module of this package registers its strategy with
+``@STRATEGIES.register`` (see :mod:`raysvc.registry`)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,8 @@ from raysvc.strategies.base import Strategy
 STRATEGIES: Registry[Strategy] = Registry("strategy", "raysvc.strategies")
 
 
-def register(cls: type[Strategy]) -> type[Strategy]:
-    return STRATEGIES.register(cls.name)(cls)
-
-
-def strategy_names() -> list[str]:
-    return STRATEGIES.names()
-
-
-def strategy_class(name: str) -> type[Strategy]:
-    return STRATEGIES.resolve(name).cls
-
-
-def make_strategy(name: str, **params: Any) -> Strategy:
-    """The strategy ``name`` with validated ``params``; unknown names and bad options raise ConfigError."""
-    return strategy_class(name)(STRATEGIES.options(name, params))
+def make_strategy(name: str, **options: Any) -> Strategy:
+    """The strategy ``name`` with validated ``options``, for use outside a run (a run builds
+    its strategy from the plan's part); unknown names and bad options raise ConfigError."""
+    part = STRATEGIES.part(name, options)
+    return part.cls(part.options)

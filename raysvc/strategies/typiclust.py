@@ -12,7 +12,7 @@ from raysvc.strategies import clustering
 from raysvc.strategies._faiss import knn
 from raysvc.strategies._guided import FeatureKind, FeatureRequires, pool_features
 from raysvc.strategies.base import Pool, Selection, Strategy
-from raysvc.strategies.registry import register
+from raysvc.strategies.registry import STRATEGIES
 
 
 def most_typical(x: np.ndarray, n_neighbors: int) -> int:
@@ -28,7 +28,7 @@ def most_typical(x: np.ndarray, n_neighbors: int) -> int:
     return int(dist[:, 1:].mean(axis=1).argmin())
 
 
-@register
+@STRATEGIES.register
 class TypiClust(Strategy):
     """K = n_labeled + budget clusters (at most ``max_clusters``); from each cluster
     without labels, largest first, query its most typical unlabeled image.
