@@ -13,6 +13,6 @@ Submodules import lazily so ``import analysis`` stays cheap (no torch, no matplo
 
 from __future__ import annotations
 
-from analysis.load import AnalysisError, load_runs
+from analysis.load import load_runs
 
-__all__ = ["AnalysisError", "load_runs"]
+__all__ = ["load_runs"]

@@ -22,7 +22,7 @@ from sklearn.manifold import TSNE
 from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import threadpool_limits
 
-from analysis.load import AnalysisError
+from raysvc.errors import AnalysisError
 from raysvc.strategies._guided import class_guided_features
 
 

@@ -43,7 +43,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from analysis.load import AnalysisError
+from raysvc.errors import AnalysisError
 
 TARGETS = ("text", "image", "guided")
 

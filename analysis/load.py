@@ -35,31 +35,12 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 import pyarrow as pa
 
-from raysvc.errors import CorruptRunError, RaysvcError, StorageError
+from raysvc import storage
+from raysvc.errors import AnalysisError, BadRunError, CorruptRunError, EmptySourceError, SchemaMismatchError
 from raysvc.records import COLUMNS, RUN_COLUMNS, SCHEMA, SCHEMA_VERSION
 
 # how many offending runs an error message names before it says "and N more"
 _NAMED = 8
-
-
-class AnalysisError(RaysvcError):
-    """Results cannot be analysed as asked: nothing to read, incompatible runs, bad selection."""
-
-
-class EmptySourceError(AnalysisError):
-    """The source holds no complete run."""
-
-
-class SchemaMismatchError(AnalysisError):
-    """Runs were written with another record schema (version, columns or types)."""
-
-
-class BadRunError(AnalysisError, StorageError):
-    """Stored runs cannot be read (corrupt or edited files); ``bad`` lists them with reasons."""
-
-    def __init__(self, message: str, bad: Sequence["SkippedRun"] = ()):
-        super().__init__(message)
-        self.bad = list(bad)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +147,7 @@ def check_runs(runs: Iterable, source: str = "the source") -> pa.Table:
     runs = list(runs)
     if not runs:
         raise EmptySourceError(
-            f"no runs found in {source} (expected {source.rstrip('/')}/runs/<run_id>/manifest.json)"
+            f"no runs found in {source} (expected {storage.runs_location(source)}/<run_id>/manifest.json)"
         )
     wrong_version = []
     for run_id, table, manifest in runs:
@@ -223,14 +204,8 @@ def check_frame(df: pd.DataFrame, source: str = "the results") -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------ reading
-def _run_path(source: str, run_id: str) -> str:
-    return f"{source.rstrip('/')}/runs/{run_id}"
-
-
 def _read_one(source: str, run_id: str, retry_seconds: float | None):
     """``(Run or None, reason or None)`` for one listed run; failures of the store itself propagate."""
-    from raysvc import storage
-
     try:
         return storage.read_run(source, run_id, retry_seconds=retry_seconds), None
     except CorruptRunError as exc:
@@ -242,14 +217,14 @@ def _bad_runs_error(source: str, bad: list[SkippedRun], n_runs: int) -> BadRunEr
         b = bad[0]
         return BadRunError(
             f"run {b.run_id!r} in {source} cannot be read: {b.reason}; rerun it, delete "
-            f"{_run_path(source, b.run_id)}, or pass --skip-bad to go on without it",
+            f"{storage.run_location(source, b.run_id)}, or pass --skip-bad to go on without it",
             bad,
         )
     return BadRunError(
         f"{len(bad)} of {n_runs} runs in {source} cannot be read: "
         + "; ".join(f"{b.run_id!r}: {b.reason}" for b in bad[:_NAMED])
         + (f"; and {len(bad) - _NAMED} more" if len(bad) > _NAMED else "")
-        + f"; rerun them, delete their folders under {source.rstrip('/')}/runs/, "
+        + f"; rerun them, delete their folders under {storage.runs_location(source)}/, "
         "or pass --skip-bad to go on without them",
         bad,
     )
@@ -262,8 +237,6 @@ def read_results(source, *, skip_bad: bool = False, retry_seconds: float | None 
     such run with its reason. Failures of the store itself (unreachable, access denied)
     always raise.
     """
-    from raysvc import storage
-
     name = os.fspath(source)
     ids = storage.list_runs(source, retry_seconds=retry_seconds)
     runs, bad = [], []
@@ -325,6 +298,5 @@ def load_runs(source, *, retry_seconds: float | None = None) -> pd.DataFrame:
 
 
 __all__ = [
-    "AnalysisError", "BadRunError", "EmptySourceError", "Loaded", "SchemaMismatchError", "SkippedRun",
-    "check_frame", "check_runs", "load_results", "load_runs", "read_results", "run_problem",
+    "Loaded", "SkippedRun", "check_frame", "check_runs", "load_results", "load_runs", "read_results", "run_problem",
 ]  # fmt: skip

@@ -33,7 +33,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import figures as figs
-from analysis.load import AnalysisError, SkippedRun, load_results
+from analysis.load import SkippedRun, load_results
+from raysvc import storage
+from raysvc.errors import AnalysisError
 from analysis.tables import (
     CONFIG_KEYS,
     Table,
@@ -242,7 +244,7 @@ def build_report(
             "",
             f"Left out by `--skip-bad`: {len(skipped)} run{'s' if len(skipped) != 1 else ''} that could not be "
             "read or do not match the record schema. Rerun them, or delete their folders under "
-            f"`{name.rstrip('/')}/runs/`.",
+            f"`{storage.runs_location(name)}/`.",
             "",
             markdown_table(["run", "reason"], [[f"`{s.run_id}`", s.reason] for s in skipped], n_left=2),
             "",

@@ -42,7 +42,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.load import AnalysisError, load_runs
+from analysis.load import load_runs
+from raysvc.errors import AnalysisError
 
 CONFIG_KEYS = ("dataset", "strategy", "learner", "backbone", "student", "budget")
 GROUP_KEYS = (*CONFIG_KEYS, "round")

@@ -1,10 +1,25 @@
-"""Errors a user can act on. Every entry point prints them as one line and exits with 2."""
+"""raysvc's one error tree.
 
+:class:`RaysvcError` and its subclasses are mistakes a user can act on (a bad option, a
+missing dataset, an unwritable destination, runs that cannot be analysed together):
+every entry point prints them as one line and exits with 2, before anything is written
+where it can. :class:`RaysvcBug` is the opposite: an internal invariant broke (a pool
+whose arrays disagree, a strategy that selected nothing), which is raysvc's fault and
+ends with a traceback, never with a user-error line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
 from typing import Any
 
 
 class RaysvcError(Exception):
     """Base for errors caused by the user's input or environment, not by a bug."""
+
+
+class RaysvcBug(RuntimeError):
+    """An internal invariant does not hold: a bug in raysvc, reported with its traceback."""
 
 
 class ConfigError(RaysvcError, ValueError):
@@ -37,10 +52,29 @@ class StorageError(RaysvcError):
 class CorruptRunError(StorageError):
     """A stored run cannot be read back as written; ``reason`` says what is wrong in plain words."""
 
-    def __init__(self, run_id: str, where: str, reason: str):
+    def __init__(self, run_id: str, where: str, reason: str, run_path: str):
         self.run_id, self.where, self.reason = run_id, where, reason
-        super().__init__(f"run {run_id!r} in {where} cannot be read: {reason}; "
-                         f"rerun it or delete {where.rstrip('/')}/runs/{run_id}")
+        super().__init__(f"run {run_id!r} in {where} cannot be read: {reason}; rerun it or delete {run_path}")
+
+
+class AnalysisError(RaysvcError):
+    """Results cannot be analysed as asked: nothing to read, incompatible runs, bad selection."""
+
+
+class EmptySourceError(AnalysisError):
+    """The source holds no complete run."""
+
+
+class SchemaMismatchError(AnalysisError):
+    """Runs were written with another record schema (version, columns or types)."""
+
+
+class BadRunError(AnalysisError, StorageError):
+    """Stored runs cannot be read (corrupt or edited files); ``bad`` lists them with reasons."""
+
+    def __init__(self, message: str, bad: Sequence[Any] = ()):
+        super().__init__(message)
+        self.bad = list(bad)
 
 
 def one_line(text: Any, limit: int = 500) -> str:

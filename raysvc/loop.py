@@ -16,7 +16,7 @@ import numpy as np
 from raysvc.backbones import BackboneRef
 from raysvc.spec import RunSpec
 from raysvc.datasets import ImageDataset, load_dataset, per_class_subset, pool_test_split
-from raysvc.errors import ConfigError, PoolExhaustedError
+from raysvc.errors import PoolExhaustedError, RaysvcBug
 from raysvc.features import EncodedDataset, FeatureStore, centred
 from raysvc.learners import Experiment, Learner, LocalRunner, TrainRunner, make_learner
 from raysvc.prompts import with_prompts
@@ -184,7 +184,7 @@ def run_loop(
             selection = strategy.select(pool, budget, seed=config.seed * 1000 + round_)
         select_seconds = time.perf_counter() - start
         if len(selection.query) + len(selection.pseudo) == 0:
-            raise ConfigError(f"strategy {config.strategy!r} selected nothing in round {round_}")
+            raise RaysvcBug(f"strategy {config.strategy!r} selected nothing in round {round_}")
         state.labeled[selection.query] = True
         state.labels[selection.query] = true_labels[selection.query]
         state.labeled[selection.pseudo] = True

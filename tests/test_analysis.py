@@ -19,7 +19,8 @@ if str(ROOT) not in sys.path:  # analysis/ lives beside raysvc/ and is not insta
     sys.path.insert(0, str(ROOT))
 
 from analysis import figures, report, tables  # noqa: E402
-from analysis.load import AnalysisError, EmptySourceError, SchemaMismatchError, load_runs  # noqa: E402
+from analysis.load import load_runs  # noqa: E402
+from raysvc.errors import AnalysisError, EmptySourceError, SchemaMismatchError  # noqa: E402
 from raysvc import storage  # noqa: E402
 from raysvc.errors import RaysvcError  # noqa: E402
 from raysvc.records import COLUMNS, SCHEMA_VERSION, to_table  # noqa: E402

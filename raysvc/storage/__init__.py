@@ -9,11 +9,11 @@ Provenance (what goes into a manifest) is :mod:`raysvc.provenance`.
 
 from raysvc.storage.runs import (
     MANIFEST, RECORDS, RUNS, Run, check_writable, delete_run, list_runs, read_run, read_runs, read_table, run_key,
-    write_run,
+    run_location, runs_location, write_run,
 )
 from raysvc.storage.stores import ObjectStore, open_store
 
 __all__ = [
     "MANIFEST", "RECORDS", "RUNS", "ObjectStore", "Run", "check_writable", "delete_run", "list_runs", "open_store",
-    "read_run", "read_runs", "read_table", "run_key", "write_run",
+    "read_run", "read_runs", "read_table", "run_key", "run_location", "runs_location", "write_run",
 ]  # fmt: skip

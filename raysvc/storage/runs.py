@@ -50,6 +50,16 @@ def run_key(run_id: str, name: str) -> str:
     return f"{RUNS}/{_check_run_id(run_id)}/{name}"
 
 
+def runs_location(dest: Dest) -> str:
+    """Where ``dest`` keeps its runs, for messages: ``DEST/runs``."""
+    return f"{str(open_store(dest)).rstrip('/')}/{RUNS}"
+
+
+def run_location(dest: Dest, run_id: str) -> str:
+    """Where ``dest`` keeps run ``run_id``, for messages: ``DEST/runs/<run_id>``."""
+    return f"{runs_location(dest)}/{run_id}"
+
+
 def _check_run_id(run_id: str) -> str:
     if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
         raise StorageError(
@@ -142,7 +152,7 @@ def read_run(dest: Dest, run_id: str, *, retry_seconds: float | None = None) -> 
             return Run(run_id, pq.read_table(pa.BufferReader(raw)), manifest)
         except (pa.ArrowException, OSError) as exc:
             reason = f"{RECORDS} is not a readable Parquet file ({one_line(exc, 120)})"
-    raise CorruptRunError(run_id, str(store), reason)
+    raise CorruptRunError(run_id, str(store), reason, run_location(store, run_id))
 
 
 def read_runs(dest: Dest, run_ids: list[str] | None = None, *, retry_seconds: float | None = None) -> list[Run]:

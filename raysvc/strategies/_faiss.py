@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import faiss
 import numpy as np
 
-from raysvc.errors import ConfigError
+from raysvc.errors import RaysvcBug
 
 # K-means: above this many points, train on a seeded subsample of
 # LARGE_POINTS_PER_CENTROID points per centroid, with nredo=1 and LARGE_NITER Lloyd
@@ -83,7 +83,7 @@ def _flat_index(d: int, metric: str):
     elif metric == "ip":
         index = faiss.IndexFlatIP(d)
     else:
-        raise ConfigError(f"knn metric must be 'l2' or 'ip', got {metric!r}")
+        raise RaysvcBug(f"knn metric must be 'l2' or 'ip', got {metric!r}")
     return faiss.index_cpu_to_all_gpus(index) if _use_gpu() else index
 
 
@@ -135,7 +135,7 @@ def kmeans(
     """
     n, d = x.shape
     if k < 1 or n < 1:
-        raise ConfigError(f"kmeans needs k >= 1 and at least one point, got k={k}, n={n}")
+        raise RaysvcBug(f"kmeans needs k >= 1 and at least one point, got k={k}, n={n}")
     k = min(int(k), n)
     rng = np.random.default_rng(int(seed) % (2**63))
     large = n > LARGE_POOL
@@ -210,7 +210,7 @@ def knn(
     """
     x = gather_f32(x)
     if k < 1:
-        raise ConfigError(f"knn needs k >= 1, got {k}")
+        raise RaysvcBug(f"knn needs k >= 1, got {k}")
     k = min(int(k), len(x))
     n_queries = len(x) if queries is None else len(queries)
     dist = np.empty((n_queries, k), dtype=np.float32)

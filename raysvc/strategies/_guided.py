@@ -12,7 +12,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from raysvc.errors import ConfigError
+from raysvc.errors import RaysvcBug
 from raysvc.lazyrows import LazyRows
 from raysvc.strategies._faiss import LARGE_POOL, as_f32, gather_f32, unit_rows
 from raysvc.strategies.base import Pool
@@ -42,7 +42,7 @@ def class_guided_features(
     With ``rows``, only for those rows (an (len(rows), 2D) array).
     """
     if variant not in ("official", "paper"):
-        raise ConfigError(f"class-guided features: variant must be 'official' or 'paper', got {variant!r}")
+        raise RaysvcBug(f"class-guided features: variant must be 'official' or 'paper', got {variant!r}")
     text = as_f32(text_features)
     d = features.shape[1]
     n = len(features) if rows is None else len(rows)
@@ -61,7 +61,7 @@ def class_guided_features(
 
 def check_kind(kind: str) -> str:
     if kind not in FEATURE_KINDS:
-        raise ConfigError(f"features must be one of {', '.join(FEATURE_KINDS)}, got {kind!r}")
+        raise RaysvcBug(f"features must be one of {', '.join(FEATURE_KINDS)}, got {kind!r}")
     return kind
 
 
@@ -85,7 +85,7 @@ def pool_features(pool: Pool, kind: str, rows: np.ndarray | None = None, variant
     if check_kind(kind) == "image":
         return pool.features if rows is None else gather_f32(pool.features, rows)
     if pool.text_features is None:
-        raise ConfigError("class-guided features need pool.text_features")
+        raise RaysvcBug("class-guided features need pool.text_features")
     if rows is None and len(pool.features) > LARGE_POOL:
         width = pool.features.shape[1] + pool.text_features.shape[1]
         return LazyRows(len(pool.features), width, lambda r: class_guided_features(

@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from raysvc.errors import ConfigError, PoolExhaustedError
+from raysvc.errors import ConfigError, PoolExhaustedError, RaysvcBug
 from raysvc.options import NoOptions, Options, option
 
 POOL_FIELDS = frozenset({"features", "probs", "text_features", "embeddings"})
@@ -60,22 +60,22 @@ class Pool:
     def __post_init__(self):
         n = len(self.labeled)
         if self.labeled.dtype != bool:
-            raise ConfigError("pool.labeled must be a boolean mask")
+            raise RaysvcBug("pool.labeled must be a boolean mask")
         for name in ("features", "probs", "labels", "embeddings"):
             value = getattr(self, name)
             if value is not None and len(value) != n:
-                raise ConfigError(f"pool.{name} has {len(value)} rows, expected {n}")
+                raise RaysvcBug(f"pool.{name} has {len(value)} rows, expected {n}")
         if self.n_classes is None:
             known = self.probs if self.probs is not None else self.text_features
             if known is None:
-                raise ConfigError("pool.n_classes is needed when neither probs nor text_features is given")
+                raise RaysvcBug("pool.n_classes is needed when neither probs nor text_features is given")
             object.__setattr__(self, "n_classes", int(known.shape[1] if known is self.probs else len(known)))
         if self.probs is not None and self.probs.shape[1] != self.n_classes:
-            raise ConfigError(f"pool.probs has {self.probs.shape[1]} columns for {self.n_classes} classes")
+            raise RaysvcBug(f"pool.probs has {self.probs.shape[1]} columns for {self.n_classes} classes")
         if self.text_features is not None and len(self.text_features) != self.n_classes:
-            raise ConfigError("pool.text_features must have one row per class")
+            raise RaysvcBug("pool.text_features must have one row per class")
         if self.round < 1:
-            raise ConfigError("pool.round is 1-based")
+            raise RaysvcBug("pool.round is 1-based")
 
     @property
     def unlabeled_indices(self) -> np.ndarray:
@@ -164,13 +164,13 @@ class Strategy(abc.ABC):
             )
         for field in self.requires:
             if getattr(pool, field) is None:
-                raise ConfigError(f"strategy {self.name!r} needs pool.{field}")
+                raise RaysvcBug(f"strategy {self.name!r} needs pool.{field}")
         selection = self._select(pool, int(budget), np.random.default_rng(seed))
         if len(selection.query) > budget:
-            raise AssertionError(f"{self.name} queried {len(selection.query)} > budget {budget}")
+            raise RaysvcBug(f"{self.name} queried {len(selection.query)} > budget {budget}")
         touched = np.concatenate([selection.query, selection.pseudo])
         if pool.labeled[touched].any():
-            raise AssertionError(f"{self.name} selected an already labeled image")
+            raise RaysvcBug(f"{self.name} selected an already labeled image")
         return selection
 
     @abc.abstractmethod
