@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-ROW_CHUNK = 16_384  # rows computed at once: bounds the temporaries of one computation
+from raysvc.chunks import COMPUTE_ROWS
 
 
 class LazyRows:
@@ -33,8 +33,8 @@ class LazyRows:
     def rows(self, positions: np.ndarray) -> np.ndarray:
         positions = np.asarray(positions, dtype=np.int64)
         out = np.empty((len(positions), self.shape[1]), dtype=np.float32)
-        for start in range(0, len(positions), ROW_CHUNK):
-            part = positions[start : start + ROW_CHUNK]
+        for start in range(0, len(positions), COMPUTE_ROWS):
+            part = positions[start : start + COMPUTE_ROWS]
             out[start : start + len(part)] = self._compute(part)
         return out
 

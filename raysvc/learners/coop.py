@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from raysvc.chunks import COMPUTE_ROWS
 from raysvc.errors import ConfigError
 from raysvc.lazyrows import LazyRows
 from raysvc.learners import LEARNERS
@@ -228,7 +229,7 @@ class CoOpLearner(Learner):
             return self._probs(pool)
         return LazyRows(len(pool), self.experiment.dataset.n_classes, lambda r: self._probs(pool[r]))
 
-    def _probs(self, rows: np.ndarray, chunk: int = 16_384) -> np.ndarray:
+    def _probs(self, rows: np.ndarray, chunk: int = COMPUTE_ROWS) -> np.ndarray:
         encoded = self.experiment.encoded
         if self.class_embeddings is None:
             return encoded.zeroshot_probs(rows)

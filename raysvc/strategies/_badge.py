@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from raysvc.chunks import COMPUTE_ROWS
 from raysvc.strategies._faiss import gather_f32
 from raysvc.strategies._kcenter import Backend, array_backend, half_backend, put_rows_half, use_half
 
@@ -66,8 +67,8 @@ def _check(pairs: Sequence[Pair], n: int | None = None) -> int:
 
 
 def _factors(pairs: Sequence[Pair], rows: np.ndarray, be: Backend):
-    # a may be a LazyGradientFactor: gathered 32k rows at a time, its (rows, C) temporaries stay small
-    fac = [(be.put(gather_f32(a, rows, 32_768)), be.put(gather_f32(h, rows, 32_768))) for a, h in pairs]
+    # a may be a LazyGradientFactor: gathered a block at a time, its (rows, C) temporaries stay small
+    fac = [(be.put(gather_f32(a, rows, COMPUTE_ROWS)), be.put(gather_f32(h, rows, COMPUTE_ROWS))) for a, h in pairs]
     norms = sum((a * a).sum(1) * (h * h).sum(1) for a, h in fac)
     return fac, norms
 

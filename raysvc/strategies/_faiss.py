@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import faiss
 import numpy as np
 
+from raysvc.chunks import COMPUTE_ROWS, COPY_ROWS
 from raysvc.errors import RaysvcBug
 
 # K-means: above this many points, train on a seeded subsample of
@@ -43,17 +44,13 @@ LARGE_K = 2048
 LARGE_TRAIN_ELEMENTS = 1 << 27
 # kNN: exact (every pair) up to EXACT_KNN_MAX points, approximate above.
 EXACT_KNN_MAX = 50_000
-ROW_CHUNK = 65_536
-# rows assigned to centres at once: a chunk of guided features (2D wide, computed where read)
-# and its float32 copy stay ~50 MB at D = 384
-ASSIGN_CHUNK = 16_384
 
 
 def as_f32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def gather_f32(x: np.ndarray, rows: np.ndarray | None = None, chunk: int = ROW_CHUNK) -> np.ndarray:
+def gather_f32(x: np.ndarray, rows: np.ndarray | None = None, chunk: int = COPY_ROWS) -> np.ndarray:
     """float32 copy of ``x[rows]`` (all rows when None), converted chunk by chunk so a
     float16 pool is never copied whole in its own dtype first."""
     n = len(x) if rows is None else len(rows)
@@ -175,8 +172,8 @@ def kmeans(
     km = best[1]
     assignment = np.empty(n, dtype=np.int64)
     inertia = 0.0
-    for start in range(0, n, ASSIGN_CHUNK):
-        stop = start + ASSIGN_CHUNK
+    for start in range(0, n, COMPUTE_ROWS):
+        stop = start + COMPUTE_ROWS
         chunk = xt[start:stop] if train_rows is None else gather_f32(x[start:stop])
         sq_dist, a = km.index.search(chunk, 1)
         assignment[start : start + len(chunk)] = a[:, 0]

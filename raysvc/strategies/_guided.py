@@ -12,6 +12,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from raysvc.chunks import COMPUTE_ROWS
 from raysvc.errors import RaysvcBug
 from raysvc.lazyrows import LazyRows
 from raysvc.strategies._faiss import LARGE_POOL, as_f32, gather_f32, unit_rows
@@ -25,7 +26,7 @@ def class_guided_features(
     features: np.ndarray,
     probs: np.ndarray,
     text_features: np.ndarray,
-    chunk: int = 32_768,
+    chunk: int = COMPUTE_ROWS,
     rows: np.ndarray | None = None,
     variant: str = "official",
 ) -> np.ndarray:

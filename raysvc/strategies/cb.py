@@ -24,9 +24,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from raysvc.chunks import COMPUTE_ROWS
 from raysvc.options import Options, option
 from raysvc.strategies import clustering
-from raysvc.strategies._faiss import ASSIGN_CHUNK
 from raysvc.strategies._guided import FeatureKind, FeatureRequires, pool_features
 from raysvc.strategies.base import Pool, Selection, Strategy, Variant
 from raysvc.strategies.registry import STRATEGIES
@@ -62,8 +62,8 @@ def centroid_cosine_distances(x: np.ndarray, centroids: np.ndarray, rows: np.nda
     out = np.empty(len(rows), dtype=np.float64)
     cen = np.asarray(centroids, dtype=np.float64)
     cen_norm = np.linalg.norm(cen, axis=1)
-    for start in range(0, len(rows), ASSIGN_CHUNK):
-        stop = min(start + ASSIGN_CHUNK, len(rows))
+    for start in range(0, len(rows), COMPUTE_ROWS):
+        stop = min(start + COMPUTE_ROWS, len(rows))
         xr = np.asarray(x[rows[start:stop]], dtype=np.float64)
         c = cluster[start:stop]
         dot = np.einsum("ij,ij->i", xr, cen[c])

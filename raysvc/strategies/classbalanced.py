@@ -5,10 +5,9 @@ As erjui/PCoreSet @075a76a ``strategies.py:291-425`` (``ClassBalancedSampling``)
 
 import numpy as np
 
+from raysvc.chunks import COPY_ROWS
 from raysvc.strategies.base import Pool, Selection, Strategy
 from raysvc.strategies.registry import STRATEGIES
-
-_CHUNK = 65_536  # rows per argmax: no copy of the whole unlabeled probs
 
 
 def classbalanced_allocation(labeled_counts: np.ndarray, predicted_classes: np.ndarray, budget: int) -> np.ndarray:
@@ -54,7 +53,7 @@ class ClassBalanced(Strategy):
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
         unlabeled = pool.unlabeled_indices
         predicted = np.concatenate(
-            [pool.probs[unlabeled[s : s + _CHUNK]].argmax(1) for s in range(0, len(unlabeled), _CHUNK)]
+            [pool.probs[unlabeled[s : s + COPY_ROWS]].argmax(1) for s in range(0, len(unlabeled), COPY_ROWS)]
         )
         counts = pool.labeled_counts()
         alloc = classbalanced_allocation(counts, np.unique(predicted), budget)

@@ -3,11 +3,9 @@
 
 import numpy as np
 
+from raysvc.chunks import COMPUTE_ROWS
 from raysvc.strategies.base import ColdStartOptions, Pool, Selection, Strategy, cold_start_picks
 from raysvc.strategies.registry import STRATEGIES
-
-
-_CHUNK = 16_384
 
 
 def entropy(probs: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
@@ -17,8 +15,8 @@ def entropy(probs: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     n = len(probs) if rows is None else len(rows)
     dtype = np.float64 if probs.dtype == np.float64 else np.float32
     out = np.empty(n, dtype=dtype)
-    for start in range(0, n, _CHUNK):
-        stop = min(start + _CHUNK, n)
+    for start in range(0, n, COMPUTE_ROWS):
+        stop = min(start + COMPUTE_ROWS, n)
         chunk = probs[start:stop] if rows is None else probs[rows[start:stop]]
         p = np.clip(np.asarray(chunk, dtype=dtype), 1e-12, 1.0)
         out[start:stop] = -(p * np.log(p)).sum(axis=1)
