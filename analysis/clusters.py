@@ -121,7 +121,7 @@ def _cluster_plot(features, probs, text_features, labels, out_path, classnames, 
 
 
 def cluster_analysis_encoded(encoded, out_path, rows=None, classnames=None, **kwargs) -> ClusterResult:
-    """:func:`cluster_analysis` of a :class:`raysvc.features.EncodedDataset` (zero-shot probs by default)."""
+    """:func:`cluster_analysis` of a :class:`raysvc.encoded.EncodedDataset` (zero-shot probs by default)."""
     rows = slice(None) if rows is None else rows
     kwargs.setdefault("probs", encoded.zeroshot_probs(rows))
     return cluster_analysis(
@@ -134,19 +134,20 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m analysis.clusters --dataset animal-mnist --backbone conse-lite0 --out DIR``."""
     import argparse
 
+    from raysvc.experiment import assemble
+    from raysvc.feature_settings import FeatureSettings
+    from raysvc.featurecache import FeatureCache
     from raysvc.spec import RunSpec
-    from raysvc.features import DEFAULT_ROOT, FeatureStore
-    from raysvc.loop import load_experiment, store_encoder
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--dataset", default="animal-mnist")
     parser.add_argument("--backbone", default="conse-lite0")
     parser.add_argument("--max-points", type=int, default=2000, help="t-SNE and K-means on a seeded subset")
-    parser.add_argument("--cache", default=str(DEFAULT_ROOT))
+    parser.add_argument("--cache", help="feature cache (default: $RAYSVC_CACHE or ~/.cache/raysvc/features)")
     parser.add_argument("--out", default="report")
     args = parser.parse_args(argv)
-    experiment = load_experiment(RunSpec(dataset=args.dataset, backbone=args.backbone),
-                                 store_encoder(FeatureStore(args.cache)))
+    experiment = assemble(RunSpec(dataset=args.dataset, backbone=args.backbone).resolve(),
+                          FeatureCache(FeatureSettings(cache_dir=args.cache)).encode)
     result = cluster_analysis_encoded(
         experiment.encoded, Path(args.out) / f"clusters_{experiment.dataset.name}.png",
         classnames=experiment.dataset.classnames, max_points=args.max_points,

@@ -18,44 +18,45 @@ import dataclasses
 import numpy as np
 import torch
 
-from raysvc.spec import RunSpec
-from raysvc.features import DEFAULT_ROOT, FeatureStore
+from raysvc.experiment import assemble, initial_labeled
+from raysvc.feature_settings import FeatureSettings
+from raysvc.featurecache import FeatureCache
 from raysvc.learners import make_learner
 from raysvc.learners.kd import KDOptions, combine_heads, student_outputs, train_student
 from raysvc.learners.students import make_student, normalisation
-from raysvc.loop import initial_labeled, load_experiment, store_encoder
+from raysvc.spec import RunSpec
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
     return torch.as_tensor(z).softmax(-1).numpy()
 
 
-def head_accuracies(experiment, labeled: np.ndarray, config: KDOptions, seed: int) -> dict[str, float]:
-    images = make_learner("no-distill", experiment, dataclasses.asdict(config))
+def head_accuracies(experiment, labeled: np.ndarray, options: KDOptions, seed: int) -> dict[str, float]:
+    images = make_learner("no-distill", experiment, dataclasses.asdict(options))
     pool_images, test_images = images.images("pool"), images.images("test")
     teacher_pool = experiment.encoded.zeroshot_logits(experiment.pool)  # what kd-zeroshot distils
     teacher_test = experiment.encoded.zeroshot_probs(experiment.test)
     y = experiment.test_labels
     accuracy = lambda p: float((p.argmax(1) == y).mean())  # noqa: E731
-    mean, std = normalisation(config.student)
+    mean, std = normalisation(options.student)
     out = {"teacher": accuracy(teacher_test)}
     for teacher in (None, teacher_pool):  # no-distill, then kd-zeroshot
-        result = train_student({"config": dataclasses.asdict(config), "n_classes": experiment.dataset.n_classes,
+        result = train_student({"options": options, "n_classes": experiment.dataset.n_classes,
                                 "images": pool_images.numpy(), "labeled": labeled,
                                 "labels": experiment.pool_labels[labeled], "teacher_logits": teacher, "seed": seed})
-        student = make_student(config.student, experiment.dataset.n_classes, "random")
+        student = make_student(options.student, experiment.dataset.n_classes, "random")
         student.load_state_dict({k: torch.as_tensor(v) for k, v in result["state_dict"].items()})
         z_ce, z_kd, _ = student_outputs(student, test_images, mean, std)
-        p_ce, p_kd = _softmax(z_ce), _softmax(z_kd / config.beta)
+        p_ce, p_kd = _softmax(z_ce), _softmax(z_kd / options.beta)
         if teacher is None:
             out["no-distill CE head"] = accuracy(p_ce)
             continue
-        a = config.alpha
+        a = options.alpha
         out.update({
             "KD: CE head": accuracy(p_ce), "KD: KD head": accuracy(p_kd),
             "KD: heads mixed as probabilities": accuracy(
-                combine_heads(torch.as_tensor(z_ce), torch.as_tensor(z_kd), a, config.beta).numpy()),
-            "KD: heads mixed as logits": accuracy(a * z_ce + (1 - a) * z_kd / config.beta),
+                combine_heads(torch.as_tensor(z_ce), torch.as_tensor(z_kd), a, options.beta).numpy()),
+            "KD: heads mixed as logits": accuracy(a * z_ce + (1 - a) * z_kd / options.beta),
             "KD: CE head mixed with the teacher": accuracy(a * p_ce + (1 - a) * teacher_test),
         })
     return out
@@ -69,11 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-fraction", type=float, default=0.5)
     parser.add_argument("--labeled", default="10,50,90", help="comma-separated labeled-set sizes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache", default=str(DEFAULT_ROOT))
+    parser.add_argument("--cache", help="feature cache (default: $RAYSVC_CACHE or ~/.cache/raysvc/features)")
     args = parser.parse_args(argv)
     run = RunSpec(dataset=args.dataset, backbone=args.backbone, per_class=args.per_class,
                     test_fraction=args.test_fraction)
-    experiment = load_experiment(run, store_encoder(FeatureStore(args.cache, progress="off")))
+    cache = FeatureCache(FeatureSettings(cache_dir=args.cache), progress="off")
+    experiment = assemble(run.resolve(), cache.encode)
     start = initial_labeled(experiment.pool_labels, experiment.dataset.classnames, 1, args.seed)
     rest = np.random.default_rng(args.seed).permutation(np.setdiff1d(np.arange(len(experiment.pool)), start))
     sizes = [int(n) for n in args.labeled.split(",")]

@@ -34,8 +34,6 @@ import pandas as pd
 
 from analysis import figures as figs
 from analysis.load import SkippedRun, load_results
-from raysvc import storage
-from raysvc.errors import AnalysisError
 from analysis.tables import (
     CONFIG_KEYS,
     Table,
@@ -46,7 +44,9 @@ from analysis.tables import (
     queries_table,
     timing_table,
 )
+from raysvc import storage
 from raysvc.entry import Parser, entry_point
+from raysvc.errors import AnalysisError
 from raysvc.records import SCHEMA_VERSION
 
 ACCURACY_METRICS = ("test_acc", "zeroshot_acc", "teacher_acc", "pseudo_acc")

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from bench import command, host, write_results
-from raysvc.cli import parse_options
-from raysvc.spec import RunSpec
-from raysvc.features import FeatureStore
+from raysvc.entry import parse_options
+from raysvc.experiment import assemble
+from raysvc.featurecache import FeatureCache
 from raysvc.learners import LocalRunner, make_learner
-from raysvc.loop import load_experiment, store_encoder
+from raysvc.spec import RunSpec
 
 # every knob explicit: the learner's own defaults (variant keep-prior) are one of the rows
 _PLAIN = {"prompt": "unified", "ctx_init": "random", "kg_weight": 0.0, "prior_weight": 0.0, "warmup_epochs": 0}
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     spec = RunSpec(dataset=args.dataset, backbone=args.backbone, backbone_params=parse_options(args.backbone_opt),
                    feature_centering=args.feature_centering)
-    experiment = load_experiment(spec, store_encoder(FeatureStore.at(None, progress="off")))
+    experiment = assemble(spec.resolve(), FeatureCache(progress="off").encode)
     n_classes = experiment.dataset.n_classes
     zeroshot = float((experiment.encoded.zeroshot_probs(experiment.test).argmax(1) == experiment.test_labels).mean())
     ks = [int(k) for k in args.ks.split(",")]

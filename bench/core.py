@@ -21,16 +21,17 @@ import numpy as np
 import torch
 
 from bench import command, host, write_results
-from raysvc.spec import RunSpec
-from raysvc.features import FeatureStore
+from raysvc.experiment import assemble
+from raysvc.feature_settings import FeatureSettings
+from raysvc.featurecache import FeatureCache
 from raysvc.learners.coop import CoOpOptions, prompt_logits, train_coop
-from raysvc.loop import load_experiment, store_encoder
 from raysvc.run import execute
+from raysvc.spec import RunSpec
 
 
 def staged_run(config: RunSpec) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as cache:
-        result = execute(config, encode=store_encoder(FeatureStore(cache)))
+        result = execute(config.resolve(), encode=FeatureCache(FeatureSettings(cache_dir=cache)).encode)
     rows, encode_s = result.rows, result.experiment.encoded.encode_seconds
     return {
         "encode_s": encode_s,
@@ -44,8 +45,8 @@ def staged_run(config: RunSpec) -> dict[str, float]:
 
 def reencoding_epochs(config: RunSpec, n_labeled: int, epochs: int) -> tuple[float, float]:
     """Seconds for ``epochs`` CoOp epochs on cached embeddings vs re-encoding the images each epoch."""
-    experiment = load_experiment(config, store_encoder(FeatureStore()))
-    backend = experiment.backbone.load()
+    experiment = assemble(config.resolve(), FeatureCache().encode)
+    backbone = experiment.backbone.load()
     rows = np.random.default_rng(0).choice(len(experiment.pool), n_labeled, replace=False)
     labels = experiment.pool_labels[rows]
     coop = CoOpOptions(epochs=epochs, lr=0.1, batch_size=n_labeled)
@@ -53,21 +54,21 @@ def reencoding_epochs(config: RunSpec, n_labeled: int, epochs: int) -> tuple[flo
                "classnames": list(experiment.dataset.classnames), "labels": labels, "seed": 0,
                "text_features": experiment.encoded.text_features,
                "features": np.asarray(experiment.encoded.image_features[experiment.pool[rows]], dtype=np.float32),
-               "config": coop.to_dict()}
+               "options": coop}
     start = time.perf_counter()
     train_coop(payload)
     cached = time.perf_counter() - start
 
     images = [experiment.dataset.load(i) for i in experiment.pool[rows]]
-    encoder = backend.prompt_encoder(experiment.dataset.classnames, coop.n_ctx)
+    encoder = backbone.prompt_encoder(experiment.dataset.classnames, coop.n_ctx)
     ctx = torch.nn.Parameter(torch.randn(coop.n_ctx, encoder.token_dim) * coop.init_std)
     optimizer = torch.optim.SGD([ctx], lr=coop.lr, momentum=coop.momentum)
     target = torch.as_tensor(labels)
     start = time.perf_counter()
     for _ in range(epochs):
         with torch.no_grad():
-            features = backend.encode_images(backend.preprocess(images))
-        loss = torch.nn.functional.cross_entropy(prompt_logits(features, [encoder(ctx)], backend.logit_scale), target)
+            features = backbone.encode_images(backbone.preprocess(images))
+        loss = torch.nn.functional.cross_entropy(prompt_logits(features, [encoder(ctx)], backbone.logit_scale), target)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

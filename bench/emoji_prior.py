@@ -32,9 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from bench import command, host
-from raysvc.datasets import emoji
 from raysvc._compat import import_torchvision
-from raysvc.datasets import pool_test_split
+from raysvc.datasets import emoji, pool_test_split
 
 TEMPLATES = {
     "photo": "a photo of a {}.",

@@ -4,7 +4,7 @@
     python -m bench.encode --limit 2000     # a quicker look
 
 Every variant encodes the same images into a fresh float16 feature cache through
-:class:`raysvc.features.FeatureStore` (``encoder="local"`` or ``"ray-data"``), and its
+:class:`raysvc.featurecache.FeatureCache` (``encoder="local"`` or ``"ray-data"``), and its
 key and features are checked against the single-process ones. images/s counts the whole
 pass, Ray Data's start (the actors loading the backbone) included; "after first rows"
 leaves that start out. Where Ray Data's time goes comes from its per-operator stats: the
@@ -28,7 +28,8 @@ import torch
 from bench import command, host, write_results
 from raysvc.backbones import BackboneRef
 from raysvc.datasets import load_dataset
-from raysvc.features import FeatureStore
+from raysvc.feature_settings import FeatureSettings
+from raysvc.featurecache import FeatureCache
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
 
@@ -48,15 +49,16 @@ def operator_seconds(stats: str) -> dict[str, dict[str, float]]:
     return out
 
 
-def encode(dataset, backbone: BackboneRef, backend, **store_options) -> dict:
+def encode(dataset, ref: BackboneRef, **settings) -> dict:
     with tempfile.TemporaryDirectory() as cache:
-        store = FeatureStore(cache, dtype="float16", progress="off", **store_options)
+        store = FeatureCache(FeatureSettings.parse({"cache_dir": cache, "dtype": "float16", **settings}, "bench"),
+                             progress="off")
         load = os.getloadavg()[0]
         start = time.perf_counter()
-        encoded = store.encode(dataset, backend, backbone)
+        encoded = store.encode(dataset, ref)
         seconds = time.perf_counter() - start
         return {"seconds": seconds, "load": load, "key": encoded.key, "source": encoded.source,
-                "features": np.array(encoded.image_features), "report": dict(store.last_ray_data_report)}
+                "features": np.array(encoded.image_features), "report": dict(encoded.encode_report)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,12 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="what else ran on the machine meanwhile (for the header)")
     args = parser.parse_args(argv)
 
-    dataset = load_dataset("animal-mnist", None, {})
+    dataset = load_dataset("animal-mnist")
     if args.limit:
         dataset = dataset.subset(np.arange(min(args.limit, len(dataset))))
     n = len(dataset)
-    backbone = BackboneRef("conse-lite0", args.image_size)
-    backend = backbone.load()
+    ref = BackboneRef.named("conse-lite0", args.image_size)
+    ref.load()  # once, before any variant is timed
     cores = os.cpu_count() or 1
     load_start = os.getloadavg()
     results: dict[str, dict] = {}
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     for threads in sorted({1, cores}):
         torch.set_num_threads(threads)
         name = f"single process, {threads} torch thread{'s' if threads > 1 else ''}"
-        results[name] = encode(dataset, backbone, backend, encoder="local", batch_size=args.batch_size)
+        results[name] = encode(dataset, ref, encoder="local", batch_size=args.batch_size)
         print(f"{name}: {n / results[name]['seconds']:.1f} images/s", flush=True)
     torch.set_num_threads(default_threads)
 
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for actors in (1, 2):
             name = f"Ray Data, {actors} encoder actor{'s' if actors > 1 else ''} x 1 thread"
-            results[name] = encode(dataset, backbone, backend, encoder="ray-data", batch_size=args.batch_size,
+            results[name] = encode(dataset, ref, encoder="ray-data", batch_size=args.batch_size,
                                    ray_data={"actors": actors, "threads": 1})
             print(f"{name}: {n / results[name]['seconds']:.1f} images/s", flush=True)
     finally:

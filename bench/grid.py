@@ -19,6 +19,7 @@ Results go to bench/results/grid_<host>.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -29,19 +30,20 @@ import pandas as pd
 
 from bench import command, host, write_results
 from raysvc import storage
-from raysvc.spec import RunSpec
-from raysvc.features import DEFAULT_ROOT, FeatureStore
-from raysvc.loop import load_experiment, store_encoder
+from raysvc.experiment import assemble
+from raysvc.feature_settings import FeatureSettings, default_cache_dir
+from raysvc.featurecache import FeatureCache
 from raysvc.run import execute
 
 
-def sequential(cells: list[dict], cache: str) -> tuple[float, list[float]]:
-    """Wall time of all cells, and each run's seconds outside selecting and training per round."""
+def sequential(plans, cache: str) -> tuple[float, list[float]]:
+    """Wall time of all runs (stored nowhere), and each run's seconds outside selecting and
+    training per round."""
     start = time.perf_counter()
     outside = []
-    encode = store_encoder(FeatureStore(cache, progress="off"))
-    for cell in cells:
-        result = execute(RunSpec.from_dict(cell), encode=encode)
+    encode = FeatureCache(FeatureSettings(cache_dir=cache), progress="off").encode
+    for plan in plans:
+        result = execute(dataclasses.replace(plan, dest=None), encode=encode)
         rows = result.rows
         wall = result.manifest["wall_seconds"]
         outside.append((wall - sum(r["select_seconds"] + r["train_seconds"] for r in rows)) / len(rows))
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--cells-per-trial", type=int, help="default: cells / cpus")
     parser.add_argument("--checkpoint-seconds", type=float, default=30.0)
-    parser.add_argument("--cache", default=str(DEFAULT_ROOT))
+    parser.add_argument("--cache", default=str(default_cache_dir()))
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
 
@@ -85,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         spec = load_grid(dict(grid, out=str(Path(tmp) / "results"), storage_path=str(Path(tmp) / "tune")))
         # warm the cache once so neither side pays for encoding
-        load_experiment(RunSpec.from_dict(spec.cells[0]), store_encoder(FeatureStore(args.cache)))
-        seq_wall, seq_outside = sequential(spec.cells, args.cache)
+        assemble(spec.plans[0], FeatureCache(FeatureSettings(cache_dir=args.cache)).encode)
+        seq_wall, seq_outside = sequential(spec.plans, args.cache)
 
         ray.init(num_cpus=args.cpus, include_dashboard=False, runtime_env={"env_vars": {"RAYSVC_CACHE": args.cache}})
         try:
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         if not result.ok:
             print(f"grid failed: missing {result.missing}, errors {result.errors}", file=sys.stderr)
             return 1
-        runs = storage.read_runs(spec.out)
+        runs = storage.read_runs(spec.settings.out)
         records = pd.concat([r.table.to_pandas() for r in runs])
     run_seconds = sum(r.manifest["wall_seconds"] for r in runs)
     in_loop = records.groupby("run_id")[["select_seconds", "train_seconds"]].sum().sum(axis=1)
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         command("bench.grid", argv),
         "",
-        f"{len(spec.cells)} cells (animal-mnist, {args.per_class} images per class, {args.rounds} rounds, CoOp "
+        f"{len(spec.plans)} cells (animal-mnist, {args.per_class} images per class, {args.rounds} rounds, CoOp "
         f"{args.epochs} epochs; strategies {', '.join(args.strategies)}; seeds {args.seeds}), warm feature cache, "
         f"{args.cpus} CPUs, one torch thread per process, {per_trial} cells per trial ({result.n_trials} trials), "
         f"checkpoints at most every {args.checkpoint_seconds:g} s. Load average before: {load_before}.",

@@ -26,10 +26,11 @@ import numpy as np
 import torch
 
 from bench import command, host, write_results
-from raysvc.spec import RunSpec
-from raysvc.features import FeatureStore
+from raysvc.experiment import assemble, initial_labeled
+from raysvc.feature_settings import FeatureSettings
+from raysvc.featurecache import FeatureCache
 from raysvc.learners import LocalRunner, make_learner
-from raysvc.loop import initial_labeled, load_experiment, store_encoder
+from raysvc.spec import RunSpec
 from raysvc.strategies import Pool, make_strategy
 
 STAGES = ("teacher_s", "decode_s", "forward_backward_s", "student_inference_s", "select_s")
@@ -38,15 +39,14 @@ STAGES = ("teacher_s", "decode_s", "forward_backward_s", "student_inference_s", 
 def one_round(per_class: int, learner: str, strategy: str, student: str, epochs: int, seed: int) -> dict:
     config = RunSpec(dataset="animal-mnist", per_class=per_class, learner=learner, strategy=strategy)
     with tempfile.TemporaryDirectory() as cache:
-        experiment = load_experiment(config, store_encoder(FeatureStore(cache, progress="off")))
+        experiment = assemble(config.resolve(), FeatureCache(FeatureSettings(cache_dir=cache), progress="off").encode)
     n_classes = experiment.dataset.n_classes
     kd = make_learner(learner, experiment, {"student": student, "epochs": epochs})
     rng = np.random.default_rng(seed)
     start = initial_labeled(experiment.pool_labels, experiment.dataset.classnames, 1, seed)
     extra = rng.choice(np.setdiff1d(np.arange(len(experiment.pool)), start), n_classes, replace=False)
     labeled = np.sort(np.concatenate([start, extra]))
-    kd.fit(labeled, experiment.pool_labels[labeled], seed=seed, runner=LocalRunner())
-    fit = kd.last_fit
+    fit = kd.fit(labeled, experiment.pool_labels[labeled], seed=seed, runner=LocalRunner())
     mask = np.zeros(len(experiment.pool), bool)
     mask[labeled] = True
     labels = np.where(mask, experiment.pool_labels, -1)

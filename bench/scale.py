@@ -63,7 +63,7 @@ def synthetic_features(path: Path, labels: np.ndarray, text: np.ndarray, noise: 
     return np.asarray(np.load(path, mmap_mode="r"))
 
 
-def synthetic_experiment(n_pool: int, n_test: int, noise: float, seed: int, cache: Path):
+def synthetic_experiment(n_pool: int, n_test: int, noise: float, seed: int, cache: Path, budget: int):
     """An Experiment over synthetic embeddings of the 1000 ImageNet classes (no images)."""
     from raysvc._compat import import_torchvision
 
@@ -72,14 +72,14 @@ def synthetic_experiment(n_pool: int, n_test: int, noise: float, seed: int, cach
 
     from raysvc.backbones import BackboneRef
     from raysvc.datasets import ImageDataset
+    from raysvc.encoded import EncodedDataset, encode_class_prompts
     from raysvc.errors import DatasetError
-    from raysvc.features import EncodedDataset, encode_prompt_embeddings
-    from raysvc.learners import Experiment
+    from raysvc.experiment import Experiment
 
-    backbone = BackboneRef("conse-lite0")
-    backend = backbone.load()
+    ref = BackboneRef.named("conse-lite0")
+    backbone = ref.load()
     prompts = [(f"a photo of a {name}.",) for name in IMAGENET_CLASSNAMES]
-    text, text_raw = encode_prompt_embeddings(backend, prompts)
+    text, text_raw = encode_class_prompts(backbone, prompts)
     n = n_pool + n_test
     labels = np.random.default_rng(seed).integers(len(IMAGENET_CLASSNAMES), size=n)
     features = synthetic_features(cache / f"scale-n{n}-d{text.shape[1]}-s{seed}-noise{noise:g}.npy",
@@ -90,17 +90,27 @@ def synthetic_experiment(n_pool: int, n_test: int, noise: float, seed: int, cach
 
     dataset = ImageDataset("imagenet-synthetic", tuple(IMAGENET_CLASSNAMES), labels, f"synthetic-{n}-{seed}",
                            no_images, test_indices=np.arange(n_pool, n))
-    encoded = EncodedDataset(features, text, text_raw, labels, backend.logit_scale, f"synthetic-{n}-{seed}", 0.0)
-    return Experiment(dataset, encoded, backbone, np.arange(n_pool), np.arange(n_pool, n))
+    encoded = EncodedDataset(features, text, text_raw, labels, backbone.logit_scale, f"synthetic-{n}-{seed}", 0.0)
+    return Experiment(dataset, encoded, ref, np.arange(n_pool), np.arange(n_pool, n), budget)
 
 
 def cbsq_run(experiment, args) -> tuple[list[dict], list[dict]]:
-    from raysvc.spec import RunSpec
+    from raysvc.datasets.base import DatasetSource
+    from raysvc.learners import LEARNERS
     from raysvc.loop import run_loop
+    from raysvc.plan import RunPlan
+    from raysvc.registry import Part
+    from raysvc.spec import RunSpec
+    from raysvc.strategies import STRATEGIES
 
+    learner = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
     spec = RunSpec(dataset="imagenet-synthetic", strategy="cbsq", learner="coop", rounds=args.rounds,
-                   budget=args.budget, seed=0,
-                   learner_params={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr})
+                   budget=args.budget, seed=0, learner_params=learner)
+    # a synthetic pool is no registered dataset: its plan is put together from the parts by hand
+    plan = RunPlan(spec=spec, run_id=spec.run_id,
+                   dataset=Part("dataset", spec.dataset, DatasetSource, DatasetSource.Options()),
+                   strategy=STRATEGIES.part("cbsq"), learner=LEARNERS.part("coop", learner),
+                   backbone=experiment.backbone)
     marks = []
     last = {"t": time.perf_counter()}
 
@@ -112,7 +122,7 @@ def cbsq_run(experiment, args) -> tuple[list[dict], list[dict]]:
               f"test_acc {row['test_acc']:.3f}, {row['n_queried']} queried, {row['n_pseudo']} pseudo, "
               f"peak {marks[-1]['peak_gb']:.2f} GB", flush=True)
 
-    rows = run_loop(spec, experiment, on_round=on_round)
+    rows = run_loop(plan, experiment, on_round=on_round)
     return rows, marks
 
 
@@ -136,17 +146,16 @@ def kd_steps(experiment, args) -> dict:
 
 def student_cost(epochs: int = 1) -> dict:
     """Seconds per image per epoch of DHO student training, on real Animal-MNIST images."""
-    from raysvc.spec import RunSpec
-    from raysvc.features import FeatureStore
+    from raysvc.experiment import assemble
+    from raysvc.featurecache import FeatureCache
     from raysvc.learners import LocalRunner, make_learner
-    from raysvc.loop import load_experiment, store_encoder
+    from raysvc.spec import RunSpec
 
     spec = RunSpec(dataset="animal-mnist", per_class=50, learner="kd-zeroshot", rounds=1)
-    experiment = load_experiment(spec, store_encoder(FeatureStore.at(None, progress="off")))
+    experiment = assemble(spec.resolve(), FeatureCache(progress="off").encode)
     learner = make_learner("kd-zeroshot", experiment, {"epochs": epochs})
     positions = np.arange(experiment.dataset.n_classes)
-    learner.fit(positions, experiment.pool_labels[positions], seed=0, runner=LocalRunner())
-    fit = learner.last_fit
+    fit = learner.fit(positions, experiment.pool_labels[positions], seed=0, runner=LocalRunner())
     n = len(experiment.pool)
     return {"images": n, "train_s": fit["train_seconds"], "per_image_epoch_s": fit["train_seconds"] / (n * epochs),
             "inference_per_image_s": fit["inference_seconds"] / (n + len(experiment.test))}
@@ -172,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     n_pool, n_test = parse_size(args.pool), parse_size(args.test)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     t0 = time.perf_counter()
-    experiment = synthetic_experiment(n_pool, n_test, args.noise, args.seed, Path(args.cache))
+    experiment = synthetic_experiment(n_pool, n_test, args.noise, args.seed, Path(args.cache), args.budget)
     setup_s = time.perf_counter() - t0
     base_gb = rss_gb("VmRSS")  # libraries and models loaded, the pool mapped but not yet read
     pool_gb = n_pool * experiment.encoded.image_features.shape[1] * 2 / GB

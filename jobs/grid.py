@@ -13,34 +13,10 @@ some are missing or a trial failed for good, 2 for a configuration or storage er
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
-import os
 import sys
 
-from raysvc.entry import Parser, entry_point
-
-
-def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", help="Ray cluster address (default: the job's cluster, $RAY_ADDRESS, "
-                                          "or a new local one)")
-    parser.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray instance (ignored when connecting)")
-
-
-def init_ray(args: argparse.Namespace) -> None:
-    """Connect to the job's cluster, ``--address`` or ``$RAY_ADDRESS``; else start a local Ray
-    on loopback with token auth off, so nothing is written to the home directory."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private loopback instance: no token to store
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False)
+from raysvc.entry import Parser, add_ray_arguments, entry_point, init_ray
 
 
 @entry_point("jobs.grid")
@@ -56,31 +32,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", choices=["local", "ray-train"], help="override the file's train:")
     parser.add_argument("--cells-per-trial", type=int, help="override the file's cells_per_trial:")
     parser.add_argument("--max-failures", type=int, help="override the file's max_failures:")
-    parser.add_argument("--cache", help="feature cache directory of the encoder actor")
+    parser.add_argument("--cache", help="feature cache directory of the encoder service (features: cache_dir:)")
     parser.add_argument("--feature-store", metavar="DEST",
                         help="shared feature store behind the cache: s3://bucket/prefix (overrides features: store:)")
     parser.add_argument("--quiet", action="store_true", help="less Tune output")
     add_ray_arguments(parser)
     args = parser.parse_args(argv)
 
-    from raysvc.errors import ConfigError
     from raysvc.service.driver import run_grid
     from raysvc.service.gridspec import load_grid
-    from raysvc.storage import check_writable
 
-    spec = load_grid(args.config, out=args.out, storage_path=args.storage_path, name=args.name, train=args.train,
-                     cells_per_trial=args.cells_per_trial, max_failures=args.max_failures)
-    if args.cache:
-        spec = dataclasses.replace(spec, features=dataclasses.replace(spec.features, cache_dir=args.cache))
-    if args.feature_store:
-        spec = dataclasses.replace(spec, features=dataclasses.replace(spec.features, store=args.feature_store))
-    if not spec.out:
-        raise ConfigError("the grid has no results destination: set out: in the file or pass --out")
-    check_writable(spec.out)  # before Ray starts: a bad destination costs nothing
-    print(f"grid {spec.name}: {len(spec.cells)} runs in {len(spec.groups)} trials "
-          f"({spec.cells_per_trial} per trial, train={spec.train}) -> {spec.out}", flush=True)
+    features = {k: v for k, v in (("cache_dir", args.cache), ("store", args.feature_store)) if v is not None}
+    grid = load_grid(args.config, out=args.out, storage_path=args.storage_path, name=args.name, train=args.train,
+                     cells_per_trial=args.cells_per_trial, max_failures=args.max_failures,
+                     features_overrides=features)
+    grid.check_writable()  # before Ray starts: a bad destination costs nothing
     init_ray(args)
-    result = run_grid(spec, resume=args.resume, skip_existing=args.skip_existing, verbose=0 if args.quiet else 1)
+    result = run_grid(grid, resume=args.resume, skip_existing=args.skip_existing, verbose=0 if args.quiet else 1)
     summary = {
         "grid": result.name, "out": result.out, "runs": len(result.run_ids), "missing": result.missing,
         "errors": result.errors, "trials": result.n_trials, "encode_counts": result.encode_counts,

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from raysvc.cli import add_run_arguments, specs_from_args
-from raysvc.entry import Parser, entry_point
+from raysvc.entry import Parser, add_run_arguments, entry_point, feature_settings, plans_from_args
 
 AXES = ("dataset", "strategy", "learner", "backbone", "seed")
 
@@ -25,25 +24,23 @@ def main(argv: list[str] | None = None) -> int:
     add_run_arguments(parser, axes=AXES)
     parser.add_argument("--skip-existing", action="store_true", help="leave out runs already stored at --out")
     args = parser.parse_args(argv)
-
-    from raysvc import storage
-    from raysvc.cli import feature_store
-    from raysvc.loop import store_encoder
-    from raysvc.run import execute
-
-    specs = specs_from_args(args, axes=AXES)
     if args.out is None:
         parser.error("--out is required")
-    storage.check_writable(args.out)
+
+    from raysvc import storage
+    from raysvc.featurecache import FeatureCache
+    from raysvc.run import execute
+
+    plans = plans_from_args(args, axes=AXES)
     if args.skip_existing:
         stored = set(storage.list_runs(args.out))
-        for spec in (s for s in specs if s.run_id in stored):
-            print(f"{spec.run_id}: already stored, skipped", flush=True)
-        specs = [s for s in specs if s.run_id not in stored]
-    encode = store_encoder(feature_store(args))
-    for spec in specs:
-        result = execute(spec, encode=encode, out=args.out)
-        print(f"{spec.run_id}: " + " ".join(f"{r['test_acc']:.3f}" for r in result.rows), flush=True)
+        for plan in (p for p in plans if p.run_id in stored):
+            print(f"{plan.run_id}: already stored, skipped", flush=True)
+        plans = [p for p in plans if p.run_id not in stored]
+    cache = FeatureCache(feature_settings(args))
+    for plan in plans:
+        result = execute(plan, encode=cache.encode)
+        print(f"{plan.run_id}: " + " ".join(f"{r['test_acc']:.3f}" for r in result.rows), flush=True)
     return 0
 
 

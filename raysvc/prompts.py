@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,22 +79,24 @@ def read_descriptions(path: str) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def with_prompts(dataset: ImageDataset, template: str | None, descriptions_path: str | None) -> ImageDataset:
-    """``dataset`` prompted with ``template`` and/or the descriptions in ``descriptions_path``.
+def with_prompts(dataset: ImageDataset, template: str | None,
+                 descriptions: Mapping[str, tuple[str, ...]] | None, source: str | None = None) -> ImageDataset:
+    """``dataset`` prompted with ``template`` and/or ``descriptions`` (read from ``source``
+    by :func:`read_descriptions`).
 
     Only the text side changes, so the images' fingerprint (the feature cache key) stays.
-    A description file must cover every class; names match by :func:`description_key`
+    Descriptions must cover every class; names match by :func:`description_key`
     (case-insensitively, ``_`` as a space), so the descriptor files of the PCB code fit.
     """
     if template is not None:
         dataset = dataclasses.replace(dataset, templates=(template,))
-    if descriptions_path is not None:
-        described = {description_key(k): v for k, v in read_descriptions(descriptions_path).items()}
+    if descriptions is not None:
+        described = {description_key(k): v for k, v in descriptions.items()}
         rows = []
         for name in dataset.classnames:
             sentences = described.get(description_key(name))
             if sentences is None:
-                raise DatasetError(f"class descriptions {descriptions_path!r} have no entry for class {name!r}")
+                raise DatasetError(f"class descriptions {source!r} have no entry for class {name!r}")
             rows.append(sentences)
         dataset = dataclasses.replace(dataset, descriptions=tuple(rows))
     return dataset

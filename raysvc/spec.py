@@ -1,4 +1,9 @@
-"""The typed specification of one run, validated once at the edge (CLI, job, grid cell)."""
+"""The typed specification of one run, as a user writes it (CLI flags, a job, a grid cell).
+
+A run goes entry -> plan -> experiment -> loop -> store: the entry builds a
+:class:`RunSpec`, :meth:`RunSpec.resolve` makes the :class:`~raysvc.plan.RunPlan`
+(:mod:`raysvc.plan`), and :func:`raysvc.run.execute` takes it from there.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,14 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from raysvc.errors import ConfigError
 from raysvc.options import Options, option
+
+if TYPE_CHECKING:
+    from raysvc.plan import RunPlan
+    from raysvc.storage import ObjectStore
 
 # Options added after results were first stored stay out of the run id while they hold
 # their default, so rerunning an older configuration keeps its id and replaces its files.
@@ -30,8 +39,8 @@ class RunSpec(Options):
     """One active-learning run: a dataset, a strategy, a learner, a backbone, a seed.
 
     Every field is type-checked on construction (``test_fraction="0.2"`` is refused);
-    :meth:`validate` then checks every name and every named part's options, loading no
-    weights and no images, so a typo fails in seconds rather than after encoding.
+    :meth:`resolve` then turns it into a :class:`~raysvc.plan.RunPlan`, the one value the
+    later stages take.
     """
 
     dataset: str = option("animal-mnist", "registered dataset name or image-folder path")
@@ -73,27 +82,14 @@ class RunSpec(Options):
             if not getattr(self, name):
                 raise ConfigError(f"option {name}: must be a non-empty string")
 
-    def validate(self) -> None:
-        """Check every name and every part's options against its registry (cheap: no weights, no images)."""
-        self.resolved_options()
-        if self.class_descriptions is not None:
-            from raysvc.prompts import read_descriptions
+    def resolve(self, dest: ObjectStore | None = None) -> RunPlan:
+        """The run's plan: every part's name and options validated once, the backbone it
+        encodes with, the class descriptions read, the run id checked; ``dest`` is where
+        the run is stored (opened, and checked writable, by the caller). Cheap: loads no
+        weights and no images, so a typo fails in seconds rather than after encoding."""
+        from raysvc.plan import plan_run
 
-            read_descriptions(self.class_descriptions)
-
-    def resolved_options(self) -> dict[str, dict[str, Any]]:
-        """Every named part's options with defaults filled in (the manifest records them)."""
-        from raysvc.backbones import BACKBONES
-        from raysvc.datasets import dataset_options
-        from raysvc.learners import LEARNERS
-        from raysvc.strategies import STRATEGIES
-
-        return {
-            "dataset": dataset_options(self.dataset, self.split_file, self.dataset_params).to_dict(),
-            "strategy": STRATEGIES.part(self.strategy, self.strategy_params).options.to_dict(),
-            "learner": LEARNERS.part(self.learner, self.learner_params).options.to_dict(),
-            "backbone": BACKBONES.part(self.backbone, self.backbone_params).options.to_dict(),
-        }
+        return plan_run(self, dest)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunSpec:

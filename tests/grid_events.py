@@ -1,36 +1,34 @@
-"""A trial observer for the service tests: appends ``EVENT ARGS.. PID TIME`` lines to
-``folder/events.log`` from inside the trial processes, and may pause after a checkpoint
-so a test has time to kill a worker mid-trial."""
+"""A Tune callback for the service tests: what the grid's trials report, seen from the
+driver (where Tune calls callbacks), with the time each report arrived."""
 
 from __future__ import annotations
 
-import os
-import sys
 import time
-from pathlib import Path
 
-from raysvc.service.trial import TrialObserver
-
-
-class EventLog(TrialObserver):
-    def __init__(self, folder: Path, pause_after_checkpoint: float = 0.0):
-        self.path = str(Path(folder) / "events.log")
-        self.pause = pause_after_checkpoint
-
-    def event(self, name, *args):
-        line = " ".join(str(w) for w in (name, *args, os.getpid(), f"{time.time():.3f}")) + "\n"
-        with open(self.path, "a") as fh:
-            fh.write(line)
-        if name == "checkpointed" and self.pause:
-            time.sleep(self.pause)
-
-    def lines(self) -> list[list[str]]:
-        path = Path(self.path)
-        return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+from ray import tune
 
 
-def ship_by_value() -> None:
-    """Trial processes cannot import the tests folder: send this module with the observer."""
-    import ray.cloudpickle
+class GridEvents(tune.Callback):
+    """``starts``: (time, trial id) of every trial start; ``results``: (time, trial id, the
+    result's pid, round, run, run_written) of every report; ``checkpoints``: (time, trial
+    id, round, run) of every checkpoint Tune registered. Lists, appended by Tune's loop and
+    read by the test (an append is atomic): the Tuner pickles its callbacks, so no lock."""
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    def __init__(self):
+        self.starts: list[tuple] = []
+        self.results: list[tuple] = []
+        self.checkpoints: list[tuple] = []
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.starts.append((time.time(), trial.trial_id))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.results.append((time.time(), trial.trial_id, result.get("pid"), result.get("round"),
+                             result.get("run"), result.get("run_written")))
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        last = trial.last_result or {}
+        self.checkpoints.append((time.time(), trial.trial_id, last.get("round"), last.get("run")))
+
+    def written(self) -> list[tuple]:
+        return [r for r in list(self.results) if r[5]]

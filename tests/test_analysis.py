@@ -20,9 +20,13 @@ if str(ROOT) not in sys.path:  # analysis/ lives beside raysvc/ and is not insta
 
 from analysis import figures, report, tables  # noqa: E402
 from analysis.load import load_runs  # noqa: E402
-from raysvc.errors import AnalysisError, EmptySourceError, SchemaMismatchError  # noqa: E402
 from raysvc import storage  # noqa: E402
-from raysvc.errors import RaysvcError  # noqa: E402
+from raysvc.errors import (  # noqa: E402
+    AnalysisError,
+    EmptySourceError,
+    RaysvcError,  # noqa: E402
+    SchemaMismatchError,
+)
 from raysvc.records import COLUMNS, SCHEMA_VERSION, to_table  # noqa: E402
 
 S2 = math.sqrt(2.0)
@@ -335,12 +339,12 @@ def conse():
 
 def test_gradfam_on_conse(conse, tmp_path):
     from analysis.gradfam import gradfam, gradfam_figure
-    from raysvc.features import encode_prompts
+    from raysvc.encoded import encode_class_prompts
 
     backbone, data = conse
     idx = [0, int(np.flatnonzero(data.labels == 3)[0])]
     images, labels = [data.load(i) for i in idx], data.labels[idx]
-    text = encode_prompts(backbone, data.prompts())
+    text, _ = encode_class_prompts(backbone, data.prompts())
     res = gradfam_figure(backbone, images, text, tmp_path / "gradfam.png", labels=labels, classnames=data.classnames)
     assert res.path.is_file()
     assert set(res.heatmaps) == {"text", "image", "guided"}

@@ -24,7 +24,7 @@ def test_kuberay_rayjob_submits_the_demo_grid_and_cleans_up():
     assert args[0] == "jobs/configs/demo.yaml" and (REPO / args[0]).is_file()
     out = args[args.index("--out") + 1]
     assert out.startswith("s3://") and args[args.index("--storage-path") + 1].startswith("s3://")
-    assert load_grid(REPO / args[0], out=out).out == out  # the grid file the job names is valid
+    assert load_grid(REPO / args[0], out=out).settings.out == out  # the grid file the job names is valid
     assert spec["shutdownAfterJobFinishes"] is True
     runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
     assert {"RAYSVC_CODE_REVISION", "RAYSVC_DATA"} <= set(runtime_env["env_vars"])

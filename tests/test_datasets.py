@@ -74,13 +74,13 @@ def test_coop_split_file(tmp_path):
         "test": [["cat/2.png", 0, "cat"], ["dog/2.png", 1, "dog"]],
     }
     (tmp_path / "split.json").write_text(json.dumps(split))
-    d = load_dataset(str(root), split_file=str(tmp_path / "split.json"))
+    d = load_dataset(str(root), {"split_file": str(tmp_path / "split.json")})
     pool, test = pool_test_split(d, 0.5, seed=0)
     assert pool.tolist() == [0, 1, 2] and test.tolist() == [3, 4]
     split["test"].append(["dog/9.png", 1, "dog"])
     (tmp_path / "split.json").write_text(json.dumps(split))
     with pytest.raises(DatasetError, match="dog/9.png"):
-        load_dataset(str(root), split_file=str(tmp_path / "split.json"))
+        load_dataset(str(root), {"split_file": str(tmp_path / "split.json")})
 
 
 def test_unknown_name_lists_known_ones():

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raysvc.datasets import emoji
-from raysvc.datasets import pool_test_split
+from raysvc.datasets import emoji, pool_test_split
 from raysvc.errors import DatasetError
 
 EMOJI_PER_CLASS = {

@@ -12,15 +12,16 @@ import uuid
 
 import numpy as np
 import pytest
-
+from experiments import cache_at
 from local_ray import local_ray
-from raysvc.backbones import BackboneRef
-from raysvc.spec import RunSpec
-from raysvc.errors import ConfigError, StorageError
-from raysvc.features import FeatureStore, feature_key
-from raysvc.loop import load_data
 
-BACKBONE = BackboneRef("conse-lite0", 112)
+from raysvc.backbones import BackboneRef
+from raysvc.errors import ConfigError
+from raysvc.experiment import run_dataset
+from raysvc.featurecache import feature_key
+from raysvc.spec import RunSpec
+
+BACKBONE = BackboneRef.named("conse-lite0", 112)
 FIXED = {"rounds": 1, "per_class": 6, "test_fraction": 0.25, "learner": "coop", "backbone": "conse-lite0",
          "learner_params": {"epochs": 1}, "dataset": "animal-mnist"}
 # float16 keeps 11 significant bits: two float32 values a hair apart may round to neighbouring
@@ -30,19 +31,18 @@ FLOAT16_ROUNDING = 2.0**-11
 
 @pytest.fixture(scope="module")
 def pool():
-    return load_data(RunSpec(dataset="animal-mnist", per_class=6))
+    return run_dataset(RunSpec(dataset="animal-mnist", per_class=6).resolve())
 
 
 @pytest.fixture(scope="module")
-def backend():
+def backbone():
     return BACKBONE.load()
 
 
 @pytest.fixture(scope="module")
-def local_half(pool, backend, tmp_path_factory):
+def local_half(pool, tmp_path_factory):
     """The single-process path's float16 features of the pool."""
-    return FeatureStore(tmp_path_factory.mktemp("local16"), progress="off", dtype="float16", encoder="local").encode(
-        pool, backend, BACKBONE)
+    return cache_at(tmp_path_factory.mktemp("local16"), dtype="float16", encoder="local").encode(pool, BACKBONE)
 
 
 @pytest.fixture
@@ -98,32 +98,32 @@ def test_entry_that_disagrees_with_its_manifest_counts_as_absent(s3_env):
 def test_feature_store_destination_errors_are_one_line():
     from raysvc.service.gridspec import load_grid
 
-    with pytest.raises(StorageError, match=re.escape("feature store 'gs://x/f': use a local folder or s3://")):
-        FeatureStore("/tmp/unused", remote="gs://x/f")
-    with pytest.raises(ConfigError, match="encoder must be one of auto, local, ray-data"):
-        FeatureStore("/tmp/unused", encoder="spark")
+    with pytest.raises(ConfigError, match=re.escape("feature store 'gs://x/f': use a local folder or s3://")):
+        cache_at("/tmp/unused", store="gs://x/f")
+    with pytest.raises(ConfigError, match="option encoder='spark': input should be 'auto', 'local' or 'ray-data'"):
+        cache_at("/tmp/unused", encoder="spark")
     with pytest.raises(ConfigError, match="grid features: feature store 'gs://x'"):
         load_grid({"name": "g", "fixed": FIXED, "grid": {"strategy": ["random"]}, "features": {"store": "gs://x"}})
-    with pytest.raises(ConfigError, match="option ray_data_actors|option actors=0"):
-        load_grid({"name": "g", "fixed": FIXED, "grid": {"strategy": ["random"]}, "features": {"ray_data_actors": 0}})
+    with pytest.raises(ConfigError, match="option actors=0"):
+        load_grid({"name": "g", "fixed": FIXED, "grid": {"strategy": ["random"]}, "features": {"ray_data": {"actors": 0}}})
 
 
 # ------------------------------------------------------------------ two tiers
-def test_remote_hit_fills_the_local_cache_and_encodes_nothing(pool, backend, local_half, s3_env, tmp_path):
-    node_a = FeatureStore(tmp_path / "a", progress="off", dtype="float16", remote=s3_env, rows_per_shard=16)
-    first = node_a.encode(pool, backend, BACKBONE)
+def test_remote_hit_fills_the_local_cache_and_encodes_nothing(pool, local_half, s3_env, tmp_path):
+    node_a = cache_at(tmp_path / "a", dtype="float16", store=s3_env, rows_per_shard=16)
+    first = node_a.encode(pool, BACKBONE)
     assert first.source == "local" and first.encode_seconds > 0
     assert first.key == local_half.key
-    node_b = FeatureStore(tmp_path / "b", progress="off", dtype="float16", remote=s3_env)
-    second = node_b.encode(pool, backend, BACKBONE)
+    node_b = cache_at(tmp_path / "b", dtype="float16", store=s3_env)
+    second = node_b.encode(pool, BACKBONE)
     assert second.source == "store" and second.encode_seconds == 0.0
     assert node_b.path(second.key).exists()  # the local cache in front is filled
     assert np.array_equal(second.image_features, first.image_features)
-    third = node_b.encode(pool, backend, BACKBONE)
+    third = node_b.encode(pool, BACKBONE)
     assert third.source == "cache" and third.encode_seconds == 0.0
 
 
-def test_half_written_remote_entry_is_ignored_and_reencoded(pool, backend, local_half, s3_env, tmp_path):
+def test_half_written_remote_entry_is_ignored_and_reencoded(pool, local_half, s3_env, tmp_path):
     from raysvc.storage.features import has_entry, open_feature_store, read_entry
 
     remote = open_feature_store(s3_env)
@@ -132,32 +132,32 @@ def test_half_written_remote_entry_is_ignored_and_reencoded(pool, backend, local
     remote.put(f"{key}/shard-00000.npy", b"garbage")
     remote.put(f"{key}/shard-00001.npy", b"garbage")
     assert not has_entry(remote, key)
-    store = FeatureStore(tmp_path, progress="off", dtype="float16", remote=s3_env, rows_per_shard=32)
-    encoded = store.encode(pool, backend, BACKBONE)
+    store = cache_at(tmp_path, dtype="float16", store=s3_env, rows_per_shard=32)
+    encoded = store.encode(pool, BACKBONE)
     assert encoded.source == "local" and encoded.encode_seconds > 0
     back = read_entry(remote, key)
     assert back is not None and np.array_equal(back, np.asarray(encoded.image_features))
     assert _max_diff(back, local_half.image_features) == 0.0
 
 
-def test_local_entry_is_published_to_the_shared_store(pool, backend, local_half, s3_env, tmp_path):
+def test_local_entry_is_published_to_the_shared_store(pool, local_half, s3_env, tmp_path):
     from raysvc.storage.features import open_feature_store, read_entry
 
     cache = tmp_path / "warm"
-    FeatureStore(cache, progress="off", dtype="float16", encoder="local").encode(pool, backend, BACKBONE)
-    again = FeatureStore(cache, progress="off", dtype="float16", remote=s3_env).encode(pool, backend, BACKBONE)
+    cache_at(cache, dtype="float16", encoder="local").encode(pool, BACKBONE)
+    again = cache_at(cache, dtype="float16", store=s3_env).encode(pool, BACKBONE)
     assert again.source == "cache"
     assert np.array_equal(read_entry(open_feature_store(s3_env), again.key), np.asarray(again.image_features))
 
 
-def test_two_nodes_missing_one_entry_at_once_encode_it_once(pool, backend, local_half, s3_env, tmp_path):
+def test_two_nodes_missing_one_entry_at_once_encode_it_once(pool, local_half, s3_env, tmp_path):
     import threading
 
     results = {}
 
     def node(name):
-        store = FeatureStore(tmp_path / name, progress="off", dtype="float16", remote=s3_env, encoder="local")
-        results[name] = store.encode(pool, backend, BACKBONE)
+        store = cache_at(tmp_path / name, dtype="float16", store=s3_env, encoder="local")
+        results[name] = store.encode(pool, BACKBONE)
 
     threads = [threading.Thread(target=node, args=(name,)) for name in ("a", "b")]
     for t in threads:
@@ -169,14 +169,14 @@ def test_two_nodes_missing_one_entry_at_once_encode_it_once(pool, backend, local
     assert _max_diff(results["a"].image_features, local_half.image_features) == 0.0
 
 
-def test_a_dead_nodes_lease_is_taken_over(pool, backend, s3_env, tmp_path):
+def test_a_dead_nodes_lease_is_taken_over(pool, backbone, s3_env, tmp_path):
     from raysvc.storage.features import has_entry, open_feature_store
 
     remote = open_feature_store(s3_env)
-    key = feature_key(pool, backend, "float16")
+    key = feature_key(pool, backbone, "float16")
     remote.put(f"{key}/lease.json", json.dumps({"owner": "dead-node", "beat": 3}).encode())
-    store = FeatureStore(tmp_path, progress="off", dtype="float16", remote=s3_env, lease_seconds=1.0)
-    encoded = store.encode(pool, backend, BACKBONE)
+    store = cache_at(tmp_path, dtype="float16", store=s3_env, lease_seconds=1.0)
+    encoded = store.encode(pool, BACKBONE)
     assert encoded.source == "local" and has_entry(remote, key)
     assert not remote.exists(f"{key}/lease.json")  # released once the entry is complete
 
@@ -185,36 +185,34 @@ def test_a_dead_nodes_lease_is_taken_over(pool, backend, s3_env, tmp_path):
 def test_threshold_switch_without_ray_stays_in_process(tmp_path):
     import sys
 
-    store = FeatureStore(tmp_path, encoder="auto", ray_data_min_images=10)
+    store = cache_at(tmp_path, encoder="auto", ray_data_min_images=10)
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         pytest.skip("Ray is connected in this process")
-    assert store.choose_encoder(1000, BACKBONE) == "local"  # no cluster to spread over
-    assert FeatureStore(tmp_path, encoder="local").choose_encoder(10**7, BACKBONE) == "local"
-    with pytest.raises(ConfigError, match="encoder ray-data needs the backbone"):
-        FeatureStore(tmp_path, encoder="ray-data").choose_encoder(10, None)
+    assert store.choose_encoder(1000) == "local"  # no cluster to spread over
+    assert cache_at(tmp_path, encoder="local").choose_encoder(10**7) == "local"
+    assert cache_at(tmp_path, encoder="ray-data").choose_encoder(10) == "ray-data"  # as set
 
 
 @pytest.mark.timeout(300)
-def test_threshold_switch_on_ray_picks_the_path_it_says(ray_cluster, pool, backend, tmp_path):
-    store = FeatureStore(tmp_path, progress="off", dtype="float16", encoder="auto", ray_data_min_images=len(pool))
-    assert store.choose_encoder(len(pool), BACKBONE) == "ray-data"
-    assert store.choose_encoder(len(pool) - 1, BACKBONE) == "local"
-    assert store.choose_encoder(len(pool), None) == "local"  # no ref for the actors to load
-    crowded = FeatureStore(tmp_path, encoder="auto", ray_data_min_images=0, ray_data={"threads": 64})
-    assert crowded.choose_encoder(len(pool), BACKBONE) == "local"  # no room for a 64-CPU actor
-    assert FeatureStore(tmp_path, encoder="local").choose_encoder(10**7, BACKBONE) == "local"
-    below = FeatureStore(tmp_path / "below", progress="off", dtype="float16", ray_data_min_images=len(pool) + 1)
-    assert below.encode(pool, backend, BACKBONE).source == "local"
+def test_threshold_switch_on_ray_picks_the_path_it_says(ray_cluster, pool, tmp_path):
+    store = cache_at(tmp_path, dtype="float16", encoder="auto", ray_data_min_images=len(pool))
+    assert store.choose_encoder(len(pool)) == "ray-data"
+    assert store.choose_encoder(len(pool) - 1) == "local"
+    crowded = cache_at(tmp_path, encoder="auto", ray_data_min_images=0, ray_data={"threads": 64})
+    assert crowded.choose_encoder(len(pool)) == "local"  # no room for a 64-CPU actor
+    assert cache_at(tmp_path, encoder="local").choose_encoder(10**7) == "local"
+    below = cache_at(tmp_path / "below", dtype="float16", ray_data_min_images=len(pool) + 1)
+    assert below.encode(pool, BACKBONE).source == "local"
 
 
 # ------------------------------------------------------------------ Ray Data path
 @pytest.mark.timeout(300)
-def test_ray_data_path_equals_the_single_process_path(ray_cluster, pool, backend, local_half, tmp_path):
-    store = FeatureStore(tmp_path, progress="off", dtype="float16", batch_size=8, encoder="auto",
+def test_ray_data_path_equals_the_single_process_path(ray_cluster, pool, backbone, local_half, tmp_path):
+    store = cache_at(tmp_path, dtype="float16", batch_size=8, encoder="auto",
                          ray_data_min_images=len(pool))  # 8-image blocks: order is really at stake
-    encoded = store.encode(pool, backend, BACKBONE)
+    encoded = store.encode(pool, BACKBONE)
     assert encoded.source == "ray-data" and encoded.encode_seconds > 0
-    assert encoded.key == local_half.key == feature_key(pool, backend, "float16")
+    assert encoded.key == local_half.key == feature_key(pool, backbone, "float16")
     assert store.path(encoded.key).exists()
     assert encoded.image_features.dtype == np.float16 and encoded.image_features.shape == local_half.image_features.shape
     assert _max_diff(encoded.image_features, local_half.image_features) <= FLOAT16_ROUNDING

@@ -6,11 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from experiments import experiment_of
 
 import raysvc.learners.kd  # noqa: F401  (registers no-distill, kd-zeroshot, kd-fewshot)
-from raysvc.spec import RunSpec
 from raysvc.errors import ConfigError, UnknownNameError
-from raysvc.features import FeatureStore
 from raysvc.learners import make_learner
 from raysvc.learners.kd import (
     KDOptions,
@@ -24,7 +23,8 @@ from raysvc.learners.kd import (
     linear_warmup_decay,
 )
 from raysvc.learners.students import make_student
-from raysvc.loop import load_experiment, run_loop, store_encoder
+from raysvc.loop import run_loop
+from raysvc.spec import RunSpec
 
 PER_CLASS = 15
 
@@ -33,8 +33,7 @@ PER_CLASS = 15
 def experiment(tmp_path_factory):
     torch.set_num_threads(1)
     config = RunSpec(dataset="animal-mnist", per_class=PER_CLASS)
-    store = FeatureStore(tmp_path_factory.mktemp("kd-features"), progress="off")
-    return load_experiment(config, store_encoder(store))
+    return experiment_of(config, tmp_path_factory.mktemp("kd-features"))
 
 
 def _log_softmax(row):
@@ -170,7 +169,7 @@ def test_two_rounds_end_to_end(experiment, learner):
     """ActiveKD's protocol: a 1-shot start (round 0), then B = number of classes per round."""
     config = RunSpec(dataset="animal-mnist", strategy="random", learner=learner, rounds=2, per_class=PER_CLASS,
                        initial_per_class=1, learner_params={"epochs": 1, "clap_repeat": 50})
-    rows = run_loop(config, experiment)
+    rows = run_loop(config.resolve(), experiment)
     budget = experiment.dataset.n_classes
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert [r["n_queried"] for r in rows] == [budget, 2 * budget, 3 * budget]
@@ -223,9 +222,9 @@ def test_student_schedule_is_epochs_of_pool_sized_batches():
     from raysvc.learners.kd import train_student
 
     rng = np.random.default_rng(0)
-    config = KDOptions(epochs=2, batch_size=4, image_size=32, student_weights="random").to_dict()
+    options = KDOptions(epochs=2, batch_size=4, image_size=32, student_weights="random")
     images = rng.integers(0, 255, (10, 3, 32, 32), dtype=np.uint8)
-    out = train_student({"config": config, "n_classes": 3, "images": images, "labeled": np.array([0, 1, 2]),
+    out = train_student({"options": options, "n_classes": 3, "images": images, "labeled": np.array([0, 1, 2]),
                          "labels": np.array([0, 1, 2]), "teacher_logits": rng.standard_normal((10, 3)), "seed": 0})
     assert out["losses"].shape == (2 * math.ceil(10 / 4), 3)
     assert np.allclose(out["losses"][:, 0], 0.5 * out["losses"][:, 1] + 0.5 * out["losses"][:, 2], atol=1e-5)

@@ -5,12 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from experiments import cache_at, experiment_of
 
-from raysvc.spec import RunSpec
 from raysvc.errors import ConfigError, PoolExhaustedError
-from raysvc.features import FeatureStore
+from raysvc.experiment import initial_labeled
 from raysvc.learners.coop import CoOpOptions, prompt_logits, train_coop
-from raysvc.loop import LoopState, initial_labeled, load_experiment, run_loop, store_encoder
+from raysvc.loop import LoopState, run_loop
+from raysvc.spec import RunSpec
 
 
 def test_both_prompts_average_the_two_cosines():
@@ -31,12 +32,12 @@ def test_coop_config_rejects_bad_values():
 @pytest.fixture(scope="module")
 def small_experiment(feature_cache):
     config = RunSpec(dataset="animal-mnist", per_class=12, test_fraction=0.25)
-    return load_experiment(config, store_encoder(FeatureStore(feature_cache, progress="off")))
+    return experiment_of(config, feature_cache)
 
 
 def test_features_are_cached_and_reused(small_experiment, feature_cache):
     config = RunSpec(dataset="animal-mnist", per_class=12, test_fraction=0.25)
-    again = load_experiment(config, store_encoder(FeatureStore(feature_cache, progress="off")))
+    again = experiment_of(config, feature_cache)
     assert again.encoded.key == small_experiment.encoded.key
     assert again.encoded.encode_seconds == 0.0
     assert np.array_equal(again.encoded.image_features, small_experiment.encoded.image_features)
@@ -52,7 +53,7 @@ def test_coop_fits_labeled_set_better_than_zero_shot(small_experiment, prompt):
     contexts = train_coop({
         "backbone": exp.backbone, "classnames": list(exp.dataset.classnames),
         "features": features, "labels": labels, "seed": 0, "text_features": exp.encoded.text_features,
-        "config": {"variant": "official", "prompt": prompt, "epochs": 40, "batch_size": 64, "warmup_epochs": 0},
+        "options": CoOpOptions(variant="official", prompt=prompt, epochs=40, batch_size=64, warmup_epochs=0),
     })
     shapes = {k: v.shape for k, v in contexts.items()}
     expected = {"unified": (16, 384), "classwise": (10, 16, 384)}
@@ -65,11 +66,18 @@ def test_coop_fits_labeled_set_better_than_zero_shot(small_experiment, prompt):
     assert trained > zeroshot + 0.1
 
 
-def test_loop_end_to_end_with_selective_querying(small_experiment):
+def _loop(spec, feature_cache, **kwargs):
+    """``spec`` planned, assembled (features from the module's cache) and looped."""
+    plan = spec.resolve()
+    experiment = experiment_of(spec, feature_cache)
+    return run_loop(plan, experiment, **kwargs)
+
+
+def test_loop_end_to_end_with_selective_querying(feature_cache):
     config = RunSpec(dataset="animal-mnist", strategy="cbsq", per_class=12, test_fraction=0.25, rounds=3,
                        budget=6, learner_params={"epochs": 5})
     seen = []
-    rows = run_loop(config, small_experiment, on_round=lambda row, state: seen.append(state.completed))
+    rows = _loop(config, feature_cache, on_round=lambda row, state: seen.append(state.completed))
     assert seen == [1, 2, 3]
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert [r["n_labeled"] for r in rows] == [6, 12, 18]
@@ -82,56 +90,55 @@ def test_loop_end_to_end_with_selective_querying(small_experiment):
     assert rows[0]["zeroshot_acc"] == rows[-1]["zeroshot_acc"]
 
 
-def test_resumed_loop_continues_where_it_stopped(small_experiment):
+def test_resumed_loop_continues_where_it_stopped(feature_cache):
     config = RunSpec(dataset="animal-mnist", strategy="entropy", per_class=12, test_fraction=0.25, rounds=3,
                        budget=5, learner_params={"epochs": 3})
-    full = run_loop(config, small_experiment)
+    full = _loop(config, feature_cache)
     states = []
-    run_loop(RunSpec(**{**config.to_dict(), "rounds": 2}), small_experiment,
-             on_round=lambda row, state: states.append(state))
-    resumed = run_loop(config, small_experiment, state=states[-1])
+    _loop(RunSpec(**{**config.to_dict(), "rounds": 2}), feature_cache, on_round=lambda row, state: states.append(state))
+    resumed = _loop(config, feature_cache, state=states[-1])
     assert [r["round"] for r in resumed] == [1, 2, 3]
     assert resumed[-1]["n_queried"] == full[-1]["n_queried"]
     assert resumed[-1]["test_acc"] == pytest.approx(full[-1]["test_acc"], abs=1e-6)
 
 
-def test_k_shot_start_labels_k_per_class_in_a_recorded_round_zero(small_experiment):
+def test_k_shot_start_labels_k_per_class_in_a_recorded_round_zero(small_experiment, feature_cache):
     config = RunSpec(dataset="animal-mnist", strategy="random", per_class=12, test_fraction=0.25, rounds=2,
                        budget=5, initial_per_class=1, learner_params={"epochs": 3})
     states = []
-    rows = run_loop(config, small_experiment, on_round=lambda row, state: states.append(state.labeled.copy()))
+    rows = _loop(config, feature_cache, on_round=lambda row, state: states.append(state.labeled.copy()))
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert [r["n_labeled"] for r in rows] == [10, 15, 20]
     assert [r["n_queried"] for r in rows] == [10, 15, 20]  # the start's labels come from the oracle too
     start = np.flatnonzero(states[0])
     assert sorted(small_experiment.pool_labels[start].tolist()) == list(range(10))
     assert states[1][start].all()
-    again = run_loop(config, small_experiment, on_round=lambda row, state: states.append(state.labeled.copy()))
+    again = _loop(config, feature_cache, on_round=lambda row, state: states.append(state.labeled.copy()))
     assert np.array_equal(states[3], states[0])  # seeded
     assert again[0]["test_acc"] == pytest.approx(rows[0]["test_acc"], abs=1e-6)
 
 
-def test_k_shot_start_larger_than_a_class_is_refused(small_experiment):
+def test_k_shot_start_larger_than_a_class_is_refused(feature_cache):
     with pytest.raises(PoolExhaustedError, match="class 'dog' has 2 pool images, fewer than initial_per_class=3"):
         initial_labeled(np.array([0, 0, 0, 1, 1]), ["cat", "dog"], per_class=3, seed=0)
     config = RunSpec(dataset="animal-mnist", per_class=12, test_fraction=0.25, rounds=1, budget=2,
                        initial_per_class=9)
     with pytest.raises(PoolExhaustedError, match="after a 9-shot start need 92 images; the pool has 90"):
-        run_loop(config, small_experiment)
+        _loop(config, feature_cache)
     with pytest.raises(ConfigError, match="initial_per_class"):
         RunSpec(initial_per_class=-1)
 
 
-def test_budget_larger_than_pool_is_refused(small_experiment):
+def test_budget_larger_than_pool_is_refused(feature_cache):
     config = RunSpec(dataset="animal-mnist", per_class=12, test_fraction=0.25, rounds=2, budget=80)
     with pytest.raises(PoolExhaustedError, match="pool has"):
-        run_loop(config, small_experiment)
+        _loop(config, feature_cache)
     assert LoopState.fresh(3).labels.tolist() == [-1, -1, -1]
 
 
 def test_float16_feature_store_keeps_embeddings_within_rounding(small_experiment, feature_cache, tmp_path):
-    store = FeatureStore(tmp_path, progress="off", dtype="float16")
-    half = store.encode(small_experiment.dataset, small_experiment.backbone.load())
+    store = cache_at(tmp_path, dtype="float16")
+    half = store.encode(small_experiment.dataset, small_experiment.backbone)
     assert half.key != small_experiment.encoded.key
     assert np.load(store.path(half.key)).dtype == np.float16
     assert half.image_features.dtype == np.float16  # handed out as stored, not as a float32 copy
@@ -139,12 +146,12 @@ def test_float16_feature_store_keeps_embeddings_within_rounding(small_experiment
     full = small_experiment.encoded.zeroshot_probs(np.arange(20))
     assert np.abs(half.zeroshot_probs(np.arange(20)) - full).max() < 2e-2
     with pytest.raises(ConfigError, match="float16"):
-        FeatureStore(tmp_path, dtype="int8")
+        cache_at(tmp_path, dtype="int8")
 
 
 def test_pool_centring_removes_the_pool_mean_and_renormalises():
     """Hand case: rows e1, e2 (the pool) and (1, 1)/sqrt 2; the pool's mean is (.5, .5)."""
-    from raysvc.features import EncodedDataset, centred
+    from raysvc.encoded import EncodedDataset, centred
 
     x = np.array([[1, 0], [0, 1], [2 ** -0.5, 2 ** -0.5]], dtype=np.float16)
     text = np.eye(2, dtype=np.float32)

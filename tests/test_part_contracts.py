@@ -55,12 +55,12 @@ def test_every_backbone_embeds_images_and_prompts_in_one_unit_sphere(name):
 
 @pytest.fixture(scope="module")
 def tiny_experiment(tmp_path_factory):
+    from experiments import experiment_of
+
     from raysvc.spec import RunSpec
-    from raysvc.features import FeatureStore
-    from raysvc.loop import load_experiment, store_encoder
 
     spec = RunSpec(dataset="animal-mnist", per_class=4, test_fraction=0.25, rounds=1)
-    return load_experiment(spec, store_encoder(FeatureStore(tmp_path_factory.mktemp("contract"), progress="off")))
+    return experiment_of(spec, tmp_path_factory.mktemp("contract"))
 
 
 @pytest.mark.parametrize("name", [e.name for e in LEARNERS.entries()])

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from raysvc.datasets.base import ImageDataset
+from raysvc.encoded import encode_class_prompts
 from raysvc.errors import ConfigError, DatasetError
-from raysvc.features import encode_prompt_embeddings, encode_prompts
 from raysvc.prompts import COOP_TEMPLATES, read_descriptions, with_prompts
 
 # ml-postech/active-prompt-learning @105a662 trainers/alvlm.py:30-48 (CUSTOM_TEMPLATES),
@@ -44,10 +44,10 @@ def _dataset(classnames):
 def test_descriptions_match_class_names_case_insensitively_with_underscores_as_spaces(tmp_path):
     path = tmp_path / "descriptors.json"
     path.write_text(json.dumps({"Golden_Retriever": ["a dog with golden fur"], "tabby CAT": "a striped cat"}))
-    dataset = with_prompts(_dataset(["golden retriever", "Tabby cat"]), None, str(path))
+    dataset = with_prompts(_dataset(["golden retriever", "Tabby cat"]), None, read_descriptions(str(path)), str(path))
     assert dataset.prompts() == [("a dog with golden fur",), ("a striped cat",)]
     with pytest.raises(DatasetError, match="no entry for class 'beagle'"):
-        with_prompts(_dataset(["beagle"]), None, str(path))
+        with_prompts(_dataset(["beagle"]), None, read_descriptions(str(path)), str(path))
 
 
 def test_descriptions_naming_one_class_twice_are_refused(tmp_path):
@@ -70,9 +70,8 @@ class _FixedText:
 
 def test_class_text_embeddings_normalised_for_zero_shot_and_raw_for_clap():
     backbone = _FixedText({"a": [3.0, 0.0], "b": [0.0, 1.0], "c": [2.0, 2.0]})
-    normalised, raw = encode_prompt_embeddings(backbone, [("a", "b"), ("c",)])
+    normalised, raw = encode_class_prompts(backbone, [("a", "b"), ("c",)])
     # zero-shot: the normalised mean of the normalised sentences ((1, 0) and (0, 1) -> (1, 1) / sqrt 2)
     np.testing.assert_allclose(normalised, [[2 ** -0.5, 2 ** -0.5], [2 ** -0.5, 2 ** -0.5]], atol=1e-6)
     # CLAP's anchor (ActiveKD's clip_weights_before_norm): the plain mean of the raw sentences
     np.testing.assert_allclose(raw, [[1.5, 0.5], [2.0, 2.0]], atol=1e-6)
-    np.testing.assert_array_equal(encode_prompts(backbone, [("a", "b"), ("c",)]), normalised)

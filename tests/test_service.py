@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
-from grid_events import EventLog, ship_by_value
+from grid_events import GridEvents
 from local_ray import local_ray
+
 from raysvc.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,38 +30,42 @@ FIXED = {"rounds": 2, "per_class": 6, "test_fraction": 0.25, "learner": "coop", 
 
 # ------------------------------------------------------------- no Ray needed
 def test_grid_expands_axes_dotted_keys_and_packs():
+    from raysvc.service.driver import trial_runs
     from raysvc.service.gridspec import load_grid
 
-    spec = load_grid({
+    grid = load_grid({
         "name": "g", "out": "/tmp/x", "cells_per_trial": 4, "fixed": dict(FIXED),
         "grid": {"dataset": ["animal-mnist", "mnist-5k"], "strategy": ["random", "entropy"], "seed": [0, 1],
                  "learner_params.epochs": [1, 2], "budget": 5},
     })
-    assert len(spec.cells) == 16 and len(spec.groups) == 4
-    assert all(len(g) == 4 for g in spec.groups)
-    assert {c["learner_params"]["epochs"] for c in spec.cells} == {1, 2}
-    assert all(c["budget"] == 5 and c["rounds"] == 2 for c in spec.cells)
-    assert len(set(spec.run_ids)) == 16
+    specs = [plan.spec for plan in grid.plans]
+    trials = trial_runs(grid.plans, grid.settings.cells_per_trial)
+    assert len(specs) == 16 and len(trials) == 4
+    assert all(len(t.plans) == 4 for t in trials)
+    assert {s.learner_params["epochs"] for s in specs} == {1, 2}
+    assert all(s.budget == 5 and s.rounds == 2 for s in specs)
+    assert len(set(grid.run_ids)) == 16
     # consecutive cells share a dataset, so a packed trial reuses its dataset and features
-    assert all(len({c["dataset"] for c in g}) == 1 for g in spec.groups)
+    assert all(len({p.spec.dataset for p in t.plans}) == 1 for t in trials)
 
 
 def test_trial_names_say_dataset_strategy_and_seeds():
     from raysvc.service.driver import group_name
+    from raysvc.spec import RunSpec
 
-    cell = {"dataset": "/data/emoji", "strategy": "cb", "seed": 0, "rounds": 8}
-    assert group_name([cell]) == "emoji/cb/s0"
-    seeds = [dict(cell, seed=s) for s in (0, 1, 2)]
-    assert group_name(seeds) == "emoji/cb/s0,1,2"
-    mixed = [cell, dict(cell, strategy="random", seed=1)]
-    assert group_name(mixed) == "emoji/cb/s0+1"
+    def plan(**values):
+        return RunSpec(**{"dataset": "emoji", "strategy": "cb", "seed": 0, "rounds": 8, **values}).resolve()
+
+    assert group_name([plan()]) == "emoji/cb/s0"
+    assert group_name([plan(seed=s) for s in (0, 1, 2)]) == "emoji/cb/s0,1,2"
+    assert group_name([plan(), plan(strategy="random", seed=1)]) == "emoji/cb/s0+1"
 
 
 def test_test_small_config_is_the_12_run_grid():
     from raysvc.service.gridspec import load_grid
 
-    spec = load_grid(TEST_GRID)
-    assert len(spec.cells) == 12 and spec.cells_per_trial == 6 and spec.train == "local"
+    grid = load_grid(TEST_GRID)
+    assert len(grid.plans) == 12 and grid.settings.cells_per_trial == 6 and grid.settings.train == "local"
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -90,12 +94,14 @@ def test_grid_config_errors(bad, message):
 
 
 def test_demo_config_is_valid():
+    from raysvc.service.driver import trial_runs
     from raysvc.service.gridspec import load_grid
 
-    spec = load_grid(REPO / "jobs" / "configs" / "demo.yaml")
-    assert len(spec.cells) == 9 and len(spec.groups) == 3
-    assert {c["strategy"] for c in spec.cells} == {"random", "cb", "cbsq"}
-    assert all(c["dataset"] == "emoji" and c["rounds"] == 8 and c["feature_centering"] == "pool" for c in spec.cells)
+    grid = load_grid(REPO / "jobs" / "configs" / "demo.yaml", out="/tmp/unused-demo")
+    specs = [plan.spec for plan in grid.plans]
+    assert len(specs) == 9 and len(trial_runs(grid.plans, grid.settings.cells_per_trial)) == 3
+    assert {s.strategy for s in specs} == {"random", "cb", "cbsq"}
+    assert all(s.dataset == "emoji" and s.rounds == 8 and s.feature_centering == "pool" for s in specs)
 
 
 # ------------------------------------------------------------- Ray cluster
@@ -107,7 +113,6 @@ def feature_cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_cluster(s3_gateway, feature_cache):
     """ray.init(num_cpus=2); driver and workers see the gateway and the shared feature cache."""
-    ship_by_value()
     env = dict(s3_gateway.env, RAYSVC_CACHE=str(feature_cache), RAYSVC_S3_RETRY_SECONDS="120",
                TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0")
     with local_ray(env) as ray:
@@ -143,14 +148,14 @@ def _wait_for(predicate, timeout: float, what: str, thread: threading.Thread | N
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _run_in_thread(spec, observer):
+def _run_in_thread(grid, events):
     from raysvc.service.driver import run_grid
 
     box = {}
 
     def target():
         try:
-            box["result"] = run_grid(spec, verbose=0, observer=observer)
+            box["result"] = run_grid(grid, verbose=0, callbacks=[events])
         except BaseException as exc:  # re-raised in the test
             box["error"] = exc
 
@@ -166,33 +171,33 @@ def small_grid(ray_cluster, s3_gateway, feature_cache, tmp_path_factory):
     from raysvc.service.gridspec import load_grid
 
     tune_dir = tmp_path_factory.mktemp("tune")
-    spec = load_grid(TEST_GRID, out=f"{s3_gateway.dest}/grid12", storage_path=str(tune_dir),
+    grid = load_grid(TEST_GRID, out=f"{s3_gateway.dest}/grid12", storage_path=str(tune_dir),
                      features={"cache_dir": str(feature_cache)})
     start = time.perf_counter()
-    result = run_grid(spec, verbose=0)
+    result = run_grid(grid, verbose=0)
     elapsed = time.perf_counter() - start
     print(f"\n12-run grid: {elapsed:.1f}s")
-    return spec, result, elapsed
+    return grid, result, elapsed
 
 
 @pytest.mark.timeout(420)
 def test_grid_writes_every_run_and_round_exactly_once(small_grid, s3_gateway):
-    spec, result, elapsed = small_grid
+    grid, result, elapsed = small_grid
     assert result.ok, (result.missing, result.errors)
     assert result.n_trials == 2  # 12 cells packed 6 per trial
     # the grid's own clock starts inside run_grid (bench.grid divides by it)
     assert 0 < result.wall_seconds <= elapsed
     manifests, rows = _read_back(s3_gateway, "grid12")
-    assert sorted(manifests) == sorted(spec.run_ids) and len(manifests) == 12
+    assert sorted(manifests) == sorted(grid.run_ids) and len(manifests) == 12
     pairs = [(r["run_id"], r["round"]) for r in rows]
     assert len(pairs) == len(set(pairs)) == 24
-    assert {p for p in pairs} == {(run_id, rnd) for run_id in spec.run_ids for rnd in (1, 2)}
+    assert {p for p in pairs} == {(run_id, rnd) for run_id in grid.run_ids for rnd in (1, 2)}
     assert {r["dataset"] for r in rows} == {"animal-mnist", "mnist-5k"}
     assert {r["strategy"] for r in rows} == {"random", "entropy", "cbsq"}
     cells = {m["run_id"]: m for m in manifests.values()}
-    for cell, run_id in zip(spec.cells, spec.run_ids):
-        manifest = cells[run_id]
-        assert manifest["config"] == json.loads(json.dumps(cell))
+    for plan in grid.plans:
+        manifest = cells[plan.run_id]
+        assert manifest["config"] == json.loads(json.dumps(plan.spec.to_dict()))
         assert manifest["n_rows"] == 2 and manifest["schema_version"] == rows[0]["schema_version"]
         assert {"ray", "torch", "raysvc"} <= set(manifest["packages"])
         assert manifest["code_revision"] and manifest["grid"] == "test-small" and manifest["train"] == "local"
@@ -207,27 +212,28 @@ def test_one_encoder_pass_per_dataset_and_backbone(small_grid):
 
 
 @pytest.mark.timeout(300)
-def test_feature_service_hands_out_one_shared_read_only_copy(ray_cluster, feature_cache):
+def test_encoder_service_hands_out_one_shared_read_only_copy(ray_cluster, feature_cache):
     import numpy as np
 
     from raysvc.backbones import BackboneRef
+    from raysvc.experiment import run_dataset
+    from raysvc.feature_settings import FeatureSettings
+    from raysvc.service.encoders import RayEncode, encode_key, start_encoder_service
     from raysvc.spec import RunSpec
-    from raysvc.loop import load_data
-    from raysvc.service.encoders import RayEncode, feature_service
 
     ray = ray_cluster
-    actor = feature_service("raysvc-features-test-share", cache_dir=str(feature_cache))
+    actor = start_encoder_service(FeatureSettings(cache_dir=str(feature_cache)), "raysvc-features-test-share")
     try:
-        dataset = load_data(RunSpec(dataset="animal-mnist", per_class=6))
+        dataset = run_dataset(RunSpec(dataset="animal-mnist", per_class=6).resolve())
         encode = RayEncode("raysvc-features-test-share")
-        backbone = BackboneRef("conse-lite0", 112)
+        backbone = BackboneRef.named("conse-lite0", 112)
         first, second = encode(dataset, backbone), encode(dataset, backbone)
         assert not first.image_features.flags.writeable  # a view on the object store, not a copy
         np.testing.assert_array_equal(first.image_features, second.image_features)
         assert second.encode_seconds == 0.0
         assert ray.get(actor.encode_counts.remote()) == {f"{dataset.fingerprint}|conse-lite0|112": 1}
-        stats = ray.get(actor.stats.remote())
-        assert next(iter(stats.values()))["requests"] == 2
+        # the second request was answered from the pass the first one made, charged to nobody
+        assert ray.get(actor.lookup.remote(encode_key(dataset, backbone)))["charged"] is False
     finally:
         ray.kill(actor)
 
@@ -236,19 +242,19 @@ def test_feature_service_hands_out_one_shared_read_only_copy(ray_cluster, featur
 def test_killed_trial_worker_resumes_from_its_checkpoint(ray_cluster, s3_gateway, feature_cache, tmp_path):
     from raysvc.service.gridspec import load_grid
 
-    log = EventLog(tmp_path, pause_after_checkpoint=0.5)
-    spec = load_grid({
+    events = GridEvents()
+    grid = load_grid({
         "name": "killed", "out": f"{s3_gateway.dest}/killed", "storage_path": str(tmp_path / "tune"),
         "cells_per_trial": 2, "max_failures": 2, "features": {"cache_dir": str(feature_cache)},
-        "checkpoint_seconds": 0, "fixed": dict(FIXED, rounds=3, dataset="animal-mnist"),
+        "checkpoint_seconds": 0, "fixed": dict(FIXED, rounds=6, budget=5, dataset="animal-mnist"),
         "grid": {"strategy": ["random", "entropy"], "seed": [0]},
     })
-    thread, box = _run_in_thread(spec, log)
-    first_run = spec.run_ids[0]
+    thread, box = _run_in_thread(grid, events)
+    first_run = grid.run_ids[0]
     # kill once round 2 of the first run is checkpointed: round 1's checkpoint is surely registered
-    event = _wait_for(lambda: next((e for e in log.lines() if e[:3] == ["checkpointed", first_run, "2"]), None),
-                      300, "a checkpointed round", thread)
-    victim = int(event[3])
+    _wait_for(lambda: any(c[2] == 2 and c[3] == first_run for c in events.checkpoints), 300,
+              "a checkpointed round", thread)
+    victim = next(r[2] for r in events.results if r[3] == 2 and r[4] == first_run)
     os.kill(victim, signal.SIGKILL)
     thread.join(360)
     assert not thread.is_alive(), "the grid did not finish after the kill"
@@ -257,37 +263,37 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(ray_cluster, s3_gateway
     result = box["result"]
     assert result.ok, (result.missing, result.errors)
 
-    events = log.lines()
-    starts = [e for e in events if e[0] == "start"]
-    assert len(starts) == 2 and int(starts[1][3]) != victim  # retried in a new worker process
-    resumed = [e for e in events if e[0] == "resume"]
-    assert resumed and resumed[0][1] == first_run and int(resumed[0][2]) >= 1  # not from scratch
+    pids = list(dict.fromkeys(r[2] for r in events.results))
+    assert len(pids) == 2 and pids[1] != victim  # retried in a new worker process
+    resumed = [r for r in events.results if r[2] != victim and r[4] == first_run and r[3] is not None]
+    assert resumed and resumed[0][3] > 1  # not from scratch: its first round after the kill is a later one
     manifests, rows = _read_back(s3_gateway, "killed")
     pairs = [(r["run_id"], r["round"]) for r in rows]
-    assert len(pairs) == len(set(pairs)) == 6
-    assert set(pairs) == {(run_id, rnd) for run_id in spec.run_ids for rnd in (1, 2, 3)}
-    assert sorted(manifests) == sorted(spec.run_ids)
+    assert len(pairs) == len(set(pairs)) == 12
+    assert set(pairs) == {(run_id, rnd) for run_id in grid.run_ids for rnd in range(1, 7)}
+    assert sorted(manifests) == sorted(grid.run_ids)
 
 
 @pytest.mark.timeout(420)
 def test_results_survive_a_gateway_restart_during_the_run(ray_cluster, s3_gateway, feature_cache, tmp_path):
     from raysvc.service.gridspec import load_grid
 
-    log = EventLog(tmp_path)
-    spec = load_grid({
+    events = GridEvents()
+    grid = load_grid({
         "name": "gateway-restart", "out": f"{s3_gateway.dest}/restart", "storage_path": str(tmp_path / "tune"),
         "cells_per_trial": 2, "features": {"cache_dir": str(feature_cache)},
         "fixed": dict(FIXED, rounds=1, dataset="mnist-5k"),
         "grid": {"strategy": ["random"], "seed": [0, 1]},
     })
     gateway = s3_gateway.gateway
-    thread, box = _run_in_thread(spec, log)
+    thread, box = _run_in_thread(grid, events)
     try:
-        _wait_for(lambda: any(e[0] == "loaded" for e in log.lines()), 300, "the trial to start", thread)
+        _wait_for(lambda: events.starts, 300, "the trial to start", thread)
         gateway.stop()
-        _wait_for(lambda: any(e[0] == "writing" for e in log.lines()), 300, "a write attempt", thread)
+        # the last round of a run reported: its write comes next
+        _wait_for(lambda: any(r[3] == 1 for r in events.results), 300, "a write attempt", thread)
         time.sleep(4)  # the write retries against a dead endpoint
-        assert not any(e[0] == "written" for e in log.lines())
+        assert not events.written()
     finally:
         restarted_at = time.time()
         gateway.start()
@@ -297,11 +303,11 @@ def test_results_survive_a_gateway_restart_during_the_run(ray_cluster, s3_gatewa
         raise box["error"]
     result = box["result"]
     assert result.ok, (result.missing, result.errors)
-    written = [float(e[-1]) for e in log.lines() if e[0] == "written"]
+    written = [r[0] for r in events.written()]
     assert len(written) == 2 and min(written) >= restarted_at - 1
     manifests, rows = _read_back(s3_gateway, "restart")
-    assert sorted(manifests) == sorted(spec.run_ids)
-    assert sorted((r["run_id"], r["round"]) for r in rows) == sorted((r, 1) for r in spec.run_ids)
+    assert sorted(manifests) == sorted(grid.run_ids)
+    assert sorted((r["run_id"], r["round"]) for r in rows) == sorted((r, 1) for r in grid.run_ids)
 
 
 @pytest.mark.timeout(420)

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from raysvc.errors import ConfigError, PoolExhaustedError
-from raysvc.strategies import Pool, make_strategy
-from raysvc.strategies import _badge, _kcenter
+from raysvc.strategies import Pool, _badge, _kcenter, make_strategy
 from raysvc.strategies._badge import (
     badge_embeddings_reference,
     badge_select,

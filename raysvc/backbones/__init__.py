@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from raysvc._compat import import_torchvision
-from raysvc.backbones.base import PromptEncoder, Backbone
+from raysvc.backbones.base import Backbone, PromptEncoder
 from raysvc.options import Options
-from raysvc.registry import Registry
+from raysvc.registry import Part, Registry
 
 BACKBONES: Registry[Backbone] = Registry("backbone", "raysvc.backbones")
 
@@ -22,24 +22,38 @@ BACKBONES: Registry[Backbone] = Registry("backbone", "raysvc.backbones")
 @dataclasses.dataclass(frozen=True)
 class BackboneRef:
     """Which backbone, at which input size, with which options: small and picklable, so a
-    worker process can load the same backbone (:meth:`load`) and caches can key on it."""
+    worker process can load the same backbone (:meth:`load`) and caches can key on it.
+    ``image_size`` None: the backbone's own."""
 
-    name: str
+    part: Part[Backbone]
     image_size: int | None = None
-    params: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
-    def of(cls, name: str, image_size: int | None = None, params: Mapping[str, Any] | None = None) -> BackboneRef:
-        return cls(name, image_size, tuple(sorted((params or {}).items())))
+    def named(cls, name: str, image_size: int | None = None, options: Mapping[str, Any] | None = None) -> BackboneRef:
+        """The ref of backbone ``name`` with ``options`` validated (a run's plan resolves its own)."""
+        return cls(BACKBONES.part(name, options), image_size)
+
+    @property
+    def name(self) -> str:
+        return self.part.name
+
+    @property
+    def params(self) -> tuple[tuple[str, Any], ...]:
+        """The options set beyond the name, for readable keys and labels: those that differ
+        from their defaults and that the name does not fix."""
+        fixed = BACKBONES.resolve(self.part.name).preset
+        defaults = {f.name: f.default for f in dataclasses.fields(self.part.options)}
+        return tuple((k, v) for k, v in sorted(self.part.options.to_dict().items())
+                     if k not in fixed and defaults.get(k) != v)
 
     def load(self) -> Backbone:
-        return load_backbone(self.name, self.image_size, dict(self.params))
+        """The backbone, loaded once per process and shared."""
+        return _load(self.part.cls, self.part.options, self.image_size)
 
 
-def load_backbone(name: str, image_size: int | None = None, params: Mapping[str, Any] | None = None) -> Backbone:
-    """The backbone called ``name`` with validated ``params``; loaded once per process and shared."""
-    part = BACKBONES.part(name, params)
-    return _load(part.cls, part.options, image_size)
+def load_backbone(name: str, image_size: int | None = None, options: Mapping[str, Any] | None = None) -> Backbone:
+    """The backbone called ``name`` with validated ``options``, outside a run (analyses, tests)."""
+    return BackboneRef.named(name, image_size, options).load()
 
 
 @functools.lru_cache(maxsize=4)

@@ -18,7 +18,6 @@ from torch import nn
 
 from raysvc.options import NoOptions, Options
 
-
 # Classes encoded at once. Every training step runs the text encoder on every class's
 # prompt, and backpropagation keeps each layer's activations: for 1000 ImageNet classes
 # through MiniLM that is ~3.6 GB. Above this many classes each chunk is checkpointed

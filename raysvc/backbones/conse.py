@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 
 from raysvc.backbones import BACKBONES
-from raysvc.backbones.base import PromptEncoder, Backbone
+from raysvc.backbones.base import Backbone, PromptEncoder
 from raysvc.errors import ConfigError
 from raysvc.options import Options, option
 

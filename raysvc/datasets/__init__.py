@@ -8,26 +8,23 @@ from collections.abc import Mapping
 from typing import Any
 
 from raysvc.datasets.base import (
-    DatasetSource, ImageDataset, array_dataset, per_class_subset, pool_test_split,
+    DatasetSource,
+    ImageDataset,
+    array_dataset,
+    per_class_subset,
+    pool_test_split,
 )
-from raysvc.options import Options
-from raysvc.registry import Registry
+from raysvc.registry import Part, Registry
 
 DATASETS: Registry[DatasetSource] = Registry("dataset", "raysvc.datasets")
 
 
-def dataset_options(name: str, split_file: str | None = None, params: Mapping[str, Any] | None = None) -> Options:
-    """The validated options of dataset ``name`` (a ``split_file`` belongs to folders only)."""
-    values = dict(params or {})
-    if split_file is not None:
-        values["split_file"] = split_file
-    return DATASETS.part(name, values).options
+def load_dataset(dataset: str | Part, options: Mapping[str, Any] | None = None) -> ImageDataset:
+    """A dataset: a run plan's part, or a registered name (or an image folder's path) with
+    ``options`` validated here."""
+    part = dataset if isinstance(dataset, Part) else DATASETS.part(dataset, options)
+    return part.cls(part.options).load()
 
 
-def load_dataset(name: str, split_file: str | None = None, params: Mapping[str, Any] | None = None) -> ImageDataset:
-    """A registered dataset by name, or an image folder by path."""
-    return DATASETS.resolve(name).cls(dataset_options(name, split_file, params)).load()
-
-
-__all__ = ["DATASETS", "DatasetSource", "ImageDataset", "array_dataset", "dataset_options",
-           "load_dataset", "per_class_subset", "pool_test_split"]
+__all__ = ["DATASETS", "DatasetSource", "ImageDataset", "array_dataset", "load_dataset", "per_class_subset",
+           "pool_test_split"]

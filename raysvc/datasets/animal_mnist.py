@@ -18,6 +18,7 @@ class AnimalMNIST(DatasetSource):
     """Animal-MNIST: 10 animals, 1000 28-px drawings each (PyPI animal-mnist)."""
 
     name = "animal-mnist"
+    native_size = 28
 
     def load(self) -> ImageDataset:
         try:
@@ -32,4 +33,4 @@ class AnimalMNIST(DatasetSource):
             labels = np.asarray(pickle.load(fh), dtype=np.int64)
         classnames = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
         # stored light-on-dark; inverted they read as dark-on-light drawings, which an ImageNet backbone knows
-        return array_dataset("animal-mnist", images, labels, classnames, invert=True, native_size=28)
+        return array_dataset("animal-mnist", images, labels, classnames, invert=True, native_size=self.native_size)

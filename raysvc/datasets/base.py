@@ -79,10 +79,13 @@ class ImageDataset:
 
 class DatasetSource(abc.ABC):
     """A named dataset (registered in :data:`raysvc.datasets.DATASETS`): typed options, and
-    :meth:`load`, which checks what it can cheaply and reads images lazily."""
+    :meth:`load`, which checks what it can cheaply and reads images lazily. ``native_size``
+    is the side of its stored images when they are small and known before loading (the
+    plan picks the backbone's input size from it)."""
 
     name: ClassVar[str]
     Options: ClassVar[type[Options]] = NoOptions
+    native_size: ClassVar[int | None] = None
 
     def __init__(self, options: Options | None = None):
         self.options = self.Options() if options is None else options

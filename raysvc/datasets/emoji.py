@@ -16,7 +16,6 @@ data MIT; see docs/emoji.md.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -309,6 +308,7 @@ class Emoji(DatasetSource):
     """Emoji: 852 Noto and Twemoji 64-px renderings of 426 emoji in 18 classes, fixed split (make data)."""
 
     name = NAME
+    native_size = SIDE
 
     def load(self) -> ImageDataset:
         return load()

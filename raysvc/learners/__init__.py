@@ -5,10 +5,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from raysvc.learners.base import Experiment, Learner, LocalRunner, TrainRunner
+from raysvc.learners.base import Learner, LocalRunner, TrainRunner
 from raysvc.registry import Registry
+
+if TYPE_CHECKING:
+    from raysvc.experiment import Experiment
 
 LEARNERS: Registry[Learner] = Registry("learner", "raysvc.learners")
 
@@ -19,4 +22,4 @@ def make_learner(name: str, experiment: Experiment, options: Mapping[str, Any] |
     return part.cls(experiment, part.options)
 
 
-__all__ = ["LEARNERS", "Experiment", "Learner", "LocalRunner", "TrainRunner", "make_learner"]
+__all__ = ["LEARNERS", "Learner", "LocalRunner", "TrainRunner", "make_learner"]

@@ -8,23 +8,28 @@ or on Ray Train workers, so the loop is the same in a test, a Tune trial and a j
 from __future__ import annotations
 
 import abc
-import dataclasses
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
-from raysvc.backbones import BackboneRef
-from raysvc.datasets import ImageDataset
-from raysvc.features import EncodedDataset
 from raysvc.options import NoOptions, Options
+
+if TYPE_CHECKING:
+    from raysvc.experiment import Experiment
 
 TrainFn = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class TrainRunner(Protocol):
+    """Where a learner's training function runs (:class:`LocalRunner`, or Ray Train's
+    :class:`~raysvc.service.train.RayTrainRunner`)."""
+
     def run(self, fn: TrainFn, payload: dict[str, Any]) -> dict[str, Any]:
         """Run ``fn(payload)`` somewhere and return its result."""
+
+    def close(self) -> None:
+        """Release what the runner holds (actors, workers); the run is over."""
 
 
 class LocalRunner:
@@ -33,28 +38,8 @@ class LocalRunner:
     def run(self, fn: TrainFn, payload: dict[str, Any]) -> dict[str, Any]:
         return fn(payload)
 
-
-@dataclasses.dataclass(frozen=True)
-class Experiment:
-    """What a learner may read: the dataset, its cached embeddings and the split.
-
-    pool, test: dataset indices. ``backbone`` names the VLM so a worker process can load
-    the same one.
-    """
-
-    dataset: ImageDataset
-    encoded: EncodedDataset
-    backbone: BackboneRef
-    pool: np.ndarray
-    test: np.ndarray
-
-    @property
-    def pool_labels(self) -> np.ndarray:
-        return self.dataset.labels[self.pool]
-
-    @property
-    def test_labels(self) -> np.ndarray:
-        return self.dataset.labels[self.test]
+    def close(self) -> None:
+        pass
 
 
 class Learner(abc.ABC):
@@ -71,9 +56,10 @@ class Learner(abc.ABC):
         self.options = self.Options() if options is None else options
 
     @abc.abstractmethod
-    def fit(self, positions: np.ndarray, labels: np.ndarray, seed: int, runner: TrainRunner) -> None:
+    def fit(self, positions: np.ndarray, labels: np.ndarray, seed: int, runner: TrainRunner) -> dict[str, Any]:
         """Train on the pool images at ``positions`` (indices into the pool) with ``labels``
-        (oracle or pseudo)."""
+        (oracle or pseudo); returns what the fit measured (seconds per step, losses), which
+        benchmarks read."""
 
     @abc.abstractmethod
     def predict_proba(self, split: str) -> np.ndarray:

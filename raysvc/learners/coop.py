@@ -101,36 +101,36 @@ VARIANTS = {
 WARMUP_LR = 1e-5
 
 
-def _kinds(config: CoOpOptions) -> tuple[str, ...]:
-    return ("unified", "classwise") if config.prompt == "both" else (config.prompt,)
+def _kinds(options: CoOpOptions) -> tuple[str, ...]:
+    return ("unified", "classwise") if options.prompt == "both" else (options.prompt,)
 
 
-def initial_contexts(config: CoOpOptions, encoder, n_classes: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def initial_contexts(options: CoOpOptions, encoder, n_classes: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """The context of every prompt kind before training: ``ctx_init``'s word embeddings
     (shared, or copied to every class), else N(0, init_std) draws."""
-    if not config.random_context:
-        words = encoder.word_embeddings(config.ctx_init).float()
-        return {k: words.clone() if k == "unified" else words.expand(n_classes, -1, -1).clone() for k in _kinds(config)}
-    shapes = {"unified": (config.n_ctx, encoder.token_dim), "classwise": (n_classes, config.n_ctx, encoder.token_dim)}
-    return {k: torch.randn(shapes[k], generator=generator) * config.init_std for k in _kinds(config)}
+    if not options.random_context:
+        words = encoder.word_embeddings(options.ctx_init).float()
+        return {k: words.clone() if k == "unified" else words.expand(n_classes, -1, -1).clone() for k in _kinds(options)}
+    shapes = {"unified": (options.n_ctx, encoder.token_dim), "classwise": (n_classes, options.n_ctx, encoder.token_dim)}
+    return {k: torch.randn(shapes[k], generator=generator) * options.init_std for k in _kinds(options)}
 
 
-def context_length(config: CoOpOptions, backbone) -> int:
+def context_length(options: CoOpOptions, backbone) -> int:
     """The number of context slots: ``ctx_init``'s token count, else ``n_ctx``."""
-    if config.random_context:
-        return config.n_ctx
-    return len(backbone.prompt_encoder(["x"], 1).word_embeddings(config.ctx_init))
+    if options.random_context:
+        return options.n_ctx
+    return len(backbone.prompt_encoder(["x"], 1).word_embeddings(options.ctx_init))
 
 
-def warmup_cosine(config: CoOpOptions, steps_per_epoch: int):
+def warmup_cosine(options: CoOpOptions, steps_per_epoch: int):
     """The learning-rate factor of each step: ``WARMUP_LR`` for ``warmup_epochs``, then a cosine
     over all ``epochs`` (dassl's ConstantWarmupScheduler over CosineAnnealingLR, stepped per batch)."""
-    total = config.epochs * steps_per_epoch
-    warm = config.warmup_epochs * steps_per_epoch
+    total = options.epochs * steps_per_epoch
+    warm = options.warmup_epochs * steps_per_epoch
 
     def factor(step: int) -> float:
         if step < warm:
-            return WARMUP_LR / config.lr
+            return WARMUP_LR / options.lr
         return 0.5 * (1.0 + math.cos(math.pi * step / total))
 
     return factor
@@ -147,30 +147,34 @@ def prompt_logits(image_features: torch.Tensor, class_embeddings: list[torch.Ten
 
 
 def train_coop(payload: dict[str, Any]) -> dict[str, Any]:
-    """Learn the context vectors; pure function of the payload (runs on any worker)."""
-    config = CoOpOptions(**payload["config"])
+    """Learn the context vectors; pure function of the payload (runs on any worker).
+
+    payload: options (CoOpOptions), backbone (BackboneRef), classnames, features (the
+    labeled images' embeddings), labels, text_features (the zero-shot class embeddings), seed.
+    """
+    options: CoOpOptions = payload["options"]
     backbone = payload["backbone"].load()
-    encoder = backbone.prompt_encoder(payload["classnames"], context_length(config, backbone))
+    encoder = backbone.prompt_encoder(payload["classnames"], context_length(options, backbone))
     generator = torch.Generator().manual_seed(payload["seed"])
     contexts = {kind: torch.nn.Parameter(ctx)
-                for kind, ctx in initial_contexts(config, encoder, len(payload["classnames"]), generator).items()}
+                for kind, ctx in initial_contexts(options, encoder, len(payload["classnames"]), generator).items()}
     # copies: the arrays may arrive as read-only views of Ray's object store
     features = torch.tensor(np.asarray(payload["features"], dtype=np.float32))
     labels = torch.as_tensor(payload["labels"], dtype=torch.long)
     prior = torch.tensor(np.asarray(payload["text_features"], dtype=np.float32))
-    optimizer = torch.optim.SGD(contexts.values(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(labels) / config.batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config, steps_per_epoch))
-    for _ in range(config.epochs):
+    optimizer = torch.optim.SGD(contexts.values(), lr=options.lr, momentum=options.momentum,
+                                weight_decay=options.weight_decay)
+    steps_per_epoch = math.ceil(len(labels) / options.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(options, steps_per_epoch))
+    for _ in range(options.epochs):
         order = torch.randperm(len(labels), generator=generator)
-        for start in range(0, len(labels), config.batch_size):
-            batch = order[start : start + config.batch_size]
+        for start in range(0, len(labels), options.batch_size):
+            batch = order[start : start + options.batch_size]
             classes = [encoder(c) for c in contexts.values()]
-            logits = prompt_logits(features[batch], classes, backbone.logit_scale, prior, config.prior_weight)
+            logits = prompt_logits(features[batch], classes, backbone.logit_scale, prior, options.prior_weight)
             loss = F.cross_entropy(logits, labels[batch])
-            if config.kg_weight:
-                loss = loss + config.kg_weight * kgcoop_penalty(classes, prior)
+            if options.kg_weight:
+                loss = loss + options.kg_weight * kgcoop_penalty(classes, prior)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -196,7 +200,7 @@ class CoOpLearner(Learner):
         super().__init__(experiment, options)
         self.class_embeddings: list[np.ndarray] | None = None  # None: zero-shot prompts
 
-    def fit(self, positions: np.ndarray, labels: np.ndarray, seed: int, runner: TrainRunner) -> None:
+    def fit(self, positions: np.ndarray, labels: np.ndarray, seed: int, runner: TrainRunner) -> dict[str, Any]:
         exp = self.experiment
         contexts = runner.run(train_coop, {
             "backbone": exp.backbone,
@@ -204,13 +208,14 @@ class CoOpLearner(Learner):
             "features": np.asarray(exp.encoded.image_features[exp.pool[positions]], dtype=np.float32),
             "labels": np.asarray(labels),
             "text_features": np.asarray(exp.encoded.text_features, dtype=np.float32),
-            "config": self.options.to_dict(),
+            "options": self.options,
             "seed": seed,
         })
         backbone = exp.backbone.load()
         encoder = backbone.prompt_encoder(exp.dataset.classnames, context_length(self.options, backbone))
         with torch.no_grad():
             self.class_embeddings = [encoder(torch.as_tensor(c)).numpy() for c in contexts.values()]
+        return {}
 
     def get_state(self) -> dict[str, np.ndarray]:
         return {} if self.class_embeddings is None else {f"class_embeddings_{i}": t for i, t in enumerate(self.class_embeddings)}

@@ -248,10 +248,10 @@ def _cycle(positions: np.ndarray, rng: np.random.Generator):
 def train_student(payload: dict[str, Any]) -> dict[str, Any]:
     """Train a dual-head student; returns its state dict as numpy arrays.
 
-    payload: config (KDOptions as a dict), n_classes, images ((N, 3, S, S) uint8 of the
+    payload: options (KDOptions), n_classes, images ((N, 3, S, S) uint8 of the
     whole pool), labeled (pool positions), labels, teacher_logits ((N, C) or None), seed.
     """
-    config = KDOptions(**payload["config"])
+    options: KDOptions = payload["options"]
     images = torch.as_tensor(payload["images"])
     labeled = np.asarray(payload["labeled"], dtype=np.int64)
     label_of = np.full(len(images), -1, dtype=np.int64)
@@ -262,16 +262,16 @@ def train_student(payload: dict[str, Any]) -> dict[str, Any]:
     seed = int(payload["seed"])
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    student = make_student(config.student, int(payload["n_classes"]), config.student_weights)
-    mean, std = normalisation(config.student)
+    student = make_student(options.student, int(payload["n_classes"]), options.student_weights)
+    mean, std = normalisation(options.student)
 
-    n_lab = max(1, min(len(labeled), round(config.batch_size * config.labeled_fraction)))
-    n_unl = 0 if teacher is None else config.batch_size - n_lab
+    n_lab = max(1, min(len(labeled), round(options.batch_size * options.labeled_fraction)))
+    n_unl = 0 if teacher is None else options.batch_size - n_lab
     unlabeled = np.setdiff1d(np.arange(len(images)), labeled)
     if len(unlabeled) == 0:
         unlabeled = np.arange(len(images))
-    steps = config.epochs * math.ceil(len(images) / config.batch_size)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = options.epochs * math.ceil(len(images) / options.batch_size)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     lab_iter, unl_iter = _cycle(labeled, rng), _cycle(unlabeled, rng)
     student.train()
@@ -281,7 +281,7 @@ def train_student(payload: dict[str, Any]) -> dict[str, Any]:
         if n_unl:
             rows = np.concatenate([rows, np.fromiter((next(unl_iter) for _ in range(n_unl)), np.int64, n_unl)])
         pixels = images[rows]
-        if config.flip:
+        if options.flip:
             flip = torch.as_tensor(rng.random(len(rows)) < 0.5)
             pixels = torch.where(flip.view(-1, 1, 1, 1), pixels.flip(-1), pixels)
         z_ce, z_kd, _ = student(to_input(pixels, mean, std))
@@ -289,10 +289,10 @@ def train_student(payload: dict[str, Any]) -> dict[str, Any]:
         mask[:n_lab] = True
         labels = torch.as_tensor(np.maximum(label_of[rows], 0))
         if teacher is None:  # no-distill: plain cross-entropy
-            loss, ce, kd = dho_loss(z_ce, z_kd, labels, mask, None, config.temperature, 1.0, 0.0)
+            loss, ce, kd = dho_loss(z_ce, z_kd, labels, mask, None, options.temperature, 1.0, 0.0)
         else:
-            loss, ce, kd = dho_loss(z_ce, z_kd, labels, mask, teacher[rows], config.temperature, config.ce_weight,
-                                    config.kd_weight)
+            loss, ce, kd = dho_loss(z_ce, z_kd, labels, mask, teacher[rows], options.temperature, options.ce_weight,
+                                    options.kd_weight)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -337,7 +337,6 @@ class KDLearner(Learner):
         self._zeroshot = {s: encoded.zeroshot_probs(self.rows(s)) for s in ("pool", "test")}
         self._images: dict[str, torch.Tensor] = {}
         self._state: dict[str, np.ndarray] = {}
-        self.last_fit: dict[str, Any] = {}
 
     # pixels, decoded once per learner
     def images(self, split: str) -> torch.Tensor:
@@ -365,7 +364,7 @@ class KDLearner(Learner):
             out[split] = clap_logits(split_feats, protos, encoded.logit_scale).numpy()
         return out
 
-    def fit(self, positions: np.ndarray, labels: np.ndarray, seed: int, runner: TrainRunner) -> None:
+    def fit(self, positions: np.ndarray, labels: np.ndarray, seed: int, runner: TrainRunner) -> dict[str, Any]:
         positions, labels = np.asarray(positions, dtype=np.int64), np.asarray(labels, dtype=np.int64)
         start = time.perf_counter()
         teacher = self.teacher_logits(positions, labels, seed)
@@ -375,7 +374,7 @@ class KDLearner(Learner):
         decode_seconds = time.perf_counter() - start
         start = time.perf_counter()
         result = runner.run(train_student, {
-            "config": self.options.to_dict(),
+            "options": self.options,
             "n_classes": self.experiment.dataset.n_classes,
             "images": pool_images.numpy(),
             "labeled": positions,
@@ -401,7 +400,7 @@ class KDLearner(Learner):
             state["test_probs"] = combine_heads(torch.as_tensor(t_ce), torch.as_tensor(t_kd), a, b).numpy()
             state["teacher_test_probs"] = _softmax(teacher["test"]).astype(np.float32)
         self._state = state
-        self.last_fit = {
+        return {
             "teacher_seconds": teacher_seconds, "decode_seconds": decode_seconds, "train_seconds": train_seconds,
             "inference_seconds": time.perf_counter() - start, "losses": result.get("losses"),
         }

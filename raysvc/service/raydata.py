@@ -3,7 +3,7 @@
 The pipeline for N images::
 
     range(N)                          indices, ``batch_size`` per block
-      -> decode (CPU tasks, SPREAD)   dataset.load(i) and the backend's preprocessing
+      -> decode (CPU tasks, SPREAD)   dataset.load(i) and the backbone's preprocessing
       -> encode (actor pool)          ``actors`` copies of the backbone, on a GPU each on
                                       GPU clusters, else ``threads`` torch threads each
       -> the caller                   rows scattered into an (N, D) array by index
@@ -15,7 +15,7 @@ result equals the in-process loop's row for row (within the stored dtype's round
 Ray Data prints its own progress bars (``progress="bar"``); ``"lines"`` prints whole
 lines from the consuming loop instead, which survive log forwarding.
 
-Kept apart from :mod:`raysvc.features` so that module imports without Ray.
+Kept apart from :mod:`raysvc.featurecache` so that module imports without Ray.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from raysvc.backbones import BackboneRef, Backbone
+from raysvc.backbones import Backbone, BackboneRef
 from raysvc.datasets import ImageDataset
-from raysvc.errors import ConfigError
-from raysvc.feature_options import RayDataOptions
-from raysvc.features import ProgressLines
+from raysvc.errors import ConfigError, RaysvcBug
+from raysvc.feature_settings import FeatureSettings, RayDataOptions
+from raysvc.progress import ProgressLines
 
 # a decode worker's resident memory with torch imported (~360 MiB measured), before its block
 DECODE_WORKER_BYTES = 450 * 2**20
@@ -103,12 +103,12 @@ def decode(batch: dict[str, np.ndarray], dataset_ref, preprocess: Callable[[Sequ
 class Encoder:
     """An encoder actor: gets the backbone once (on its GPU when it has one) and embeds batches.
 
-    ``shipped``: ``[ref]`` of the caller's loaded backend in the object store, unpickled in
-    a fraction of a second; without it the actor loads ``backbone`` itself (conse-lite0:
-    ~16 s, mostly embedding its 1000 ImageNet prompts).
+    ``shipped``: ``[object ref]`` of the caller's loaded backbone in the object store,
+    unpickled in a fraction of a second; without it the actor loads ``ref`` itself
+    (conse-lite0: ~16 s, mostly embedding its 1000 ImageNet prompts).
     """
 
-    def __init__(self, backbone: BackboneRef, model_id: str, dtype: str, threads: int, use_gpu: bool,
+    def __init__(self, ref: BackboneRef, model_id: str, dtype: str, threads: int, use_gpu: bool,
                  shipped: list | None = None):
         import ray
         import torch
@@ -116,17 +116,17 @@ class Encoder:
         from raysvc._compat import import_torchvision
 
         torch.set_num_threads(threads)
-        import_torchvision()  # unpickling the backend imports transformers, which imports torchvision
-        self.backend = ray.get(shipped[0]) if shipped else backbone.load()
-        if self.backend.model_id != model_id:
-            raise ConfigError(f"backbone {backbone.name!r} loads as {self.backend.model_id} on this node, "
+        import_torchvision()  # unpickling the backbone imports transformers, which imports torchvision
+        self.backbone = ray.get(shipped[0]) if shipped else ref.load()
+        if self.backbone.model_id != model_id:
+            raise ConfigError(f"backbone {ref.name!r} loads as {self.backbone.model_id} on this node, "
                               f"not {model_id}: the nodes' packages differ")
         if use_gpu:
             # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU, which torch then sees as cuda:0;
             # a GPU-less node (a misconfigured cluster) should fail loudly, not encode on CPU
             if not torch.cuda.is_available():
                 raise ConfigError("an encoder actor was given a GPU but torch sees no CUDA device")
-            self.backend = self.backend.to("cuda")  # this actor's copy only: the cache shares loaded backends
+            self.backbone = self.backbone.to("cuda")  # this actor's copy only
         self.dtype = np.dtype(dtype)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -135,31 +135,29 @@ class Encoder:
         with torch.no_grad():
             # Ray Data hands out read-only views, which torch warns about; a copy only then
             pixels = torch.from_numpy(np.require(batch["pixels"], requirements=["C", "W"]))
-            features = self.backend.encode_images(pixels).float().cpu().numpy()
+            features = self.backbone.encode_images(pixels).float().cpu().numpy()
         return {"index": batch["index"], "features": features.astype(self.dtype)}
 
 
-def encode_images(dataset: ImageDataset, backbone: BackboneRef, *, model_id: str, image_size: int,
-                  preprocess: Callable[[Sequence], Any], backend: Backbone | None = None,
-                  dtype: str = "float32", batch_size: int = 128,
-                  options: RayDataOptions | None = None, progress: str = "bar",
-                  report: dict[str, Any] | None = None) -> np.ndarray:
-    """(N, D) embeddings of every image of ``dataset`` in dataset order, in ``dtype``.
+def encode_images(dataset: ImageDataset, ref: BackboneRef, backbone: Backbone, settings: FeatureSettings,
+                  progress: str = "bar") -> tuple[np.ndarray, dict[str, Any]]:
+    """(N, D) embeddings of every image of ``dataset`` in dataset order, in the settings'
+    dtype, and what the pass measured.
 
-    ``model_id``: the backend's id as the caller loaded it (the actors check theirs
-    against it: the cache key is computed from the caller's). ``preprocess``: the
-    backend's picklable preprocessor (:meth:`~raysvc.backbones.Backbone.preprocessor`),
-    which makes ``image_size`` square float32 images. ``backend``: the caller's loaded
-    backend; on the CPU it goes to the actors through the object store (one put) instead
-    of each actor loading ``backbone`` anew. ``report``, when given, receives ``seconds``,
-    ``first_rows_seconds`` (until the first encoded rows arrived: worker processes and
-    actors starting, and the first batch), ``arrivals`` (seconds and rows done at each
-    batch that came back) and ``stats`` (Ray Data's per-operator summary).
+    ``backbone``: the caller's loaded ``ref``. Its ``model_id`` is what the actors check
+    theirs against (the cache key is computed from the caller's); its picklable
+    preprocessor (:meth:`~raysvc.backbones.Backbone.preprocessor`, ``image_size`` square
+    float32 images) runs in the decode tasks; on the CPU it goes to the actors through the
+    object store (one put) instead of each actor loading ``ref`` anew. The report holds
+    ``seconds``, ``first_rows_seconds`` (until the first encoded rows arrived: worker
+    processes and actors starting, and the first batch), ``arrivals`` (seconds and rows
+    done at each batch that came back) and ``stats`` (Ray Data's per-operator summary).
     """
     import ray
     import ray.data
 
-    options = options or RayDataOptions()
+    options, batch_size, dtype = settings.ray_data, settings.batch_size, settings.dtype
+    model_id, image_size, preprocess = backbone.model_id, backbone.image_size, backbone.preprocessor()
     ensure_ray()
     n = len(dataset)
     gpus = actor_gpus(options)
@@ -170,8 +168,8 @@ def encode_images(dataset: ImageDataset, backbone: BackboneRef, *, model_id: str
     dataset_ref = [ray.put(dataset)]
     indices = ray.data.range(n, override_num_blocks=max(1, math.ceil(n / batch_size)))
     indices.context.enable_progress_bars = progress == "bar"
-    # a backend on a GPU would unpickle onto a GPU the actor may not have: the actors load it then
-    shipped = [ray.put(backend)] if backend is not None and str(getattr(backend, "device", "cpu")) == "cpu" else None
+    # a backbone on a GPU would unpickle onto a GPU the actor may not have: the actors load it then
+    shipped = [ray.put(backbone)] if str(getattr(backbone, "device", "cpu")) == "cpu" else None
     block_bytes = batch_size * 3 * image_size * image_size * 4
     decoded = indices.map_batches(
         decode, batch_size=None, batch_format="numpy", num_cpus=options.decode_cpus,
@@ -186,7 +184,7 @@ def encode_images(dataset: ImageDataset, backbone: BackboneRef, *, model_id: str
     encoded = decoded.map_batches(
         Encoder, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=options.actors),
         num_cpus=actor_cpus(options, gpus), num_gpus=gpus or None,
-        fn_constructor_kwargs={"backbone": backbone, "model_id": model_id, "dtype": dtype,
+        fn_constructor_kwargs={"ref": ref, "model_id": model_id, "dtype": dtype,
                                "threads": options.threads, "use_gpu": bool(gpus), "shipped": shipped},
     )
     out: np.ndarray | None = None
@@ -210,8 +208,7 @@ def encode_images(dataset: ImageDataset, backbone: BackboneRef, *, model_id: str
         if log is not None:
             log.update(done)
     if out is None or not seen.all():
-        raise RuntimeError(f"Ray Data returned {int(seen.sum())} of {n} rows")  # a bug, not a user error
-    if report is not None:
-        report.update(seconds=time.perf_counter() - start, first_rows_seconds=first_rows, arrivals=arrivals,
-                      stats=encoded.stats())
-    return out
+        raise RaysvcBug(f"Ray Data returned {int(seen.sum())} of {n} rows")
+    report = {"seconds": time.perf_counter() - start, "first_rows_seconds": first_rows, "arrivals": arrivals,
+              "stats": encoded.stats()}
+    return out, report

@@ -2,8 +2,8 @@
 
 :class:`RayTrainRunner` implements :class:`raysvc.learners.base.TrainRunner` with
 ``ray.train.torch.TorchTrainer``: ``run(fn, payload)`` puts the payload into the object
-store once, starts a worker group per ``ScalingConfig(num_workers, use_gpu,
-resources_per_worker)`` (fractional GPUs allowed, e.g. ``{"GPU": 0.25}``), runs
+store once, starts a worker group per the :class:`~raysvc.service.scaling.RayTrainOptions`
+(fractional GPUs allowed, e.g. ``{"GPU": 0.25}``), runs
 ``fn(payload)`` on every worker and returns rank 0's result.
 
 How the result comes back (the robust way): rank 0 hands it to a small result-sink actor
@@ -28,7 +28,9 @@ from typing import Any
 
 import ray
 
-from raysvc.learners.base import TrainFn
+from raysvc.errors import RaysvcBug
+from raysvc.learners.base import LocalRunner, TrainFn, TrainRunner
+from raysvc.service.scaling import RayTrainOptions, Train
 
 
 @ray.remote(num_cpus=0)
@@ -56,50 +58,22 @@ def _train_worker(config: dict[str, Any]) -> None:
 class RayTrainRunner:
     """Train on Ray Train workers; see the module docstring for how results come back.
 
-    num_workers, use_gpu, resources_per_worker: the ScalingConfig. ``use_gpu`` is implied
-    by a ``GPU`` entry in ``resources_per_worker``. max_failures: Ray Train's restarts of a
-    failed worker group (the function is pure, so a restart reruns it). storage_path: where
-    Ray Train keeps its run state (default: a temporary directory removed after each call).
+    ``options``: the ScalingConfig and Ray Train's restarts of a failed worker group (the
+    function is pure, so a restart reruns it). ``storage_path``: where Ray Train keeps its
+    run state (default: a temporary directory removed after each call).
     """
 
-    def __init__(
-        self,
-        num_workers: int = 1,
-        use_gpu: bool = False,
-        resources_per_worker: dict[str, float] | None = None,
-        max_failures: int = 1,
-        storage_path: str | None = None,
-    ):
-        from raysvc.errors import ConfigError
-
-        if not isinstance(num_workers, int) or num_workers < 1:
-            raise ConfigError(f"ray-train num_workers must be a positive integer, got {num_workers!r}")
-        self.resources_per_worker = dict(resources_per_worker or {})
-        self.use_gpu = bool(use_gpu or self.resources_per_worker.get("GPU", 0) > 0)
-        if self.use_gpu and "GPU" in self.resources_per_worker and self.resources_per_worker["GPU"] <= 0:
-            raise ConfigError("ray-train resources_per_worker GPU must be positive when use_gpu is set")
-        self.num_workers = num_workers
-        self.max_failures = max_failures
+    def __init__(self, options: RayTrainOptions | None = None, storage_path: str | None = None):
+        self.options = options or RayTrainOptions()
         self.storage_path = storage_path
         self._sink = None
-
-    @classmethod
-    def from_options(cls, options: dict[str, Any] | None) -> RayTrainRunner:
-        from raysvc.errors import ConfigError
-
-        options = dict(options or {})
-        known = {"num_workers", "use_gpu", "resources_per_worker", "max_failures", "storage_path"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigError(f"unknown ray_train option(s): {', '.join(unknown)}")
-        return cls(**options)
 
     def scaling_config(self):
         from ray.train import ScalingConfig
 
-        kwargs: dict[str, Any] = {"num_workers": self.num_workers, "use_gpu": self.use_gpu}
-        if self.resources_per_worker:
-            kwargs["resources_per_worker"] = self.resources_per_worker
+        kwargs: dict[str, Any] = {"num_workers": self.options.num_workers, "use_gpu": self.options.gpu}
+        if self.options.resources_per_worker:
+            kwargs["resources_per_worker"] = dict(self.options.resources_per_worker)
         return ScalingConfig(**kwargs)
 
     def _get_sink(self):
@@ -122,7 +96,7 @@ class RayTrainRunner:
                 run_config=RunConfig(
                     name=f"raysvc-train-{call_id}",
                     storage_path=storage,
-                    failure_config=FailureConfig(max_failures=self.max_failures),
+                    failure_config=FailureConfig(max_failures=self.options.max_failures),
                 ),
             )
             trainer.fit()
@@ -131,7 +105,7 @@ class RayTrainRunner:
             if self.storage_path is None:
                 shutil.rmtree(storage, ignore_errors=True)
         if result is None:
-            raise RuntimeError(f"Ray Train run {call_id} finished without a result from rank 0")
+            raise RaysvcBug(f"Ray Train run {call_id} finished without a result from rank 0")
         return result
 
     def close(self) -> None:
@@ -140,13 +114,8 @@ class RayTrainRunner:
             self._sink = None
 
 
-def make_runner(train: str = "local", options: dict[str, Any] | None = None):
+def make_runner(train: Train = "local", options: RayTrainOptions | None = None) -> TrainRunner:
     """``local`` -> LocalRunner (in the calling process), ``ray-train`` -> RayTrainRunner."""
-    from raysvc.errors import ConfigError
-    from raysvc.learners.base import LocalRunner
-
     if train == "local":
         return LocalRunner()
-    if train in ("ray-train", "ray_train"):
-        return RayTrainRunner.from_options(options)
-    raise ConfigError(f"train must be 'local' or 'ray-train', got {train!r}")
+    return RayTrainRunner(options)

@@ -1,12 +1,16 @@
-"""One Tune trial of a grid: its cells run one after another through :func:`raysvc.run.execute`.
+"""One Tune trial of a grid: its runs, one after another, through :func:`raysvc.run.execute`.
 
-After every completed round the trial reports the round's metrics (``test_acc``,
-``n_queried``, ...); at most every ``checkpoint_seconds`` (and whenever a run is done) the
-report carries a ``tune.Checkpoint`` holding the pickled :class:`~raysvc.loop.LoopState`
-and which cells are done, so a retried trial (``FailureConfig(max_failures)``) resumes at
-its last checkpointed round. Rounds are seeded, so redoing the few since then gives the
-same rows. A finished run is written (same run_id replaces: idempotent) before the
-checkpoint marks it done.
+A trial's config holds what every trial shares (:class:`TrialSettings`) and its own
+runs (``{"name": ..., "plans": ...}`` of a :class:`TrialRuns`: nothing of the other
+trials'), so Tune's state per trial stays the same size whatever the grid's size; Tune
+keeps the objects in it (settings, plans) once, by reference, and the name as is. After every completed round
+the trial reports the round's metrics (``test_acc``, ``n_queried``, ...); at most every
+``checkpoint_seconds`` (and whenever a run is done) the report carries a
+``tune.Checkpoint`` holding the pickled :class:`~raysvc.loop.LoopState` and which runs
+are done, so a retried trial (``FailureConfig(max_failures)``) resumes at its last
+checkpointed round. Rounds are seeded, so redoing the few since then gives the same
+rows. A finished run is written (same run_id replaces: idempotent) before the
+checkpoint marks it done, and the report that marks it carries ``run_written``.
 """
 
 from __future__ import annotations
@@ -20,40 +24,40 @@ import tempfile
 import time
 from typing import Any
 
-from raysvc.spec import RunSpec
+from raysvc.plan import RunPlan
+from raysvc.registry import Part
 from raysvc.run import RunHooks
+from raysvc.service.scaling import RayTrainOptions, Train
 
 STATE_FILE = "raysvc_state.pkl"
-
-
-class TrialObserver:
-    """Told what a trial does, in the trial's process; tests pass one in (it must pickle)
-    to see rounds and writes happen and to time their faults. This one ignores everything.
-
-    Events: ``start(trial_id, n_done)``, ``resume(run_id, completed_round)``,
-    ``loaded(run_id)``, ``round(run_id, round)``, ``checkpointed(run_id, round)``,
-    ``writing(run_id, n_rows)``, ``written(run_id, n_rows)``.
-    """
-
-    def event(self, name: str, *args: Any) -> None:
-        pass
+# the metrics of every round's report, in the order Tune's console table shows them
+REPORTED = ("round", "test_acc", "n_labeled", "n_queried", "n_pseudo", "zeroshot_acc", "teacher_acc",
+            "select_seconds", "train_seconds")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrialSettings:
-    """What every trial of a grid shares (handed to Tune in the param space); ``groups`` maps a
-    trial's name to its cells, so Tune searches over readable names, not over cell dicts."""
+    """What every trial of a grid shares (handed to Tune once, in the param space)."""
 
     grid: str
-    groups: dict[str, list[dict[str, Any]]]
-    out: str
-    train: str
-    ray_train: dict[str, Any]
-    actor: str
+    train: Train
+    ray_train: RayTrainOptions
+    service: str  # the encoder service actor's name
     code_revision: str
     threads: int
     checkpoint_seconds: float = 30.0
-    observer: TrialObserver = TrialObserver()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialRuns:
+    """One trial's runs, and the name Tune shows the trial by."""
+
+    name: str
+    plans: tuple[RunPlan, ...]
+
+    def config(self) -> dict[str, Any]:
+        """The trial's value in Tune's grid search (a dict: Tune keeps the name as it is)."""
+        return {"name": self.name, "plans": self.plans}
 
 
 def _report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
@@ -80,23 +84,13 @@ def _restore_state() -> dict[str, Any]:
             return pickle.load(fh)
 
 
-REPORTED = ("round", "test_acc", "n_labeled", "n_queried", "n_pseudo", "zeroshot_acc", "teacher_acc",
-            "select_seconds", "train_seconds")
-
-
 class TuneHooks(RunHooks):
-    """Report every round of cell ``index``, checkpoint at most every ``checkpoint_seconds``;
-    tell the observer."""
+    """Report every round of run ``index``, with a checkpoint at most every ``checkpoint_seconds``."""
 
     def __init__(self, settings: TrialSettings, index: int, done: list[str], clock: dict[str, float]):
         self.settings, self.index, self.done, self.clock = settings, index, done, clock
 
-    def started(self, spec, experiment) -> None:
-        self.settings.observer.event("loaded", spec.run_id)
-
     def round_done(self, row: dict, state) -> None:
-        observe = self.settings.observer.event
-        observe("round", row["run_id"], row["round"])
         metrics = {k: row[k] for k in REPORTED}
         metrics.update(cell=self.index, cells_done=len(self.done), run=row["run_id"])
         due = time.monotonic() - self.clock["checkpointed"] >= self.settings.checkpoint_seconds
@@ -104,17 +98,10 @@ class TuneHooks(RunHooks):
                 if due else None)
         if due:
             self.clock["checkpointed"] = time.monotonic()
-            observe("checkpointed", row["run_id"], row["round"])
-
-    def writing(self, spec, rows) -> None:
-        self.settings.observer.event("writing", spec.run_id, len(rows))
-
-    def written(self, spec, manifest) -> None:
-        self.settings.observer.event("written", spec.run_id, manifest["n_rows"])
 
 
 def grid_trainable(config: dict[str, Any]) -> None:
-    """Tune function trainable: run the trial's cells, resuming from its last checkpoint."""
+    """Tune function trainable: run the trial's runs, resuming from its last checkpoint."""
     import torch
     from ray import tune
 
@@ -123,7 +110,7 @@ def grid_trainable(config: dict[str, Any]) -> None:
     from raysvc.service.train import make_runner
 
     settings: TrialSettings = config["settings"]
-    cells: list[dict[str, Any]] = settings.groups[config["cells"]]
+    plans: tuple[RunPlan, ...] = config["runs"]["plans"]
     torch.set_num_threads(settings.threads)
     # Ray logs every persisted checkpoint at INFO from inside the trial; a grid's console
     # should show rounds, not storage paths
@@ -133,42 +120,31 @@ def grid_trainable(config: dict[str, Any]) -> None:
     saved = _restore_state()
     done: list[str] = list(saved["done"])
     current = saved["current"]
-    settings.observer.event("start", trial_id, len(done))
     runner = make_runner(settings.train, settings.ray_train)
-    encode = RayEncode(settings.actor)
-    context = {"grid": settings.grid, "trial_id": trial_id, "train": settings.train, "ray_train": settings.ray_train}
+    encode = RayEncode(settings.service)
+    context = {"grid": settings.grid, "trial_id": trial_id, "train": settings.train,
+               "ray_train": settings.ray_train.to_dict()}
     clock = {"checkpointed": time.monotonic()}
     try:
-        for index, cell in enumerate(cells):
-            spec = RunSpec.from_dict(cell)
-            if spec.run_id in done:
+        for index, plan in enumerate(plans):
+            if plan.run_id in done:
                 continue
-            state = None
-            if current is not None and current["run_id"] == spec.run_id:
-                state = current["state"]
-                settings.observer.event("resume", spec.run_id, state.completed)
-            execute(spec, encode=encode, out=settings.out, runner=runner, state=state,
-                    hooks=TuneHooks(settings, index, done, clock), load=_dataset, revision=settings.code_revision,
-                    context=context)
+            state = current["state"] if current is not None and current["run_id"] == plan.run_id else None
+            execute(plan, encode=encode, runner=runner, state=state, hooks=TuneHooks(settings, index, done, clock),
+                    load=_cached_dataset, revision=settings.code_revision, context=context)
             current = None
-            done.append(spec.run_id)
-            _report({"cell": index, "cells_done": len(done), "run": spec.run_id, "run_written": 1},
+            done.append(plan.run_id)
+            _report({"cell": index, "cells_done": len(done), "run": plan.run_id, "run_written": 1},
                     {"done": list(done), "current": None})
             clock["checkpointed"] = time.monotonic()
     finally:
-        close = getattr(runner, "close", None)
-        if close is not None:
-            close()
-
-
-def _dataset(name: str, split_file: str | None, params: dict | None = None):
-    """A trial runs several cells of one dataset; reloading it for each (seconds for the
-    CSV-backed ones) would dominate small cells."""
-    return _cached_dataset(name, split_file, tuple(sorted((params or {}).items())))
+        runner.close()
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_dataset(name: str, split_file: str | None, params: tuple):
+def _cached_dataset(part: Part):
+    """A trial runs several cells of one dataset; reloading it for each (seconds for the
+    CSV-backed ones) would dominate small cells."""
     from raysvc.datasets import load_dataset
 
-    return load_dataset(name, split_file, dict(params))
+    return load_dataset(part)

@@ -1,19 +1,34 @@
 """Where results live: an object-store interface (local folder or S3) and the run protocol on it.
 
-- :mod:`raysvc.storage.stores`: :class:`ObjectStore` and :func:`open_store` (destination parsing);
+- :mod:`raysvc.storage.stores`: :class:`ObjectStore`;
+- :mod:`raysvc.storage.destinations`: :func:`open_store` (destination parsing);
 - :mod:`raysvc.storage.local`, :mod:`raysvc.storage.s3`: the two implementations;
 - :mod:`raysvc.storage.runs`: one folder per run, records first, manifest last, verified on read.
 
 Provenance (what goes into a manifest) is :mod:`raysvc.provenance`.
 """
 
+from raysvc.storage.destinations import open_store
 from raysvc.storage.runs import (
-    MANIFEST, RECORDS, RUNS, Run, check_writable, delete_run, list_runs, read_run, read_runs, read_table, run_key,
-    run_location, runs_location, write_run,
+    MANIFEST,
+    RECORDS,
+    RUNS,
+    Run,
+    check_run_id,
+    check_writable,
+    delete_run,
+    list_runs,
+    read_run,
+    read_runs,
+    read_table,
+    run_key,
+    run_location,
+    runs_location,
+    write_run,
 )
-from raysvc.storage.stores import ObjectStore, open_store
+from raysvc.storage.stores import ObjectStore
 
 __all__ = [
-    "MANIFEST", "RECORDS", "RUNS", "ObjectStore", "Run", "check_writable", "delete_run", "list_runs", "open_store",
-    "read_run", "read_runs", "read_table", "run_key", "run_location", "runs_location", "write_run",
+    "MANIFEST", "RECORDS", "RUNS", "ObjectStore", "Run", "check_run_id", "check_writable", "delete_run", "list_runs",
+    "open_store", "read_run", "read_runs", "read_table", "run_key", "run_location", "runs_location", "write_run",
 ]  # fmt: skip

@@ -41,7 +41,8 @@ from collections.abc import Callable
 import numpy as np
 
 from raysvc.errors import StorageError
-from raysvc.storage.stores import ObjectStore, open_store
+from raysvc.storage.destinations import open_store
+from raysvc.storage.stores import ObjectStore
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -124,13 +125,6 @@ def read_entry(store: ObjectStore, key: str) -> np.ndarray | None:
     except (ValueError, KeyError, TypeError, EOFError):
         return None
     return out if start == shape[0] else None
-
-
-def delete_entry(store: ObjectStore, key: str) -> None:
-    """Remove the entry, manifest first, so no reader sees a manifest over missing shards."""
-    store.delete(f"{key}/{MANIFEST}")
-    for name in store.list(f"{key}/"):
-        store.delete(name)
 
 
 class EncodeLease:

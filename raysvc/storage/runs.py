@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 
 from raysvc.errors import CorruptRunError, StorageError, one_line
 from raysvc.records import SCHEMA, SCHEMA_VERSION
-from raysvc.storage.stores import ObjectStore, open_store
+from raysvc.storage.destinations import open_store
+from raysvc.storage.stores import ObjectStore
 
 RECORDS = "records.parquet"
 MANIFEST = "manifest.json"
@@ -47,7 +48,7 @@ class Run(NamedTuple):
 
 
 def run_key(run_id: str, name: str) -> str:
-    return f"{RUNS}/{_check_run_id(run_id)}/{name}"
+    return f"{RUNS}/{check_run_id(run_id)}/{name}"
 
 
 def runs_location(dest: Dest) -> str:
@@ -60,7 +61,8 @@ def run_location(dest: Dest, run_id: str) -> str:
     return f"{runs_location(dest)}/{run_id}"
 
 
-def _check_run_id(run_id: str) -> str:
+def check_run_id(run_id: str) -> str:
+    """``run_id``, or a one-line StorageError when it cannot name a run's folder."""
     if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
         raise StorageError(
             f"invalid run_id {run_id!r}: use letters, digits and . _ = + - (not leading '.'), at most 200"
@@ -83,7 +85,7 @@ def write_run(dest: Dest, run_id: str, table: pa.Table, manifest: dict, *, retry
     finished_at (default now, UTC), n_rows and records_sha256; the stored manifest is returned.
     """
     store = open_store(dest, retry_seconds=retry_seconds)
-    _check_run_id(run_id)
+    check_run_id(run_id)
     if not isinstance(table, pa.Table):
         raise StorageError(f"write_run needs a pyarrow.Table, got {type(table).__name__}")
     if "run_id" in table.column_names and table.num_rows:

@@ -1,8 +1,9 @@
-"""The object-store interface behind results (and shared feature entries), and its parsing.
+"""The object-store interface behind results (and shared feature entries).
 
 An :class:`ObjectStore` holds bytes under slash-separated keys below one root: a local
 folder (:class:`~raysvc.storage.local.LocalStore`) or an ``s3://BUCKET[/PREFIX]``
-(:class:`~raysvc.storage.s3.S3Store`). A ``put`` is atomic: a reader sees the old object,
+(:class:`~raysvc.storage.s3.S3Store`); :func:`raysvc.storage.destinations.open_store`
+turns a destination into one. A ``put`` is atomic: a reader sees the old object,
 nothing, or the new one, never part of one. Protocols (runs, feature shards) are
 written once on top of this interface.
 """
@@ -10,10 +11,6 @@ written once on top of this interface.
 from __future__ import annotations
 
 import abc
-import os
-import re
-
-from raysvc.errors import StorageError
 
 
 class ObjectStore(abc.ABC):
@@ -42,28 +39,3 @@ class ObjectStore(abc.ABC):
 
     def exists(self, key: str) -> bool:
         return self.get(key) is not None
-
-
-def open_store(dest: str | os.PathLike | ObjectStore, *, retry_seconds: float | None = None) -> ObjectStore:
-    """The store for a destination: a local directory, ``file://DIR`` or ``s3://BUCKET[/PREFIX]``.
-
-    ``retry_seconds`` bounds S3 retries while the store is unreachable (see
-    :mod:`raysvc.storage.s3`).
-    """
-    if isinstance(dest, ObjectStore):
-        return dest
-    text = os.fspath(dest)
-    if not text:
-        raise StorageError("results destination is empty")
-    if text.startswith("s3://"):
-        from raysvc.storage.s3 import S3Store
-
-        bucket, _, prefix = text[5:].partition("/")
-        if not bucket:
-            raise StorageError(f"results destination {text!r} names no bucket")
-        return S3Store(bucket, prefix.strip("/"), retry_seconds=retry_seconds)
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) and not text.startswith("file://"):
-        raise StorageError(f"unsupported results destination {text!r}: use a local path or s3://BUCKET/PREFIX")
-    from raysvc.storage.local import LocalStore
-
-    return LocalStore(text.removeprefix("file://"))
