@@ -27,7 +27,7 @@ EMOJI := .data/emoji/meta.json
 data: $(EMOJI)
 
 $(EMOJI): | $(STAMP)
-	$(PY) -m raysvc.datasets.emoji build --root .data/emoji
+	$(PY) -m raysvc.datasets.emoji_build build --root .data/emoji
 
 test: $(STAMP) $(EMOJI)
 	$(PY) -m pytest -q

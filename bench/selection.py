@@ -65,7 +65,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 KCENTER = {"coreset": "features", "pcoreset": "probs"}
 BADGE = ("badge", "pcb")
 # the module each selector reaches K-means through (replaced there by the reference)
-KMEANS = dict.fromkeys(("cb", "cbsq", "typiclust", "dropquery"), "raysvc.strategies.clustering")
+KMEANS = ("cb", "cbsq", "typiclust", "dropquery")  # clustering strategies: their K-means is strategy.kmeans
 FIELDS = ["host", "device", "n", "dim", "classes", "dtype", "budget", "n_labeled", "round", "strategy", "status",
           "time_s", "base_gb", "peak_gb", "extra_gb", "reference", "ref_status", "ref_time_s", "ref_extra_gb",
           "speedup", "check"]
@@ -180,7 +180,8 @@ def worker(spec: dict) -> dict:
 
     if spec["device"] == "cuda" and not torch.cuda.is_available():
         return {"status": "error: --device cuda but torch sees no GPU"}
-    from raysvc.strategies import _badge, _faiss, _kcenter, make_strategy
+    from bench import reference
+    from raysvc.strategies import make_strategy
 
     pool = load_pool(Path(spec["pool"]), spec["round"])
     name, variant, budget, seed = spec["strategy"], spec["variant"], spec["budget"], spec["seed"]
@@ -190,15 +191,14 @@ def worker(spec: dict) -> dict:
     if variant == "fast":
         strategy = make_strategy(name)
         if name in KMEANS:
-            module = sys.modules[KMEANS[name]] if KMEANS[name] in sys.modules else __import__(KMEANS[name], fromlist=["x"])
-            fast = module.kmeans
+            fast = strategy.kmeans
 
-            def recording(*a, **k):
-                res = fast(*a, **k)
+            def recording(x, k, seed):
+                res = fast(x, k, seed)
                 inertia.append(res[2])
                 return res
 
-            module.kmeans = recording
+            strategy.kmeans = recording
 
         def run():
             return strategy.select(pool, budget, seed).query
@@ -207,24 +207,23 @@ def worker(spec: dict) -> dict:
         b = spec["ref_budget"]
 
         def run():
-            return _kcenter.kcenter_greedy_reference(points, pool.labeled, b, np.random.default_rng(seed),
+            return reference.kcenter_greedy_reference(points, pool.labeled, b, np.random.default_rng(seed),
                                                      normalize=name == "coreset")
     elif name in BADGE:
         b = make_strategy("pcb").n_candidates(pool, budget) if name == "pcb" else budget
 
         def run():
-            emb = _badge.badge_embeddings_reference(pool.probs, pool.features)
-            return _badge.badge_select_reference(emb, pool.labeled, b, np.random.default_rng(seed))
+            emb = reference.badge_embeddings_reference(pool.probs, pool.features)
+            return reference.badge_select_reference(emb, pool.labeled, b, np.random.default_rng(seed))
     elif name in KMEANS:
         strategy = make_strategy(name)
-        module = __import__(KMEANS[name], fromlist=["x"])
 
         def recording_ref(x, k, seed):
-            res = _faiss.kmeans_reference(x, k, seed)
+            res = reference.kmeans_reference(x, k, seed)
             inertia.append(res[2])
             return res
 
-        module.kmeans = recording_ref
+        strategy.kmeans = recording_ref
 
         def run():
             return strategy.select(pool, budget, seed).query

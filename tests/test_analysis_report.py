@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # analysis/ lives beside raysvc/ and is not installed
     sys.path.insert(0, str(ROOT))
 
+from ports import free_port  # noqa: E402
+
 from analysis import figures, report, runs, tables  # noqa: E402
 from analysis.load import (  # noqa: E402
     BadRunError,
@@ -30,7 +32,6 @@ from analysis.load import (  # noqa: E402
 )
 from raysvc import storage  # noqa: E402
 from raysvc.errors import RaysvcError, StorageError  # noqa: E402
-from raysvc.local.s3gateway import free_port  # noqa: E402
 from raysvc.records import SCHEMA_VERSION, to_table  # noqa: E402
 
 NAN = float("nan")

@@ -21,8 +21,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
-from raysvc.local.s3gateway import find_juicefs, free_port
+from raysvc.local.s3gateway import find_juicefs
 
 ROOT = Path(__file__).resolve().parents[1]
 START = ROOT / "cluster" / "start_local.sh"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raysvc.datasets import emoji, pool_test_split
+from raysvc.datasets import emoji, emoji_build, pool_test_split
 from raysvc.errors import DatasetError
 
 EMOJI_PER_CLASS = {
@@ -29,7 +29,7 @@ def built(tmp_path_factory):
     """One real build (two `npm pack` fetches) for the session."""
     root = tmp_path_factory.mktemp("emoji") / "emoji"
     start = time.perf_counter()
-    emoji.build(root)
+    emoji_build.build(root)
     print(f"emoji build took {time.perf_counter() - start:.1f} s")
     return root
 
@@ -87,12 +87,12 @@ def test_real_split_is_grouped_by_emoji_and_stratified(built):
 
 @needs_npm
 def test_real_build_is_deterministic_and_idempotent(built, tmp_path):
-    again = emoji.build(tmp_path / "again")
+    again = emoji_build.build(tmp_path / "again")
     assert emoji.load(again).fingerprint == emoji.load(built).fingerprint
     assert np.array_equal(_arrays(again)["images"], _arrays(built)["images"])
     # a second build over a complete one neither runs npm nor rewrites anything
     stamp = (again / "images.npz").stat().st_mtime_ns
-    assert emoji.build(again, npm="/nonexistent/npm") == again
+    assert emoji_build.build(again, npm="/nonexistent/npm") == again
     assert (again / "images.npz").stat().st_mtime_ns == stamp
 
 
@@ -101,13 +101,13 @@ def test_real_build_is_deterministic_and_idempotent(built, tmp_path):
 
 def test_missing_npm_is_one_line_and_builds_nothing(tmp_path):
     with pytest.raises(DatasetError, match=r"^emoji: npm not found .*install Node.js/npm") as info:
-        emoji.build(tmp_path / "e", npm="/nonexistent/npm")
+        emoji_build.build(tmp_path / "e", npm="/nonexistent/npm")
     assert "\n" not in str(info.value)
     assert not (tmp_path / "e").exists()
 
 
 def test_command_line_exits_2_with_one_stderr_line_when_npm_is_missing(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "raysvc.datasets.emoji", "build", "--root", str(tmp_path / "e"),
+    done = subprocess.run([sys.executable, "-m", "raysvc.datasets.emoji_build", "build", "--root", str(tmp_path / "e"),
                            "--npm", "/nonexistent/npm"], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.splitlines() == [done.stderr.strip()] and "error: emoji: npm not found" in done.stderr
@@ -115,7 +115,7 @@ def test_command_line_exits_2_with_one_stderr_line_when_npm_is_missing(tmp_path)
 
 
 def test_load_without_a_build_names_the_command(tmp_path, monkeypatch):
-    with pytest.raises(DatasetError, match=r"not built in .*python -m raysvc\.datasets\.emoji build --root"):
+    with pytest.raises(DatasetError, match=r"not built in .*python -m raysvc\.datasets\.emoji_build build --root"):
         emoji.load(tmp_path / "none")
     monkeypatch.setattr(emoji, "DEFAULT_ROOT", (tmp_path / "default").resolve())
     with pytest.raises(DatasetError, match=r"run `make data`"):
@@ -136,20 +136,20 @@ def test_composite_blends_alpha_onto_white():
     rgba = np.zeros((64, 64, 4), np.uint8)  # transparent black
     rgba[0, 1] = (255, 0, 0, 255)
     rgba[0, 2] = (0, 0, 0, 128)
-    out = emoji.composite_on_white(_png(rgba))
+    out = emoji_build.composite_on_white(_png(rgba))
     assert out.shape == (64, 64, 3) and out.dtype == np.uint8
     assert out[0, 0].tolist() == [255, 255, 255]
     assert out[0, 1].tolist() == [255, 0, 0]
     assert all(abs(int(v) - 127) <= 1 for v in out[0, 2])
     # grey-with-alpha PNGs (some Noto files are "LA") composite the same way
-    assert emoji.composite_on_white(_png(rgba, "LA"))[0, 0].tolist() == [255, 255, 255]
+    assert emoji_build.composite_on_white(_png(rgba, "LA"))[0, 0].tolist() == [255, 255, 255]
 
 
 def test_composite_refuses_other_sizes_and_non_images():
     with pytest.raises(DatasetError, match="32x32, expected 64x64"):
-        emoji.composite_on_white(_png(np.zeros((32, 32, 4), np.uint8)), "x.png")
+        emoji_build.composite_on_white(_png(np.zeros((32, 32, 4), np.uint8)), "x.png")
     with pytest.raises(DatasetError, match="cannot read x.png"):
-        emoji.composite_on_white(b"not a png", "x.png")
+        emoji_build.composite_on_white(b"not a png", "x.png")
 
 
 def test_grouped_split_keeps_groups_whole_and_stratifies():
@@ -158,17 +158,17 @@ def test_grouped_split_keeps_groups_whole_and_stratifies():
     labels = np.repeat(np.arange(40) % 4, 3)  # 10 groups per class
     order = rng.permutation(len(groups))
     groups, labels = groups[order], labels[order]
-    test = emoji.grouped_split(groups, labels, 0.25, seed=1)
+    test = emoji_build.grouped_split(groups, labels, 0.25, seed=1)
     in_test = np.zeros(len(groups), bool)
     in_test[test] = True
     for g in range(40):
         assert len(set(in_test[groups == g])) == 1
     # round(2.5) = 3 groups of every class
     assert [len(set(groups[test][labels[test] == c])) for c in range(4)] == [3, 3, 3, 3]
-    assert np.array_equal(test, emoji.grouped_split(groups, labels, 0.25, seed=1))
-    assert not np.array_equal(test, emoji.grouped_split(groups, labels, 0.25, seed=2))
+    assert np.array_equal(test, emoji_build.grouped_split(groups, labels, 0.25, seed=1))
+    assert not np.array_equal(test, emoji_build.grouped_split(groups, labels, 0.25, seed=2))
     with pytest.raises(DatasetError, match="another class"):
-        emoji.grouped_split(np.array([0, 0]), np.array([0, 1]), 0.25, seed=1)
+        emoji_build.grouped_split(np.array([0, 0]), np.array([0, 1]), 0.25, seed=1)
 
 
 FAKE_NPM = '''#!{python}
@@ -230,11 +230,11 @@ def test_build_from_tiny_tarballs_keeps_only_the_chosen_emoji(fake_npm, tmp_path
     _tiny_tarball(served / "emoji-datasource-google-16.0.0.tgz", "google", entries)
     # images before emoji.json: the reader must still find them
     _tiny_tarball(served / "emoji-datasource-twitter-16.0.0.tgz", "twitter", entries, json_first=False)
-    root = emoji.build(tmp_path / "tiny", npm=npm)
+    root = emoji_build.build(tmp_path / "tiny", npm=npm)
     a = _arrays(root)
     assert sorted(set(a["short_name"])) == sorted(f"e{i}" for i in range(1, 11))
     assert a["vendor"].tolist() == ["google", "twitter"] * 10
-    assert np.bincount(a["labels"]).tolist()[1] == 8 and a["labels"].max() == list(emoji.CLASSES).index("tool")
+    assert np.bincount(a["labels"]).tolist()[1] == 8 and a["labels"].max() == list(emoji_build.CLASSES).index("tool")
     assert a["images"][0, 0, 0].tolist() == [255, 255, 255] and a["images"][0, 32, 32, 2] == 200
     assert a["images"][1, 32, 32, 2] == 50
     test_emoji = {str(u) for u in a["unified"][a["test_indices"]]}
@@ -254,6 +254,6 @@ def test_npm_failure_is_reported_in_one_line(fake_npm, tmp_path):
     npm, _ = fake_npm  # serves nothing: every pack is a 404
     expected = r"npm pack emoji-datasource-google@16\.0\.0 failed: E404 Not Found - GET"
     with pytest.raises(DatasetError, match=expected) as info:
-        emoji.build(tmp_path / "e", npm=npm)
+        emoji_build.build(tmp_path / "e", npm=npm)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "e").exists()

@@ -21,16 +21,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.selection import generate_pool, load_pool
-from raysvc.strategies import STRATEGIES, make_strategy
-from raysvc.strategies._badge import (
+from bench.reference import (
     badge_embeddings_reference,
     badge_select_reference,
     cosine_farthest_first_reference,
+    kcenter_greedy_reference,
+    kmeans_reference,
 )
-from raysvc.strategies._faiss import kmeans, kmeans_reference
+from bench.selection import generate_pool, load_pool
+from raysvc.strategies import STRATEGIES, make_strategy
+from raysvc.strategies._faiss import kmeans
 from raysvc.strategies._guided import class_guided_features
-from raysvc.strategies._kcenter import kcenter_greedy_reference
 from raysvc.strategies.pcb import balance_classes
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,10 +9,11 @@ import uuid
 
 import pyarrow as pa
 import pytest
+from ports import free_port
 
 from raysvc import provenance, storage
 from raysvc.errors import CorruptRunError, StorageError
-from raysvc.local.s3gateway import S3Gateway, find_juicefs, free_port
+from raysvc.local.s3gateway import S3Gateway, find_juicefs
 from raysvc.records import COLUMNS, SCHEMA_VERSION, to_table
 
 

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
+from bench.reference import kmeans_reference
 from raysvc.errors import ConfigError, RaysvcBug
 from raysvc.strategies import Pool, make_strategy
-from raysvc.strategies._faiss import kmeans, kmeans_reference, knn
+from raysvc.strategies._faiss import kmeans, knn
 from raysvc.strategies._guided import class_guided_features, pool_features
 from raysvc.strategies.cbsq import class_thresholds
 

@@ -1,8 +1,8 @@
 """Small cases whose answer is known by hand, per strategy and variant (FINDINGS H-1 .. H-7).
 
 The official answers come from the authors' code (cited per test). For cb and cbsq the
-clustering is injected by replacing ``clustering.kmeans``: the official K-means
-(scikit-learn) cannot be reproduced, everything after it can. For random parts the
+clustering is injected through the strategies' own seam (``ClusterStrategy.kmeans``): the
+official K-means (scikit-learn) cannot be reproduced, everything after it can. For random parts the
 deterministic parts and the law or support are checked.
 """
 
@@ -13,9 +13,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from raysvc.strategies import Pool, clustering, make_strategy
+from raysvc.strategies import Pool, make_strategy
 from raysvc.strategies._badge import badge_select, gradient_factor
 from raysvc.strategies._kcenter import kcenter_greedy
+from raysvc.strategies.base import ClusterStrategy
 from raysvc.strategies.pcb import balance_classes
 
 
@@ -37,11 +38,11 @@ def fixed_clustering(monkeypatch):
     calls = []
 
     def install(centroids, assignment):
-        def fixed(x, k, seed, **kwargs):
+        def fixed(self, x, k, seed):
             calls.append((np.array(x), k))
             return centroids, assignment, 0.0
 
-        monkeypatch.setattr(clustering, "kmeans", fixed)
+        monkeypatch.setattr(ClusterStrategy, "kmeans", fixed)
         return calls
 
     return install

@@ -3,18 +3,16 @@
 import numpy as np
 import pytest
 
+from bench.reference import (
+    badge_embeddings_reference,
+    badge_select_reference,
+    cosine_farthest_first_reference,
+    kcenter_greedy_reference,
+)
 from raysvc.errors import ConfigError, PoolExhaustedError
 from raysvc.strategies import Pool, _badge, _kcenter, make_strategy
-from raysvc.strategies._badge import (
-    badge_embeddings_reference,
-    badge_select,
-    badge_select_reference,
-    cosine_farthest_first,
-    cosine_farthest_first_reference,
-    gradient_factor,
-    gradient_sq_distances,
-)
-from raysvc.strategies._kcenter import Backend, kcenter_greedy, kcenter_greedy_reference
+from raysvc.strategies._badge import badge_select, cosine_farthest_first, gradient_factor, gradient_sq_distances
+from raysvc.strategies._kcenter import Backend, kcenter_greedy
 from raysvc.strategies.classbalanced import classbalanced_allocation
 from raysvc.strategies.pcb import balance_classes
 

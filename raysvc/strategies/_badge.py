@@ -12,8 +12,8 @@ their squared distances (and dot products) add up. Seeding keeps each
 candidate's squared distance to its nearest centre and folds in only the newest centre:
 O(pool x (C + D)) work and O(pool) extra memory per pick.
 
-The ``*_reference`` functions materialise the embeddings; tests use them to show the
-factorised seeding picks the same indices with the same seed.
+``bench/reference.py`` materialises the embeddings; tests use it to show the factorised
+seeding picks the same indices with the same seed.
 """
 
 from __future__ import annotations
@@ -111,7 +111,9 @@ def gradient_sq_distances(pairs: Sequence[Pair], index: int) -> np.ndarray:
     return np.asarray(be.get(_sq_dist(fac, norms, index)), dtype=np.float64)
 
 
-def _sample_d2(weights: np.ndarray, chosen: np.ndarray, rng: np.random.Generator) -> int:
+def sample_d2(weights: np.ndarray, chosen: np.ndarray, rng: np.random.Generator) -> int:
+    """k-means++'s D² draw: an index with probability proportional to ``weights`` among those
+    not ``chosen`` (uniform when every weight left is 0)."""
     weights = np.where(chosen, 0.0, weights)
     total = weights.sum()
     if total <= 0:  # every candidate left coincides with a centre
@@ -119,7 +121,8 @@ def _sample_d2(weights: np.ndarray, chosen: np.ndarray, rng: np.random.Generator
     return int(rng.choice(len(weights), p=weights / total))
 
 
-def _check_budget(labeled: np.ndarray, budget: int) -> np.ndarray:
+def unlabeled_candidates(labeled: np.ndarray, budget: int) -> np.ndarray:
+    """The unlabeled positions, once ``budget`` is checked against them."""
     candidates = np.flatnonzero(~labeled)
     if not 1 <= budget <= len(candidates):
         raise ValueError(f"budget {budget} not in [1, {len(candidates)}] unlabeled points")
@@ -142,7 +145,7 @@ def badge_select(
     images are excluded and are not centres.
     """
     _check(pairs, len(labeled))
-    candidates = _check_budget(labeled, budget)
+    candidates = unlabeled_candidates(labeled, budget)
     be = array_backend()
     if use_half(be, len(candidates)):
         be = half_backend()
@@ -155,7 +158,7 @@ def badge_select(
     picks = [first]
     min_d = _sq_dist(fac, norms, first)
     while len(picks) < budget:
-        j = _sample_d2(np.asarray(be.get(min_d), dtype=np.float64), chosen, rng)
+        j = sample_d2(np.asarray(be.get(min_d), dtype=np.float64), chosen, rng)
         chosen[j] = True
         picks.append(j)
         be.xp.minimum(min_d, _sq_dist(fac, norms, j), out=min_d)
@@ -176,7 +179,7 @@ def cosine_farthest_first(pairs: Sequence[Pair], labeled: np.ndarray, budget: in
     unlabeled pool only).
     """
     _check(pairs, len(labeled))
-    candidates = _check_budget(labeled, budget)
+    candidates = unlabeled_candidates(labeled, budget)
     be = array_backend()
     fac, sq_norms = _factors(pairs, candidates, be)
     sq = np.asarray(be.get(sq_norms), dtype=np.float64)
@@ -197,43 +200,3 @@ def cosine_farthest_first(pairs: Sequence[Pair], labeled: np.ndarray, budget: in
         be.xp.minimum(min_d, cosine_distance_to(j), out=min_d)
         min_d[j] = -np.inf
     return candidates[np.array(picks, dtype=np.int64)]
-
-
-def cosine_farthest_first_reference(embeddings: np.ndarray, labeled: np.ndarray, budget: int) -> np.ndarray:
-    """:func:`cosine_farthest_first` on materialised embeddings, recomputing all distances in float64."""
-    candidates = _check_budget(labeled, budget)
-    g = np.array(embeddings, dtype=np.float64)[candidates]
-    norms = np.linalg.norm(g, axis=1)
-    g /= np.maximum(norms, 1e-300)[:, None]
-    nonzero = np.flatnonzero(norms > 0)
-    picks = [int(nonzero[0]) if len(nonzero) else 0]
-    while len(picks) < budget:
-        d = (1.0 - g @ g[picks].T).min(axis=1)
-        d[picks] = -np.inf
-        picks.append(int(d.argmax()))
-    return candidates[np.array(picks, dtype=np.int64)]
-
-
-def badge_embeddings_reference(probs: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """Materialised (N, C * D) embeddings (p - onehot(argmax p)) outer h, row-major per class."""
-    a = gradient_factor(np.asarray(probs, dtype=np.float64))
-    return (a[:, :, None] * np.asarray(h, dtype=np.float64)[:, None, :]).reshape(len(a), -1)
-
-
-def badge_select_reference(
-    embeddings: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random.Generator
-) -> np.ndarray:
-    """:func:`badge_select` on materialised embeddings, recomputing all distances each step."""
-    candidates = _check_budget(labeled, budget)
-    g = np.asarray(embeddings, dtype=np.float64)[candidates]
-    chosen = np.zeros(len(candidates), dtype=bool)
-    chosen[int(np.linalg.norm(g, axis=1).argmax())] = True
-    order = list(np.flatnonzero(chosen))
-    while len(order) < budget:
-        centres = g[chosen]
-        sq_dist = (g**2).sum(1)[:, None] + (centres**2).sum(1)[None, :] - 2 * g @ centres.T
-        sq_dist = sq_dist.clip(min=0).min(1)
-        j = _sample_d2(sq_dist, chosen, rng)
-        chosen[j] = True
-        order.append(j)
-    return candidates[np.array(order, dtype=np.int64)]

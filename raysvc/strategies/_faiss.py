@@ -181,15 +181,6 @@ def kmeans(
     return km.centroids, assignment, inertia
 
 
-def kmeans_reference(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """scikit-learn K-means with the same return values as :func:`kmeans` (tests, benchmarks)."""
-    from sklearn.cluster import KMeans
-
-    x = as_f32(x)
-    km = KMeans(n_clusters=min(int(k), len(x)), random_state=seed, n_init=1).fit(x)
-    return km.cluster_centers_, km.labels_.astype(np.int64), float(km.inertia_)
-
-
 def knn(
     x: np.ndarray,
     k: int,

@@ -7,9 +7,9 @@ cosine distance, ``||a - b||^2 = 2 (1 - cos)``: ActiveKD's coreset (erjui/PCoreS
 
 :func:`kcenter_greedy` keeps, for every candidate, its squared distance to the nearest
 centre and folds in only the newest centre at each pick: O(pool) work and memory per
-pick, never a pool x pool matrix. :func:`kcenter_greedy_reference` recomputes every
-candidate-to-centre distance at each step, as the official CoreSet code does; tests and
-benchmarks use it to show both pick the same indices.
+pick, never a pool x pool matrix, where the official CoreSet code recomputes every
+candidate-to-centre distance at each step (``bench/reference.py`` does that, and the
+tests show both pick the same indices).
 """
 
 from __future__ import annotations
@@ -121,7 +121,8 @@ def _load_half(points: np.ndarray, candidates: np.ndarray, labeled_rows: np.ndar
     return x, torch.from_numpy(sq), min_d
 
 
-def _check(points: np.ndarray, labeled: np.ndarray, budget: int) -> np.ndarray:
+def kcenter_candidates(points: np.ndarray, labeled: np.ndarray, budget: int) -> np.ndarray:
+    """The unlabeled positions, once ``points`` and ``budget`` are checked against ``labeled``."""
     candidates = np.flatnonzero(~labeled)
     if points.ndim != 2 or len(points) != len(labeled):
         raise ValueError("points must be (N, D) with one row per entry of labeled")
@@ -141,7 +142,7 @@ def kcenter_greedy(
     coresets need a labeled point: APL's reads ``labeled[0:2]``, ActiveKD's ``torch.cat([])``
     raises).
     """
-    candidates = _check(points, labeled, budget)
+    candidates = kcenter_candidates(points, labeled, budget)
     be = array_backend()
     min_d = None  # squared distance of each candidate to its nearest centre (labeled, then picked)
     if use_half(be, len(candidates)):
@@ -175,27 +176,3 @@ def kcenter_greedy(
         # a duplicate of a centre is at distance 0 and could otherwise be picked twice
         min_d[j] = -1.0
     return candidates[np.array(picks, dtype=np.int64)]
-
-
-def kcenter_greedy_reference(
-    points: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random.Generator, normalize: bool = False
-) -> np.ndarray:
-    """Same contract as :func:`kcenter_greedy`, recomputing all distances in float64 at each step."""
-    candidates = _check(points, labeled, budget)
-    x = np.array(points, dtype=np.float64)
-    if normalize:
-        unit_rows(x)
-    picked = np.zeros(len(points), dtype=bool)
-    if not labeled.any():
-        picked[candidates[rng.integers(len(candidates))]] = True
-    order = list(np.flatnonzero(picked))
-    while len(order) < budget:
-        centres = x[labeled | picked]
-        cand = x[candidates]
-        sq_dist = (cand**2).sum(1)[:, None] + (centres**2).sum(1)[None, :] - 2 * cand @ centres.T
-        nearest = np.sqrt(sq_dist.clip(min=0)).min(1)
-        nearest[picked[candidates]] = -1.0
-        j = candidates[int(nearest.argmax())]
-        picked[j] = True
-        order.append(j)
-    return np.array(order, dtype=np.int64)

@@ -180,3 +180,23 @@ class Strategy(abc.ABC):
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.options.to_dict().items())
         return f"{type(self).__name__}({params})"
+
+
+class ClusterStrategy(Strategy):
+    """A strategy that clusters the pool (cb, cbsq, typiclust, dropquery).
+
+    Its K-means is the method :meth:`kmeans`: a side-by-side check against the authors'
+    code overrides it (on an instance or a subclass), since their scikit-learn
+    ``KMeans(random_state=42)`` (whose ``n_init`` default depends on the installed
+    version) cannot be reproduced, while everything that follows the clustering can.
+    The inverted-file cells of the approximate neighbour search (``_faiss.knn_blocks``,
+    which ProbCover uses on large pools) are an index, not a selection's clustering: they
+    keep their own K-means.
+    """
+
+    def kmeans(self, x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(centroids (K, D), assignment (N,), inertia)`` of faiss K-means; ``k`` above the
+        number of points is clipped to it and a cluster may come back empty."""
+        from raysvc.strategies._faiss import kmeans
+
+        return kmeans(x, k, seed=seed)

@@ -26,9 +26,8 @@ import numpy as np
 
 from raysvc.chunks import COMPUTE_ROWS
 from raysvc.options import Options, option
-from raysvc.strategies import clustering
 from raysvc.strategies._guided import FeatureKind, FeatureRequires, pool_features
-from raysvc.strategies.base import Pool, Selection, Strategy, Variant
+from raysvc.strategies.base import ClusterStrategy, Pool, Selection, Variant
 from raysvc.strategies.registry import STRATEGIES
 
 
@@ -96,7 +95,7 @@ def cluster_balanced_picks(
 
 
 @STRATEGIES.register
-class ClusterBalanced(Strategy):
+class ClusterBalanced(ClusterStrategy):
     """Query the centroid-nearest images of the clusters with the least labeled share, largest first.
 
     See the module docstring for the variants.
@@ -128,7 +127,7 @@ class ClusterBalanced(Strategy):
     def picks(self, pool: Pool, budget: int, rng: np.random.Generator) -> np.ndarray:
         """The ``budget`` cluster-balanced picks, in ascending cluster id."""
         x = pool_features(pool, self.options.features, variant=self.options.variant)
-        centroids, assignment, _ = clustering.kmeans(x, self.n_clusters(pool, budget), seed=int(rng.integers(2**31)))
+        centroids, assignment, _ = self.kmeans(x, self.n_clusters(pool, budget), seed=int(rng.integers(2**31)))
         return cluster_balanced_picks(x, centroids, np.asarray(assignment, dtype=np.int64), pool.labeled, budget)
 
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:

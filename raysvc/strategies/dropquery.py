@@ -8,10 +8,9 @@ import numpy as np
 
 from raysvc.errors import ConfigError
 from raysvc.options import Options, option
-from raysvc.strategies import clustering
 from raysvc.strategies._faiss import as_f32
 from raysvc.strategies._guided import FeatureKind, FeatureRequires, pool_features
-from raysvc.strategies.base import Pool, Selection, Strategy
+from raysvc.strategies.base import ClusterStrategy, Pool, Selection
 from raysvc.strategies.cb import cluster_balanced_picks
 from raysvc.strategies.registry import STRATEGIES
 
@@ -45,7 +44,7 @@ def dropout_flips(
 
 
 @STRATEGIES.register
-class DropQuery(Strategy):
+class DropQuery(ClusterStrategy):
     """Candidates: unlabeled images whose text-head prediction changes under at least
     half of ``n_dropouts`` dropouts of rate ``rate``. K-means (K = budget) on the
     candidates' ``features`` ("image" or "guided"); query the candidate nearest each
@@ -79,7 +78,7 @@ class DropQuery(Strategy):
             fill = rng.choice(rest, size=budget - len(candidates), replace=False)
             return Selection(query=np.concatenate([candidates, fill]))
         x = pool_features(pool, opts.features, rows=candidates)
-        centroids, assignment, _ = clustering.kmeans(x, budget, seed=int(rng.integers(2**31)))
+        centroids, assignment, _ = self.kmeans(x, budget, seed=int(rng.integers(2**31)))
         nearest = cluster_balanced_picks(x, centroids, np.asarray(assignment, dtype=np.int64),
                                          np.zeros(len(candidates), dtype=bool), budget)
         return Selection(query=candidates[nearest])

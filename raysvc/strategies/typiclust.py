@@ -8,10 +8,9 @@ import numpy as np
 
 from raysvc.errors import ConfigError
 from raysvc.options import Options, option
-from raysvc.strategies import clustering
 from raysvc.strategies._faiss import knn
 from raysvc.strategies._guided import FeatureKind, FeatureRequires, pool_features
-from raysvc.strategies.base import Pool, Selection, Strategy
+from raysvc.strategies.base import ClusterStrategy, Pool, Selection
 from raysvc.strategies.registry import STRATEGIES
 
 
@@ -29,7 +28,7 @@ def most_typical(x: np.ndarray, n_neighbors: int) -> int:
 
 
 @STRATEGIES.register
-class TypiClust(Strategy):
+class TypiClust(ClusterStrategy):
     """K = n_labeled + budget clusters (at most ``max_clusters``); from each cluster
     without labels, largest first, query its most typical unlabeled image.
 
@@ -60,7 +59,7 @@ class TypiClust(Strategy):
         opts = self.options
         x = pool_features(pool, opts.features)
         k = min(int(pool.labeled.sum()) + budget, opts.max_clusters)
-        centroids, assignment, _ = clustering.kmeans(x, k, seed=int(rng.integers(2**31)))
+        centroids, assignment, _ = self.kmeans(x, k, seed=int(rng.integers(2**31)))
         k = len(centroids)
         sizes = np.bincount(assignment, minlength=k)
         n_labeled = np.bincount(assignment[pool.labeled], minlength=k)
