@@ -98,9 +98,8 @@ def cbsq_run(experiment, args) -> tuple[list[dict], list[dict]]:
     from raysvc.datasets.base import DatasetSource
     from raysvc.learners import LEARNERS
     from raysvc.loop import run_loop
-    from raysvc.plan import RunPlan
     from raysvc.registry import Part
-    from raysvc.spec import RunSpec
+    from raysvc.spec import RunPlan, RunSpec
     from raysvc.strategies import STRATEGIES
 
     learner = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}

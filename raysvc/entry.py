@@ -6,7 +6,7 @@ bug a traceback. The run options are generated from :class:`~raysvc.spec.RunSpec
 flag per field, its default shown) plus ``--<part>-opt KEY=VALUE`` for the options of
 the named parts and the feature flags, so ``raysvc run``, ``jobs.run`` and
 ``jobs.sweep`` accept the same options; :func:`plans_from_args` turns them into
-:class:`~raysvc.plan.RunPlan` s once, the destination checked once. The Ray
+:class:`~raysvc.spec.RunPlan` s once, the destination checked once. The Ray
 connection of the cluster jobs (:func:`init_ray`) and the printing hooks of a run in
 a terminal (:class:`PrintHooks`) are here too.
 """
@@ -168,7 +168,7 @@ def specs_from_args(args: argparse.Namespace, axes: Iterable[str] = ()) -> list:
 
 
 def plans_from_args(args: argparse.Namespace, axes: Iterable[str] = ()) -> list:
-    """The :class:`~raysvc.plan.RunPlan` s of the arguments: each spec resolved once, then the
+    """The :class:`~raysvc.spec.RunPlan` s of the arguments: each spec resolved once, then the
     destination (``--out``) checked writable once for all of them (a typo fails before the
     destination is contacted)."""
     from raysvc import storage

@@ -1,6 +1,6 @@
 """The experiment of one run: its images, split, budget and embeddings (stage three of five).
 
-:func:`assemble` takes the :class:`~raysvc.plan.RunPlan` and loads what the loop works
+:func:`assemble` takes the :class:`~raysvc.spec.RunPlan` and loads what the loop works
 on: the dataset (subsampled with ``per_class``, prompted with the run's prompts), the
 pool/test split, the per-round budget (checked against the pool before anything is
 encoded) and the embeddings (from ``encode``: the feature cache, or the encoder service
@@ -23,7 +23,7 @@ from raysvc.prompts import with_prompts
 from raysvc.registry import Part
 
 if TYPE_CHECKING:
-    from raysvc.plan import RunPlan
+    from raysvc.spec import RunPlan
 
 Encode = Callable[[ImageDataset, BackboneRef], EncodedDataset]
 LoadDataset = Callable[[Part], ImageDataset]

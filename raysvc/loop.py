@@ -19,8 +19,8 @@ import numpy as np
 from raysvc.errors import RaysvcBug
 from raysvc.experiment import Experiment, initial_labeled
 from raysvc.learners import Learner, LocalRunner, TrainRunner
-from raysvc.plan import RunPlan
 from raysvc.records import SCHEMA_VERSION
+from raysvc.spec import RunPlan
 from raysvc.strategies import Pool, Selection, Strategy
 
 

@@ -13,7 +13,8 @@ lists those options. The registry imports every module of its package on first u
 
 :meth:`Registry.part` validates a part's options without building anything expensive:
 a run resolves each of its parts once (:meth:`raysvc.spec.RunSpec.resolve`) and hands
-the resulting :class:`Part` on.
+the resulting :class:`Part` on. The four registries are defined here, beside the class,
+so resolving a name imports no part (each package re-exports its own).
 """
 
 from __future__ import annotations
@@ -151,3 +152,10 @@ def _summary(cls: type) -> str:
     """The first paragraph of the class's docstring (else of its module's), as one line."""
     doc = cls.__doc__ or getattr(sys.modules.get(cls.__module__), "__doc__", None) or ""
     return " ".join(doc.strip().split("\n\n")[0].split())
+
+
+# one registry per kind of part; each package's modules register into its own
+DATASETS = Registry("dataset", "raysvc.datasets")
+STRATEGIES = Registry("strategy", "raysvc.strategies")
+LEARNERS = Registry("learner", "raysvc.learners")
+BACKBONES = Registry("backbone", "raysvc.backbones")

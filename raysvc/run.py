@@ -2,7 +2,7 @@
 
 A run goes entry -> plan -> experiment -> loop -> store. The entry points (the CLI,
 ``jobs.run``, ``jobs.sweep``, the Tune trial, the benchmarks) build the
-:class:`~raysvc.plan.RunPlan` and call :func:`execute`, which takes it through the
+:class:`~raysvc.spec.RunPlan` and call :func:`execute`, which takes it through the
 last three stages, so a run writes the same records and the same manifest fields
 wherever it runs.
 """
@@ -18,8 +18,8 @@ from raysvc.datasets import load_dataset
 from raysvc.experiment import Encode, Experiment, LoadDataset, assemble
 from raysvc.learners import TrainRunner
 from raysvc.loop import LoopState, run_loop
-from raysvc.plan import RunPlan
 from raysvc.records import to_table
+from raysvc.spec import RunPlan
 from raysvc.storage import write_run
 
 

@@ -14,9 +14,7 @@ from typing import Any
 from raysvc._compat import import_torchvision
 from raysvc.backbones.base import Backbone, PromptEncoder
 from raysvc.options import Options
-from raysvc.registry import Part, Registry
-
-BACKBONES: Registry[Backbone] = Registry("backbone", "raysvc.backbones")
+from raysvc.registry import BACKBONES, Part
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,9 +14,7 @@ from raysvc.datasets.base import (
     per_class_subset,
     pool_test_split,
 )
-from raysvc.registry import Part, Registry
-
-DATASETS: Registry[DatasetSource] = Registry("dataset", "raysvc.datasets")
+from raysvc.registry import DATASETS, Part
 
 
 def load_dataset(dataset: str | Part, options: Mapping[str, Any] | None = None) -> ImageDataset:

@@ -8,12 +8,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from raysvc.learners.base import Learner, LocalRunner, TrainRunner
-from raysvc.registry import Registry
+from raysvc.registry import LEARNERS
 
 if TYPE_CHECKING:
     from raysvc.experiment import Experiment
-
-LEARNERS: Registry[Learner] = Registry("learner", "raysvc.learners")
 
 
 def make_learner(name: str, experiment: Experiment, options: Mapping[str, Any] | None = None) -> Learner:

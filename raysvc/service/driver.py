@@ -16,9 +16,9 @@ import time
 from collections.abc import Sequence
 
 from raysvc.errors import ConfigError
-from raysvc.plan import RunPlan
 from raysvc.service.gridspec import Grid
 from raysvc.service.trial import TrialRuns, TrialSettings, grid_trainable
+from raysvc.spec import RunPlan
 
 
 @dataclasses.dataclass

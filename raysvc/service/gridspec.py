@@ -30,7 +30,7 @@ A grid file::
 
 Cells are the cartesian product of the axes (in file order, so consecutive cells share
 a dataset) over ``fixed``; each is a :class:`~raysvc.spec.RunSpec` resolved into its
-:class:`~raysvc.plan.RunPlan` here, and :meth:`Grid.check_writable` contacts the
+:class:`~raysvc.spec.RunPlan` here, and :meth:`Grid.check_writable` contacts the
 destination and the feature store, so a typo or a bad credential fails in seconds, not
 inside a trial.
 """
@@ -47,9 +47,8 @@ from typing import Any
 from raysvc.errors import ConfigError, StorageError
 from raysvc.feature_settings import FeatureSettings
 from raysvc.options import Options, option
-from raysvc.plan import RunPlan
 from raysvc.service.scaling import RayTrainOptions, Resources, Train
-from raysvc.spec import PARAM_FIELDS, RunSpec
+from raysvc.spec import PARAM_FIELDS, RunPlan, RunSpec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,10 +24,10 @@ import tempfile
 import time
 from typing import Any
 
-from raysvc.plan import RunPlan
 from raysvc.registry import Part
 from raysvc.run import RunHooks
 from raysvc.service.scaling import RayTrainOptions, Train
+from raysvc.spec import RunPlan
 
 STATE_FILE = "raysvc_state.pkl"
 # the metrics of every round's report, in the order Tune's console table shows them

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from raysvc.registry import Registry
+from raysvc.registry import STRATEGIES
 from raysvc.strategies.base import Strategy
-
-STRATEGIES: Registry[Strategy] = Registry("strategy", "raysvc.strategies")
 
 
 def make_strategy(name: str, **options: Any) -> Strategy:
