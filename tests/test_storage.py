@@ -199,6 +199,35 @@ def test_store_down_gives_up_after_retry_window(s3, monkeypatch):
     assert time.monotonic() - t0 < 10
 
 
+def test_attempt_timeouts_fit_in_what_is_left_of_the_window():
+    from raysvc.storage.s3 import attempt_timeouts
+
+    assert attempt_timeouts(60, 60) == (5, 30)  # half the window: a moment's freeze is tried again
+    assert attempt_timeouts(600, 600) == (5, 120)  # never above the usual read timeout
+    assert attempt_timeouts(60, 10.7) == (5, 10)  # late in the window: what is left, in whole seconds
+    assert attempt_timeouts(4, 4) == (2, 2)
+    assert attempt_timeouts(60, 0.3) == (1, 1)  # the last attempt still gets a second
+
+
+def test_frozen_store_holds_a_call_no_longer_than_its_window(s3, monkeypatch, capsys):
+    import socket
+
+    # accepts connections (the kernel completes them from the backlog) and never answers
+    with socket.socket() as frozen:
+        frozen.bind(("127.0.0.1", 0))
+        frozen.listen(64)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{frozen.getsockname()[1]}")
+        monkeypatch.setenv("RAYSVC_S3_RETRY_SECONDS", "3")
+        store = storage.open_store(s3)
+        t0 = time.monotonic()
+        with pytest.raises(StorageError, match="still unavailable after 3s") as error:
+            store.get("runs/r1/manifest.json")
+        elapsed = time.monotonic() - t0
+    assert 3 <= elapsed < 3 + 2.5, elapsed  # not botocore's 60 s, nor the 120 s read timeout
+    assert "timeout" in str(error.value).lower() and "\n" not in str(error.value)
+    assert "retrying for up to 3s" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(find_juicefs() is None, reason="juicefs binary not found")
 def test_write_survives_gateway_restart(tmp_path, monkeypatch, capsys):
     gw = S3Gateway(tmp_path / "gw", free_port(), "restart-key", "restart-secret")
