@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from raysvc.datasets import DATASETS
 from raysvc.datasets.base import DatasetSource, ImageDataset
-from raysvc.errors import DatasetError
+from raysvc.errors import DatasetError, one_line
 from raysvc.options import Options, option
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
@@ -90,20 +90,31 @@ def _files_fingerprint(name: str, root: Path, paths: Sequence[Path], labels: np.
     return f"{name}-{digest.hexdigest()[:16]}"
 
 
-def _check_images(paths: list[Path], labels: list[int], skip_bad: bool) -> tuple[list[Path], list[int], list[str]]:
-    """(readable paths, their labels, names of the skipped ones); DatasetError on the first bad
-    image unless ``skip_bad``."""
-    kept, kept_labels, skipped = [], [], []
+# unreadable images a refusal names before it counts the rest
+NAMED_BAD_IMAGES = 3
+
+
+def _check_images(root: Path, paths: list[Path], labels: list[int],
+                  skip_bad: bool) -> tuple[list[Path], list[int], list[str]]:
+    """(readable paths, their labels, names of the skipped ones). Every image is checked;
+    unless ``skip_bad``, one DatasetError line names the first few unreadable ones and counts
+    the rest, so one pass finds them all."""
+    kept, kept_labels, bad = [], [], []
     for path, label in zip(paths, labels):
         reason = _unreadable(path)
         if reason is None:
             kept.append(path)
             kept_labels.append(label)
-        elif skip_bad:
-            skipped.append(f"{path}: {reason}")
         else:
+            bad.append((path, reason))
+    if bad and not skip_bad:
+        if len(bad) == 1:
+            path, reason = bad[0]
             raise DatasetError(f"cannot read image {path}: {reason} (or pass skip_bad_images)")
-    return kept, kept_labels, skipped
+        named = "; ".join(f"{path.relative_to(root)}: {one_line(reason, 120)}" for path, reason in bad[:NAMED_BAD_IMAGES])
+        more = f"; and {len(bad) - NAMED_BAD_IMAGES} more" if len(bad) > NAMED_BAD_IMAGES else ""
+        raise DatasetError(f"cannot read {len(bad)} images in {root}: {named}{more} (or pass skip_bad_images)")
+    return kept, kept_labels, [f"{path}: {reason}" for path, reason in bad]
 
 
 def image_folder(
@@ -141,7 +152,7 @@ def image_folder(
     if len(folders) < 2:
         raise DatasetError(f"dataset folder {root} has one class ({folders[0].name!r}); "
                            "active learning needs at least two class sub-folders")
-    paths, labels, skipped = _check_images(paths, labels, skip_bad_images)
+    paths, labels, skipped = _check_images(root, paths, labels, skip_bad_images)
     emptied = sorted(set(range(len(folders))) - set(labels))
     if emptied:
         raise DatasetError(f"class {folders[emptied[0]].name!r} in {root} has no readable images")
@@ -183,7 +194,7 @@ def _coop_split(root: Path, name: str, split_file: Path, template: str, skip_bad
     n_pool = len(rows["train"]) + len(rows["val"])
     is_test = [i >= n_pool for i in range(len(entries))]
     labels = [int(label) for _, label, _ in entries]
-    kept, kept_labels, skipped = _check_images(paths, labels, skip_bad_images)
+    kept, kept_labels, skipped = _check_images(root, paths, labels, skip_bad_images)
     if skipped:
         keep = {p: t for p, t in zip(paths, is_test)}
         is_test = [keep[p] for p in kept]
