@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import posixpath
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -104,7 +106,8 @@ class RunSpec(Options):
         """Deterministic: a rerun of the same cell gets the same id and replaces its results."""
         values = {k: v for k, v in self.to_dict().items() if _ID_OPTIONAL.get(k, _NO_DEFAULT) != v}
         blob = json.dumps(values, sort_keys=True, default=str)
-        readable = f"{Path(self.dataset).name}-{self.strategy}-{self.learner}-s{self.seed}"
+        folder = Path(self.dataset).name
+        readable = f"{'' if folder == '..' else folder}-{self.strategy}-{self.learner}-s{self.seed}"
         return f"{readable}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
@@ -148,11 +151,51 @@ def default_image_size(spec: RunSpec, dataset: Part) -> int | None:
     return SMALL_IMAGE_SIDE if small and spec.backbone.startswith("conse-") else None
 
 
+def dataset_path(name: str) -> str:
+    """``name`` as a run records it (its id, its manifest's config): a dataset folder's path
+    normalised lexically, so ``colors``, ``colors/``, ``./colors`` and ``x/../colors`` are one
+    experiment; a registered name, or a folder that does not exist (refused later, as typed),
+    unchanged.
+
+    Lexical, not resolved against the file system: a run id must not depend on the machine,
+    and the same relative path (or ``~/data/colors``) names the same experiment on a laptop
+    and on a cluster node where the folder sits under another absolute path or behind
+    another symbolic link. So ``~`` stays as written, symbolic links are not followed, and a
+    relative path stays relative (it and the absolute path of one folder are two spellings).
+    Where a ``..`` follows a symbolic link, the lexical form names another folder than the
+    file system does: that is refused (ConfigError) rather than stored under a wrong name.
+    """
+    if "path" not in DATASETS.resolve(name).preset or not Path(name).expanduser().is_dir():
+        return name
+    if name.startswith("~"):  # ~ or ~user is a root of its own: "~/.." is not "."
+        home, _, rest = name.partition("/")
+        rest = posixpath.normpath(rest) if rest else "."
+        lexical = home if rest == "." else f"{home}/{rest}"
+    else:
+        lexical = posixpath.normpath(name)
+    if lexical == name:
+        return name
+    try:
+        same = os.path.samefile(Path(name).expanduser(), Path(lexical).expanduser())
+    except OSError:
+        same = False
+    if not same:
+        raise ConfigError(f"dataset {name!r}: '..' after a symbolic link names another folder than {lexical!r}; "
+                          "give the folder's path without '..'")
+    if "path" not in DATASETS.resolve(lexical).preset:  # "emoji/" is a folder, not the registered emoji
+        lexical = f"./{lexical}"
+    return lexical
+
+
 def plan_run(spec: RunSpec, dest: ObjectStore | None = None) -> RunPlan:
-    """:meth:`RunSpec.resolve`: see the module docstring."""
+    """:meth:`RunSpec.resolve`: see the module docstring. The plan's spec is the one given with
+    its dataset path normalised (:func:`dataset_path`), so that the run id and the manifest's
+    config agree."""
     from raysvc.prompts import read_descriptions
     from raysvc.storage import check_run_id
 
+    if (dataset_name := dataset_path(spec.dataset)) != spec.dataset:
+        spec = dataclasses.replace(spec, dataset=dataset_name)
     run_id = check_run_id(spec.run_id)
     dataset_values = dict(spec.dataset_params)
     if spec.split_file is not None:
