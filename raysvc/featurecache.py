@@ -92,7 +92,8 @@ def feature_key(dataset: ImageDataset, backbone: Backbone, dtype: str = "float32
 
 
 class FeatureCache:
-    """Image embeddings on disk under ``<cache_dir>/<key>.npy``, computed on first use.
+    """Image embeddings on disk under ``<cache_dir>/<key>.npy`` (its hash record beside it,
+    ``<key>.hash.json``), computed on first use.
 
     ``settings``: where the tiers are and how a fresh encode runs (the dtype: float16 halves
     the disk and page-cache footprint of large pools, a 1.28M x 1024 pool is 2.6 GB;
@@ -165,8 +166,9 @@ class FeatureCache:
                     self._put_remote(key, entry.features)
                 elif (entry := self._fetch(key)) is not None:
                     source = "store"
-                else:  # the entry appeared, yet does not read back: encode it here after all
+                else:  # the entry appeared, yet did not verify (its manifest is gone): encode it here after all
                     source, seconds, report, entry = self._encode_into(key, dataset, backbone, ref)
+                    self._put_remote(key, entry.features)
             finally:
                 lease.release()
         prompts = dataset.prompts()
@@ -267,7 +269,10 @@ class FeatureCache:
                 digest.update(block)
             if digest.hexdigest() != sha256:
                 return "does not match its recorded sha256 (its rows changed since it was written)", None
-            self._write_record(key, sha256, shape, dtype, status)
+            try:
+                self._write_record(key, sha256, shape, dtype, status)
+            except OSError:  # a read-only cache: verified all the same, hashed again next time
+                pass
         features = np.memmap(fh, dtype=dtype, mode="r", offset=offset, shape=shape)
         # a plain read-only view of the mapped file: Ray then ships it zero-copy (a memmap
         # subclass it would pickle as a writable copy)
