@@ -251,12 +251,13 @@ def _good(dest) -> None:
 def _corrupt(dest, kind: str) -> None:
     write(dest, rows_for("alpha", "cbsq", 0, [0.5, 0.7], run_id="bad"))
     folder = Path(dest) / "runs" / "bad"
-    records, manifest = folder / "records.parquet", folder / "manifest.json"
+    manifest = folder / "manifest.json"
+    records = folder / json.loads(manifest.read_text())["files"]["records.parquet"]["path"]
     if kind == "truncated":
         records.write_bytes(records.read_bytes()[:200])
     elif kind == "checksum":
         m = json.loads(manifest.read_text())
-        m["records_sha256"] = "0" * 64
+        m["files"]["records.parquet"]["sha256"] = "0" * 64
         manifest.write_text(json.dumps(m))
     elif kind == "json":
         manifest.write_text(manifest.read_text()[:40])
@@ -266,7 +267,7 @@ def _corrupt(dest, kind: str) -> None:
         records.unlink()
     elif kind == "garbage":  # no checksum to compare with: the bytes are read as Parquet and fail
         m = json.loads(manifest.read_text())
-        del m["records_sha256"]
+        del m["files"]["records.parquet"]["sha256"]
         manifest.write_text(json.dumps(m))
         records.write_bytes(b"not parquet at all")
 
@@ -305,7 +306,8 @@ def test_several_bad_runs_are_named_together(tmp_path):
     _good(tmp_path)
     _corrupt(tmp_path, "checksum")
     write(tmp_path, rows_for("alpha", "cbsq", 1, [0.5, 0.7], run_id="bad2"))
-    (tmp_path / "runs" / "bad2" / "records.parquet").unlink()
+    folder = tmp_path / "runs" / "bad2"
+    (folder / json.loads((folder / "manifest.json").read_text())["files"]["records.parquet"]["path"]).unlink()
     with pytest.raises(BadRunError) as e:
         load_runs(tmp_path)
     assert str(e.value) == (
@@ -436,7 +438,8 @@ def test_runs_on_s3_with_a_corrupt_run(s3_gateway, monkeypatch, capsys):
         config=Config(request_checksum_calculation="when_required", response_checksum_validation="when_required",
                       s3={"addressing_style": "path"}),
     )  # fmt: skip
-    key = f"{prefix}/runs/bad/records.parquet"
+    manifest = json.loads(client.get_object(Bucket=s3_gateway.bucket, Key=f"{prefix}/runs/bad/manifest.json")["Body"].read())
+    key = f"{prefix}/runs/bad/{manifest['files']['records.parquet']['path']}"
     body = client.get_object(Bucket=s3_gateway.bucket, Key=key)["Body"].read()
     client.put_object(Bucket=s3_gateway.bucket, Key=key, Body=body[:150])
 
