@@ -4,8 +4,9 @@ The same loop runs in a test, a CLI run, a Tune trial and a job: what differs is
 training runs (``runner``) and what happens after each round (``on_round``: print,
 report to Tune, checkpoint). Each round is three named steps around the learner's fit:
 :func:`select` (the strategy picks from a pool holding only the fields it reads),
-:func:`apply` (the oracle's labels and the pseudo-labels go into the state) and
-:func:`record` (the round's row).
+:func:`apply` (the oracle's labels and the pseudo-labels go into the state, and what was
+selected into the run's selections, :func:`selection_rows`) and :func:`record` (the
+round's row).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from raysvc.strategies import Pool, Selection, Strategy
 class LoopState:
     """Everything needed to resume after a completed round.
 
-    labeled / pseudo: pool masks; labels: known label per pool position (-1 unknown).
+    labeled / pseudo: pool masks; labels: known label per pool position (-1 unknown);
+    rows: the records so far; selections: what each round selected (:func:`selection_rows`).
     """
 
     completed: int
@@ -38,12 +40,18 @@ class LoopState:
     n_queried: int
     rows: list[dict]
     learner_state: dict[str, np.ndarray]
+    selections: list[dict] = dataclasses.field(default_factory=list)
 
     @classmethod
     def fresh(cls, n_pool: int, first_round: int = 1) -> LoopState:
         """Nothing labeled; ``first_round`` is 0 when a k-shot start precedes round 1."""
         return cls(first_round - 1, np.zeros(n_pool, bool), np.full(n_pool, -1, np.int64), np.zeros(n_pool, bool),
                    0, [], {})
+
+    @classmethod
+    def start(cls, plan: RunPlan, experiment: Experiment) -> LoopState:
+        """The state before a run's first round (round 0 when it starts with k labels per class)."""
+        return cls.fresh(len(experiment.pool), 0 if plan.spec.initial_per_class else 1)
 
 
 def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -98,6 +106,26 @@ def apply(selection: Selection, state: LoopState, true_labels: np.ndarray) -> No
     state.n_queried += len(selection.query)
 
 
+def selection_rows(round_: int, selection: Selection, experiment: Experiment) -> dict[str, list]:
+    """What round ``round_`` selected, as columns of :data:`raysvc.records.SELECTION_SCHEMA`:
+    the queries (labelled by the oracle), then the pseudo-labels."""
+    positions = np.concatenate([selection.query, selection.pseudo])
+    n_query = len(selection.query)
+    true_labels = experiment.pool_labels[positions]
+    nan = np.full(n_query, np.nan), np.full(len(selection.pseudo), np.nan)
+    scores = np.concatenate([selection.query_scores if selection.query_scores is not None else nan[0],
+                             selection.pseudo_scores if selection.pseudo_scores is not None else nan[1]])
+    return {
+        "round": [round_] * len(positions),
+        "position": positions.tolist(),
+        "item": [experiment.dataset.item(i) for i in experiment.pool[positions]],
+        "kind": ["query"] * n_query + ["pseudo"] * len(selection.pseudo),
+        "label": np.concatenate([true_labels[:n_query], selection.pseudo_labels]).tolist(),
+        "true_label": true_labels.tolist(),
+        "score": scores.tolist(),
+    }
+
+
 def run_fields(plan: RunPlan, experiment: Experiment, learner: Learner) -> dict:
     """The columns every row of the run carries (records.RUN_COLUMNS)."""
     spec = plan.spec
@@ -129,24 +157,30 @@ def run_loop(
     runner: TrainRunner | None = None,
     state: LoopState | None = None,
     on_round: Callable[[dict, LoopState], None] | None = None,
+    on_probs: Callable[[int, np.ndarray], None] | None = None,
 ) -> list[dict]:
-    """Run the rounds not yet in ``state``; returns one record per round."""
+    """Run the rounds not yet in ``state`` (a fresh one when None; the caller's is filled in);
+    returns one record per round. ``on_probs(round, probs)`` is given the pool's class
+    probabilities each selection saw (the model trained in the round before)."""
     runner = runner or LocalRunner()
     spec = plan.spec
     strategy: Strategy = plan.strategy.cls(plan.strategy.options)
     learner: Learner = plan.learner.cls(experiment, plan.learner.options)
     first_round = 0 if spec.initial_per_class else 1
-    state = state or LoopState.fresh(len(experiment.pool), first_round)
+    state = state or LoopState.start(plan, experiment)
     if state.learner_state:
         learner.set_state(state.learner_state)
     pool_features = pool_rows(experiment.encoded.image_features, experiment.pool)
     zeroshot_acc = _accuracy(experiment.encoded.zeroshot_probs(experiment.test), experiment.test_labels)
     fields = run_fields(plan, experiment, learner)
     for round_ in range(state.completed + 1, spec.rounds + 1):
+        if on_probs is not None:
+            on_probs(round_, learner.pool_probs())
         start = time.perf_counter()
         selection = select(plan, strategy, experiment, learner, pool_features, state, round_)
         select_seconds = time.perf_counter() - start
         apply(selection, state, experiment.pool_labels)
+        state.selections.append(selection_rows(round_, selection, experiment))
 
         start = time.perf_counter()
         positions = np.flatnonzero(state.labeled)

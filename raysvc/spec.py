@@ -88,12 +88,13 @@ class RunSpec(Options):
             if not getattr(self, name):
                 raise ConfigError(f"option {name}: must be a non-empty string")
 
-    def resolve(self, dest: ObjectStore | None = None) -> RunPlan:
+    def resolve(self, dest: ObjectStore | None = None, *, store_probs: bool = False) -> RunPlan:
         """The run's plan: every part's name and options validated once, the backbone it
         encodes with, the class descriptions read, the run id checked; ``dest`` is where
-        the run is stored (opened, and checked writable, by the caller). Cheap: loads no
+        the run is stored (opened, and checked writable, by the caller), ``store_probs``
+        whether each round's pool probabilities are stored with it. Cheap: loads no
         weights and no images, so a typo fails in seconds rather than after encoding."""
-        return plan_run(self, dest)
+        return plan_run(self, dest, store_probs=store_probs)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunSpec:
@@ -118,7 +119,8 @@ class RunPlan:
     """What a run does, resolved: the spec as given, and each part ready to build.
 
     ``descriptions``: class name -> sentences read from ``spec.class_descriptions``;
-    ``dest``: where the run is stored (None: nowhere).
+    ``dest``: where the run is stored (None: nowhere); ``store_probs``: each round's pool
+    probabilities stored with it (an output setting: not part of the run id).
     """
 
     spec: RunSpec
@@ -129,6 +131,7 @@ class RunPlan:
     backbone: BackboneRef
     descriptions: Mapping[str, tuple[str, ...]] | None = None
     dest: ObjectStore | None = None
+    store_probs: bool = False
 
     @property
     def options(self) -> dict[str, dict[str, Any]]:
@@ -148,7 +151,7 @@ def default_image_size(spec: RunSpec, dataset: Part) -> int | None:
     return SMALL_IMAGE_SIDE if small and spec.backbone.startswith("conse-") else None
 
 
-def plan_run(spec: RunSpec, dest: ObjectStore | None = None) -> RunPlan:
+def plan_run(spec: RunSpec, dest: ObjectStore | None = None, *, store_probs: bool = False) -> RunPlan:
     """:meth:`RunSpec.resolve`: see the module docstring."""
     from raysvc.prompts import read_descriptions
     from raysvc.storage import check_run_id
@@ -168,4 +171,5 @@ def plan_run(spec: RunSpec, dest: ObjectStore | None = None) -> RunPlan:
         backbone=BackboneRef(backbone, default_image_size(spec, dataset)),
         descriptions=read_descriptions(spec.class_descriptions) if spec.class_descriptions is not None else None,
         dest=dest,
+        store_probs=store_probs,
     )

@@ -113,7 +113,7 @@ def test_mixed_schema_versions_name_the_runs(tmp_path):
     with pytest.raises(SchemaMismatchError) as e:
         load_runs(tmp_path)
     msg = str(e.value)
-    assert "'old-run' (version 2)" in msg and "1 of 2 runs" in msg and "alpha-random-s0" not in msg
+    assert f"'old-run' (version {SCHEMA_VERSION + 1})" in msg and "1 of 2 runs" in msg and "alpha-random-s0" not in msg
     assert "\n" not in msg
 
 

@@ -32,7 +32,7 @@ from analysis.load import (  # noqa: E402
 )
 from raysvc import storage  # noqa: E402
 from raysvc.errors import RaysvcError, StorageError  # noqa: E402
-from raysvc.records import SCHEMA_VERSION, to_table  # noqa: E402
+from raysvc.records import READABLE_VERSIONS, SCHEMA_VERSION, to_table  # noqa: E402
 
 NAN = float("nan")
 CHECKSUM = "records.parquet does not match the checksum in its manifest (the file was changed or is corrupt)"
@@ -328,7 +328,7 @@ def test_skip_bad_also_leaves_out_runs_of_another_schema(tmp_path):
     assert loaded.records["run_id"].nunique() == 3
     assert loaded.skipped == [
         SkippedRun("new-schema", f"written with record schema version {SCHEMA_VERSION + 1} "
-                                 f"(this raysvc reads version {SCHEMA_VERSION})"),
+                                 f"(this raysvc reads versions {', '.join(map(str, READABLE_VERSIONS))})"),
         SkippedRun("short", "does not match the record schema (missing n_pseudo)"),
     ]
 

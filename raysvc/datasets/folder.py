@@ -155,6 +155,7 @@ def image_folder(
         loader=_pil_loader(paths),
         templates=(template,),
         skipped=tuple(skipped),
+        item_ids=tuple(p.relative_to(root).as_posix() for p in paths),
     )
 
 
@@ -199,4 +200,5 @@ def _coop_split(root: Path, name: str, split_file: Path, template: str, skip_bad
         templates=(template,),
         test_indices=test if len(test) else None,
         skipped=tuple(skipped),
+        item_ids=tuple(p.relative_to(root).as_posix() for p in kept),
     )

@@ -37,6 +37,7 @@ import sys
 import time
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import NamedTuple
 
 import pyarrow as pa
@@ -128,9 +129,10 @@ def _notice(text: str) -> None:
 
 
 def write_run(dest: Dest, run_id: str, records: pa.Table, manifest: dict, *,
-              files: Mapping[str, pa.Table | bytes] | None = None, retry_seconds: float | None = None) -> dict:
-    """Store one run's rows (and ``files``: other tables or bytes of the run, by file name)
-    with its manifest, replacing any earlier run with that id; see the module docstring.
+              files: Mapping[str, pa.Table | bytes | Path] | None = None, retry_seconds: float | None = None) -> dict:
+    """Store one run's rows (and ``files``: other tables, bytes or local files of the run, by
+    file name; a local file is read when it is put, one at a time) with its manifest,
+    replacing any earlier run with that id; see the module docstring.
 
     The manifest is completed with run_id, schema_version (default records.SCHEMA_VERSION),
     finished_at (default now, UTC), n_rows and ``files``. Returns the stored manifest: this
@@ -145,28 +147,29 @@ def write_run(dest: Dest, run_id: str, records: pa.Table, manifest: dict, *,
         ids = set(records.column("run_id").unique().to_pylist())
         if ids != {run_id}:
             raise StorageError(f"rows for run {run_id!r} carry run_id {sorted(map(str, ids))}")
-    contents = {RECORDS: _parquet(records)}
-    for name, data in (files or {}).items():
+    for name in files or {}:
         if name in (RECORDS, MANIFEST) or "/" in name or not name:
             raise StorageError(f"run {run_id!r}: a run file may not be called {name!r}")
-        contents[name] = _parquet(data) if isinstance(data, pa.Table) else bytes(data)
     attempt = _new_attempt()
     full = dict(manifest)
     full.setdefault("schema_version", SCHEMA_VERSION)
     full.setdefault("finished_at", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    full.update(
-        run_id=run_id, n_rows=records.num_rows, storage_format=STORAGE_FORMAT, attempt=attempt,
-        files={name: {"path": f"{attempt}/{name}", "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-               for name, data in contents.items()},
-    )
+    full.update(run_id=run_id, n_rows=records.num_rows, storage_format=STORAGE_FORMAT, attempt=attempt, files={})
+    replaced = _published_attempt(store, run_id)
+    for name, data in {RECORDS: records, **(files or {})}.items():
+        if isinstance(data, pa.Table):
+            data = _parquet(data)
+        elif isinstance(data, Path):
+            data = data.read_bytes()
+        path = f"{attempt}/{name}"
+        store.put(run_key(run_id, path), data,
+                  "application/vnd.apache.parquet" if name.endswith(".parquet") else "application/octet-stream")
+        full["files"][name] = {"path": path, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     try:
         manifest_bytes = json.dumps(full, indent=2, sort_keys=True, default=str).encode()
     except (TypeError, ValueError) as exc:
+        _remove_attempt(store, run_id, attempt)
         raise StorageError(one_line(f"manifest of run {run_id!r} cannot be stored as JSON: {exc}")) from None
-    replaced = _published_attempt(store, run_id)
-    for name, data in contents.items():
-        store.put(run_key(run_id, full["files"][name]["path"]),
-                  data, "application/vnd.apache.parquet" if name.endswith(".parquet") else "application/octet-stream")
     store.put(run_key(run_id, MANIFEST), manifest_bytes, "application/json")
     # S3 reads are strongly consistent after a put: a writer that published after ours is seen now
     if _published_attempt(store, run_id) != attempt:

@@ -93,11 +93,18 @@ class Pool:
 
 @dataclasses.dataclass(frozen=True)
 class Selection:
-    """The outcome of one selection: oracle queries and free pseudo-labels."""
+    """The outcome of one selection: oracle queries and free pseudo-labels.
+
+    ``query_scores`` / ``pseudo_scores``: the strategy's score behind each pick where it has
+    one (an entropy, a distance, a pseudo-label's confidence), stored with the run's
+    selections; None where it has none.
+    """
 
     query: np.ndarray
     pseudo: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.int64))
     pseudo_labels: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    query_scores: np.ndarray | None = None
+    pseudo_scores: np.ndarray | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "query", np.asarray(self.query, dtype=np.int64))
@@ -105,6 +112,12 @@ class Selection:
         object.__setattr__(self, "pseudo_labels", np.asarray(self.pseudo_labels, dtype=np.int64))
         if len(self.pseudo) != len(self.pseudo_labels):
             raise ValueError("one pseudo-label per pseudo-labeled index")
+        for name, picks in (("query_scores", self.query), ("pseudo_scores", self.pseudo)):
+            scores = getattr(self, name)
+            if scores is not None:
+                object.__setattr__(self, name, np.asarray(scores, dtype=np.float64))
+                if len(getattr(self, name)) != len(picks):
+                    raise ValueError(f"one {name[:-1].replace('_', ' ')} per pick")
         chosen = np.concatenate([self.query, self.pseudo])
         if len(np.unique(chosen)) != len(chosen):
             raise ValueError("a selection names an index twice")
