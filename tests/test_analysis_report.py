@@ -105,7 +105,7 @@ def test_main_table_has_a_zeroshot_row_never_bold(agg):
     t = tables.paper_tables(agg)["main"]
     assert list(t.mean.index) == ["cbsq", "random"]  # strategies only: the baseline is apart
     assert t.baseline_mean.loc["zero-shot", "alpha"] == pytest.approx(ZS_ALPHA)
-    assert t.baseline_std.loc["zero-shot", "beta"] == pytest.approx(ZS_BETA_STD)
+    assert t.baseline_spread.loc["zero-shot", "beta"] == pytest.approx(ZS_BETA_STD)
     assert t.baseline_mean.loc["zero-shot", "Average"] == pytest.approx((ZS_ALPHA + ZS_BETA) / 2)
     # 55.00 beats every strategy on beta, yet only strategies are compared
     assert t.to_markdown().splitlines() == [
@@ -218,7 +218,7 @@ def test_encoding_per_dataset_and_backbone_and_timing_without_it(results, tmp_pa
     assert list(t.mean.columns) == ["select s/round", "train s/round", "total s/run"]
     random = t.mean.loc[("alpha", "random")]
     assert random["total s/run"] == pytest.approx(2 * (SELECT_S + TRAIN_S))  # no encode seconds in it
-    assert t.std.loc[("alpha", "random"), "total s/run"] == pytest.approx(0.0)
+    assert t.spread.loc[("alpha", "random"), "total s/run"] == pytest.approx(0.0)
     old = tables.timing_table(results, encode=True).mean.loc[("alpha", "random")]
     assert old["encode s/run"] == pytest.approx(12.5 / 3) and old["total s/run"] == pytest.approx(8 + 12.5 / 3)
 
