@@ -60,11 +60,17 @@ def pool_rows(features: np.ndarray, pool: np.ndarray) -> np.ndarray:
 
 def make_pool(fields: frozenset[str], experiment: Experiment, learner: Learner, pool_features, state: LoopState,
               round_: int) -> Pool:
-    """The pool for one selection with only ``fields`` computed (a strategy's requires and optional)."""
+    """The pool for one selection with only ``fields`` computed (a strategy's requires and optional).
+
+    ``probs`` and ``text_features`` both come from the learner's current model: the class
+    text embeddings its logits use (:meth:`~raysvc.learners.base.Learner.class_text_features`:
+    the learned prompts once a prompt learner has been fitted, the zero-shot ones before and
+    for students), so the class-guided features are eq. 6's ``sum_c p(c|x; t_{r-1}) T(t_{r-1, c})``.
+    """
     wanted = {
         "features": lambda: pool_features,
         "probs": learner.pool_probs,
-        "text_features": lambda: experiment.encoded.text_features,
+        "text_features": learner.class_text_features,
         "embeddings": learner.pool_embeddings,
     }
     values = {name: make() if name in fields else None for name, make in wanted.items()}

@@ -78,6 +78,13 @@ class Learner(abc.ABC):
         whole array would outweigh the pool."""
         return self.predict_proba("pool")
 
+    def class_text_features(self) -> np.ndarray:
+        """(C, D) the class text embeddings the current model scores images with, ``logits =
+        scale * f . T^T``: the t_{r-1} of the class-guided features (Kim et al. 2024, eq. 6).
+        Here the zero-shot prompts' embeddings, which learners without text embeddings (the
+        students) keep, and which a prompt learner uses until its first fit."""
+        return self.experiment.encoded.text_features
+
     def pool_embeddings(self) -> np.ndarray | None:
         """The learner's own penultimate features of the pool, if it has any."""
         return None

@@ -226,6 +226,23 @@ class CoOpLearner(Learner):
     def predict_proba(self, split: str) -> np.ndarray:
         return self._probs(self.rows(split))
 
+    def class_text_features(self) -> np.ndarray:
+        """Once fitted, the T with ``prompt_logits = scale * f . T^T``: the mean of the prompt kinds'
+        learned class embeddings (eq. 14 averages their cosines), mixed with the zero-shot ones by
+        ``prior_weight``. With one prompt kind and no prior (``variant=official``) these are the
+        learned prompts' unit-norm class embeddings, as APL @105a662 ``CustomCLIP.forward`` returns
+        them with ``get_text_feature=True`` (``trainers/alvlm.py:309, 320, 340-342``) to CB and
+        CB+SQ once a prompt has been trained (``cb.py:74-75``, ``cbsq.py:74-75``: ``idx != 0``).
+        Before the first fit, the zero-shot prompts' (``cb.py:77``: ``model_inference``)."""
+        if self.class_embeddings is None:
+            return super().class_text_features()
+        learned = np.mean(np.stack(self.class_embeddings), axis=0, dtype=np.float32)
+        weight = self.options.prior_weight
+        if not weight:
+            return learned
+        prior = np.asarray(self.experiment.encoded.text_features, dtype=np.float32)
+        return ((1.0 - weight) * learned + weight * prior).astype(np.float32)
+
     def pool_probs(self):
         """Above :data:`LAZY_POOL` images, probabilities computed where a strategy reads them
         (1.28M x 1000 float32 would be 5.1 GB); below, the array."""

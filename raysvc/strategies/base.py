@@ -39,7 +39,8 @@ class Pool:
         training), or None.
     labeled: (N,) bool, True for images that already carry a label (oracle or pseudo).
     labels: (N,) int, the known label of labeled images, -1 elsewhere.
-    text_features: (C, D) L2-normalised class text embeddings, or None.
+    text_features: (C, D) class text embeddings of the current model, the ones ``probs`` come
+        from (zero-shot, L2-normalised, before any training), or None.
     embeddings: (N, E) penultimate features of the current model (student learners), or None.
         Set, it marks the ActiveKD setting: ``probs`` are then the student's heads combined.
     round: 1-based index of the round being selected for.

@@ -25,7 +25,7 @@ def dropout_flips(
     rng: np.random.Generator,
     rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(N,) how many of ``n_dropouts`` feature dropouts change the zero-shot prediction
+    """(N,) how many of ``n_dropouts`` feature dropouts change the prediction ``argmax f . t_c``
     (of ``features[rows]`` when ``rows`` is given, read chunk by chunk).
 
     Rescaling the kept features by 1 / (1 - rate) would not change an argmax, so it is skipped.
@@ -45,7 +45,8 @@ def dropout_flips(
 
 @STRATEGIES.register
 class DropQuery(ClusterStrategy):
-    """Candidates: unlabeled images whose text-head prediction changes under at least
+    """Candidates: unlabeled images whose prediction by the class text embeddings (the current
+    model's: the learned prompts once trained, zero-shot before) changes under at least
     half of ``n_dropouts`` dropouts of rate ``rate``. K-means (K = budget) on the
     candidates' ``features`` ("image" or "guided"); query the candidate nearest each
     centroid (cosine; on unit-norm features the same as Euclidean), larger clusters
