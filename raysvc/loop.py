@@ -59,19 +59,23 @@ def pool_rows(features: np.ndarray, pool: np.ndarray) -> np.ndarray:
 
 
 def make_pool(fields: frozenset[str], experiment: Experiment, learner: Learner, pool_features, state: LoopState,
-              round_: int) -> Pool:
+              round_: int, oracle: bool = False) -> Pool:
     """The pool for one selection with only ``fields`` computed (a strategy's requires and optional).
 
     ``probs`` and ``text_features`` both come from the learner's current model: the class
     text embeddings its logits use (:meth:`~raysvc.learners.base.Learner.class_text_features`:
     the learned prompts once a prompt learner has been fitted, the zero-shot ones before and
     for students), so the class-guided features are eq. 6's ``sum_c p(c|x; t_{r-1}) T(t_{r-1, c})``.
+    The pool's true labels go only to a strategy whose options say ``oracle=true``.
     """
+    if "true_labels" in fields and not oracle:
+        raise RaysvcBug("the pool's true labels go only to a strategy whose options say oracle=true")
     wanted = {
         "features": lambda: pool_features,
         "probs": learner.pool_probs,
         "text_features": learner.class_text_features,
         "embeddings": learner.pool_embeddings,
+        "true_labels": lambda: experiment.pool_labels,
     }
     values = {name: make() if name in fields else None for name, make in wanted.items()}
     return Pool(labeled=state.labeled, labels=state.labels, round=round_, n_classes=experiment.dataset.n_classes,
@@ -87,7 +91,7 @@ def select(plan: RunPlan, strategy: Strategy, experiment: Experiment, learner: L
         return Selection(query=initial_labeled(experiment.pool_labels, experiment.dataset.classnames,
                                                spec.initial_per_class, spec.seed))
     fields = frozenset(strategy.requires) | strategy.optional
-    pool = make_pool(fields, experiment, learner, pool_features, state, round_)
+    pool = make_pool(fields, experiment, learner, pool_features, state, round_, oracle=strategy.oracle)
     selection = strategy.select(pool, experiment.budget, seed=spec.seed * 1000 + round_)
     if len(selection.query) + len(selection.pseudo) == 0:
         raise RaysvcBug(f"strategy {spec.strategy!r} selected nothing in round {round_}")

@@ -104,7 +104,8 @@ class RunSpec(Options):
         """Deterministic: a rerun of the same cell gets the same id and replaces its results."""
         values = {k: v for k, v in self.to_dict().items() if _ID_OPTIONAL.get(k, _NO_DEFAULT) != v}
         blob = json.dumps(values, sort_keys=True, default=str)
-        readable = f"{Path(self.dataset).name}-{self.strategy}-{self.learner}-s{self.seed}"
+        # ':' of a family name (sq:coreset) cannot name a run's folder
+        readable = f"{Path(self.dataset).name}-{self.strategy.replace(':', '+')}-{self.learner}-s{self.seed}"
         return f"{readable}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 

@@ -118,3 +118,62 @@ def test_learners_without_text_embeddings_keep_the_zero_shot_ones():
     experiment = tiny_experiment(GUIDED_X, ZERO_SHOT_T, [1, 0, 0])
     np.testing.assert_array_equal(make_learner("kd-zeroshot", experiment).class_text_features(), ZERO_SHOT_T)
     np.testing.assert_array_equal(make_learner("coop", experiment).class_text_features(), ZERO_SHOT_T)
+
+
+def test_true_labels_reach_a_strategy_only_through_an_explicit_oracle():
+    from raysvc.errors import ConfigError, RaysvcBug
+    from raysvc.spec import RunSpec
+
+    with pytest.raises(ConfigError, match="oracle=true"):  # refused at plan time, one line
+        RunSpec(dataset="emoji", strategy="cb", strategy_params={"features": "label"}).resolve()
+    RunSpec(dataset="emoji", strategy="cb", strategy_params={"features": "label", "oracle": True}).resolve()
+
+    experiment = tiny_experiment(GUIDED_X, ZERO_SHOT_T, [1, 0, 0])
+    learner = CoOpLearner(experiment, CoOpOptions())
+    state = LoopState.fresh(3)
+    strategy = make_strategy("cb", features="label", oracle=True)
+    assert "true_labels" in strategy.requires and strategy.oracle
+    pool = make_pool(frozenset(strategy.requires), experiment, learner, GUIDED_X, state, 1, oracle=strategy.oracle)
+    np.testing.assert_array_equal(pool.true_labels, [1, 0, 0])
+    assert pool.probs is None  # CB* weighs by the label, not the prediction
+    with pytest.raises(RaysvcBug, match="oracle=true"):
+        make_pool(frozenset(strategy.requires), experiment, learner, GUIDED_X, state, 1)
+    plain = make_pool(frozenset(make_strategy("cb").requires), experiment, learner, GUIDED_X, state, 1)
+    assert plain.true_labels is None
+
+
+def test_selective_querying_options_and_its_base_options_are_parsed_once(monkeypatch):
+    """The base strategy's options are validated with the wrapper's, at plan time; a plan shipped
+    to a worker and the strategy built from it parse nothing again."""
+    import pickle
+    from collections import Counter
+
+    from raysvc.options import Options
+    from raysvc.spec import RunSpec
+
+    parses = Counter()
+    parse = Options.parse.__func__
+
+    def counting(cls, values, owner):
+        parses[owner] += 1
+        return parse(cls, values, owner)
+
+    monkeypatch.setattr(Options, "parse", classmethod(counting))
+    plan = RunSpec(dataset="emoji", strategy="sq:pcb",
+                   strategy_params={"base_options": {"candidate_fraction": 0.2}, "max_pseudo": 2}).resolve()
+    assert parses["strategy 'sq:pcb'"] == 1 and parses["strategy 'pcb'"] == 1
+    before = Counter(parses)
+    shipped = pickle.loads(pickle.dumps(plan))
+    strategy = shipped.strategy.cls(shipped.strategy.options)
+    assert parses == before
+    assert strategy.name == "sq:pcb" and strategy.base.options.candidate_fraction == 0.2
+    assert strategy.requires == {"features", "probs"} and plan.run_id.startswith("emoji-sq+pcb-coop-s0-")
+    assert plan.options["strategy"]["base_options"] == {"candidate_fraction": 0.2}  # as the manifest records it
+
+
+def test_the_strategy_listing_shows_the_selective_querying_family():
+    from raysvc.listing import list_parts, option_keys_epilog
+
+    listing = list_parts("strategies")
+    assert "sq:<strategy>" in listing and "base_options" in listing and "clusters_per_budget" in listing
+    assert "strategy sq:<strategy>: base_options, variant, max_pseudo" in option_keys_epilog()
