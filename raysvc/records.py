@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # identifies the run; the same for every round of it
 RUN_COLUMNS = {
@@ -39,6 +39,11 @@ ROUND_COLUMNS = {
     "select_seconds": pa.float64(),
     "train_seconds": pa.float64(),
     "encode_seconds": pa.float64(),  # feature encoding charged to this run (0 on a cache hit)
+    # base-to-novel (RunSpec.base_to_novel): test_acc on the base classes, on the held-out
+    # novel ones, and their harmonic mean; NaN when the run trains on every class (version 2)
+    "test_acc_base": pa.float64(),
+    "test_acc_novel": pa.float64(),
+    "test_acc_hm": pa.float64(),
 }
 
 SCHEMA = pa.schema(list(RUN_COLUMNS.items()) + list(ROUND_COLUMNS.items()))

@@ -177,3 +177,155 @@ def test_the_strategy_listing_shows_the_selective_querying_family():
     listing = list_parts("strategies")
     assert "sq:<strategy>" in listing and "base_options" in listing and "clusters_per_budget" in listing
     assert "strategy sq:<strategy>: base_options, variant, max_pseudo" in option_keys_epilog()
+
+
+# --- the pool protocol ----------------------------------------------------------------------
+
+
+def test_a_coop_split_pool_of_training_images_only(tmp_path):
+    """pool_parts=train leaves the split's val images out (APL's and ActiveKD's pool: dassl's
+    train_x); the test split is unchanged and the fingerprint differs."""
+    import json
+
+    from PIL import Image
+
+    from raysvc.datasets import load_dataset, pool_test_split
+
+    root = tmp_path / "d"
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / name / f"{i}.png")
+    split = {"train": [["cat/0.png", 0, "cat"], ["dog/0.png", 1, "dog"]], "val": [["cat/1.png", 0, "cat"]],
+             "test": [["cat/2.png", 0, "cat"], ["dog/2.png", 1, "dog"]]}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    both = load_dataset(str(root), {"split_file": str(tmp_path / "split.json")})
+    train = load_dataset(str(root), {"split_file": str(tmp_path / "split.json"), "pool_parts": "train"})
+    assert [len(part) for part in pool_test_split(both, 0.5, 0)] == [3, 2]
+    pool, test = pool_test_split(train, 0.5, 0)
+    assert pool.tolist() == [0, 1] and train.labels[pool].tolist() == [0, 1] and train.labels[test].tolist() == [0, 1]
+    assert train.fingerprint != both.fingerprint
+
+
+@pytest.fixture(scope="module")
+def mnist_spec():
+    from raysvc.spec import RunSpec
+
+    # 9 pool and 3 test images for each of 10 classes
+    return RunSpec(dataset="animal-mnist", strategy="random", per_class=12, test_fraction=0.25, rounds=1, budget=5,
+                   initial_per_class=1, learner_params={"epochs": 1})
+
+
+def test_pool_subsample_keeps_the_k_shot_start_and_a_seeded_draw_of_the_rest(mnist_spec, feature_cache):
+    """The start is drawn from the whole pool, as without a subsample; 30 of the other 80 pool
+    images are kept, the same for the same seed, others for another seed."""
+    from experiments import experiment_of
+
+    from raysvc.errors import PoolExhaustedError
+    from raysvc.spec import RunSpec
+
+    whole = experiment_of(mnist_spec, feature_cache)
+    sub = experiment_of(RunSpec(**{**mnist_spec.to_dict(), "pool_subsample": 30}), feature_cache)
+    assert len(whole.pool) == 90 and len(sub.pool) == 40 and len(sub.initial) == 10
+    np.testing.assert_array_equal(sub.pool[sub.initial], whole.pool[whole.initial])  # the same start images
+    assert sorted(sub.pool_labels[sub.initial].tolist()) == list(range(10)) and set(sub.pool) <= set(whole.pool)
+    np.testing.assert_array_equal(sub.test, whole.test)
+    again = experiment_of(RunSpec(**{**mnist_spec.to_dict(), "pool_subsample": 30}), feature_cache)
+    other = experiment_of(RunSpec(**{**mnist_spec.to_dict(), "pool_subsample": 30, "seed": 1}), feature_cache)
+    np.testing.assert_array_equal(again.pool, sub.pool)
+    assert set(other.pool) != set(sub.pool)
+    with pytest.raises(PoolExhaustedError, match="the pool has 40"):  # the budget is checked on the kept pool
+        experiment_of(RunSpec(**{**mnist_spec.to_dict(), "pool_subsample": 30, "rounds": 7}), feature_cache)
+    assert RunSpec(**{**mnist_spec.to_dict(), "pool_subsample": None}).run_id == mnist_spec.run_id
+
+
+def test_a_subsampled_run_starts_from_the_experiments_k_shot_images(mnist_spec, feature_cache):
+    from experiments import experiment_of
+
+    from raysvc.loop import run_loop
+    from raysvc.spec import RunSpec
+
+    spec = RunSpec(**{**mnist_spec.to_dict(), "pool_subsample": 30})
+    experiment = experiment_of(spec, feature_cache)
+    starts = []
+    rows = run_loop(spec.resolve(), experiment, on_round=lambda row, state: starts.append(state.labeled.copy()))
+    assert np.flatnonzero(starts[0]).tolist() == sorted(experiment.initial.tolist())
+    assert [r["pool_size"] for r in rows] == [40, 40] and [r["n_labeled"] for r in rows] == [10, 15]
+    assert all(np.isnan(r[c]) for r in rows for c in ("test_acc_base", "test_acc_novel", "test_acc_hm"))
+
+
+def test_base_novel_classes_by_hand():
+    from raysvc.errors import ConfigError
+    from raysvc.experiment import base_novel_classes
+
+    base, novel = base_novel_classes(5, "halves", seed=0)  # CoOp: the first ceil(5/2) labels
+    assert base.tolist() == [0, 1, 2] and novel.tolist() == [3, 4]
+    base, novel = base_novel_classes(10, "seeded", seed=0)
+    assert len(base) == len(novel) == 5 and sorted(base.tolist() + novel.tolist()) == list(range(10))
+    np.testing.assert_array_equal(base_novel_classes(10, "seeded", seed=0)[0], base)
+    assert base.tolist() != base_novel_classes(10, "seeded", seed=1)[0].tolist()
+    with pytest.raises(ConfigError, match="at least 4 classes"):
+        base_novel_classes(3, "halves", seed=0)
+
+
+def test_base_to_novel_trains_on_base_classes_and_scores_both_halves(mnist_spec, feature_cache):
+    """animal-mnist halves: base bear..dog (0-4), novel elephant..zebra (5-9). The pool and test
+    hold base images only, labelled among the base classes; the novel test images are scored with
+    the learned context in front of the novel names; HM = 2 b n / (b + n)."""
+    from experiments import experiment_of
+
+    from raysvc.errors import ConfigError
+    from raysvc.loop import run_loop
+    from raysvc.spec import RunSpec
+
+    spec = RunSpec(**{**mnist_spec.to_dict(), "base_to_novel": "halves", "initial_per_class": 0})
+    experiment = experiment_of(spec, feature_cache)
+    whole = experiment_of(mnist_spec, feature_cache)
+    assert experiment.dataset.classnames == ("bear", "bird", "cat", "cow", "dog")
+    assert experiment.novel.classnames == ("elephant", "giraffe", "horse", "sheep", "zebra")
+    assert len(experiment.pool) == 45 and len(experiment.test) == 15 and len(experiment.novel.test) == 15
+    assert set(experiment.pool_labels) == set(range(5)) and set(experiment.novel.test_labels) == set(range(5))
+    assert experiment.budget == 5 and experiment.encoded.text_features.shape[0] == 5
+    np.testing.assert_array_equal(experiment.novel.text_features, whole.encoded.text_features[5:])
+    np.testing.assert_array_equal(experiment.encoded.image_features, whole.encoded.image_features)  # no copy
+
+    rows = run_loop(spec.resolve(), experiment)
+    (row,) = rows
+    b, n = row["test_acc_base"], row["test_acc_novel"]
+    assert row["test_acc"] == b and row["n_classes"] == 5
+    assert row["test_acc_hm"] == pytest.approx(2 * b * n / (b + n))
+    assert 0.0 < n <= 1.0
+    with pytest.raises(ConfigError, match="prompt=unified"):
+        RunSpec(**{**spec.to_dict(), "learner_params": {"variant": "official"}}).resolve()
+    with pytest.raises(ConfigError, match="prompt=unified"):
+        RunSpec(**{**spec.to_dict(), "learner": "kd-zeroshot", "learner_params": {}}).resolve()
+
+
+def test_novel_class_probs_put_the_learned_context_before_the_new_names(mnist_spec, feature_cache):
+    """Before a fit the novel classes are scored zero-shot; after one, with the unified context
+    the fit learned, encoded in front of the novel names (the base names give the base embeddings)."""
+    import torch
+    from experiments import experiment_of
+
+    from raysvc.encoded import softmax
+    from raysvc.learners.base import LocalRunner
+    from raysvc.learners.coop import CoOpLearner as Coop
+    from raysvc.learners.coop import context_length
+    from raysvc.spec import RunSpec
+
+    spec = RunSpec(**{**mnist_spec.to_dict(), "base_to_novel": "halves", "initial_per_class": 0})
+    experiment = experiment_of(spec, feature_cache)
+    novel = experiment.novel
+    learner = Coop(experiment, spec.resolve().learner.options)
+    x = np.asarray(experiment.encoded.image_features[novel.test], dtype=np.float32)
+    np.testing.assert_allclose(learner.novel_class_probs(novel.test, novel.classnames, novel.text_features),
+                               softmax(experiment.encoded.logit_scale * x @ novel.text_features.T), atol=1e-5)
+    learner.fit(np.arange(10), experiment.pool_labels[:10], seed=0, runner=LocalRunner())
+    backbone = experiment.backbone.load()
+    encoder = backbone.prompt_encoder(list(novel.classnames), context_length(learner.options, backbone))
+    with torch.no_grad():
+        learned = encoder(torch.as_tensor(learner.contexts["unified"])).numpy()
+    w = learner.options.prior_weight
+    cosines = (1 - w) * x @ learned.T + w * x @ novel.text_features.T
+    np.testing.assert_allclose(learner.novel_class_probs(novel.test, novel.classnames, novel.text_features),
+                               softmax(experiment.encoded.logit_scale * cosines), atol=1e-5)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
+from raysvc.errors import RaysvcBug
 from raysvc.options import NoOptions, Options
 
 if TYPE_CHECKING:
@@ -84,6 +85,17 @@ class Learner(abc.ABC):
         Here the zero-shot prompts' embeddings, which learners without text embeddings (the
         students) keep, and which a prompt learner uses until its first fit."""
         return self.experiment.encoded.text_features
+
+    @classmethod
+    def transfers_to_new_classes(cls, options: Options) -> bool:
+        """Whether what it learns applies to class names it was not trained on (base-to-novel)."""
+        return False
+
+    def novel_class_probs(self, rows: np.ndarray, classnames: tuple[str, ...], text_features: np.ndarray) -> np.ndarray:
+        """Class probabilities of the images at dataset indices ``rows`` among classes it was not
+        trained on (``classnames``, zero-shot ``text_features``); only where
+        :meth:`transfers_to_new_classes`."""
+        raise RaysvcBug(f"learner {self.name!r} cannot score classes it was not trained on")
 
     def pool_embeddings(self) -> np.ndarray | None:
         """The learner's own penultimate features of the pool, if it has any."""
