@@ -192,7 +192,7 @@ class Strategy(abc.ABC):
 
 
 class ClusterStrategy(Strategy):
-    """A strategy that clusters the pool (cb, cbsq, typiclust, dropquery).
+    """A strategy that clusters the pool (cb, cbsq, typiclust, dropquery, probcover's ProbCover*).
 
     Its K-means is the method :meth:`kmeans`: a side-by-side check against the authors'
     code overrides it (on an instance or a subclass), since their scikit-learn
