@@ -128,11 +128,13 @@ def base_novel_classes(n_classes: int, split: str, seed: int) -> tuple[np.ndarra
     return np.sort(order[:m]), np.sort(order[m:])
 
 
-def class_view(dataset: ImageDataset, encoded: EncodedDataset | None, classes: np.ndarray):
-    """``dataset`` (and ``encoded``) seen through ``classes`` only: class names, descriptions
-    and class embeddings of those classes, labels renumbered 0..len(classes)-1 and -1 for the
-    other classes' images, which stay addressable by the same indices (no copy of the images'
-    embeddings)."""
+def class_view(
+    dataset: ImageDataset, encoded: EncodedDataset | None, classes: np.ndarray
+) -> tuple[ImageDataset, EncodedDataset | None]:
+    """``dataset`` and ``encoded`` (None: not encoded yet) seen through ``classes`` only: class
+    names, descriptions and class embeddings of those classes, labels renumbered
+    0..len(classes)-1 and -1 for the other classes' images, which stay addressable by the same
+    indices (no copy of the images' embeddings)."""
     relabel = np.full(dataset.n_classes, -1, dtype=np.int64)
     relabel[classes] = np.arange(len(classes))
     digest = hashlib.sha256(np.asarray(classes, dtype=np.int64).tobytes()).hexdigest()[:8]
@@ -141,7 +143,7 @@ def class_view(dataset: ImageDataset, encoded: EncodedDataset | None, classes: n
         fingerprint=f"{dataset.fingerprint}-classes-{digest}",
         descriptions=None if dataset.descriptions is None else tuple(dataset.descriptions[c] for c in classes))
     if encoded is None:
-        return view
+        return view, None
     return view, dataclasses.replace(encoded, text_features=encoded.text_features[classes],
                                      text_raw=encoded.text_raw[classes], labels=view.labels,
                                      text_key=f"{encoded.text_key}-classes-{digest}")
@@ -177,7 +179,7 @@ def assemble(plan: RunPlan, encode: Encode, load: LoadDataset = load_dataset) ->
         base, novel = base_novel_classes(dataset.n_classes, spec.base_to_novel, spec.split_seed)
         novel_test = test[np.isin(dataset.labels[test], novel)]
         pool, test = (rows[np.isin(dataset.labels[rows], base)] for rows in (pool, test))
-        seen = class_view(dataset, None, base)
+        seen, _ = class_view(dataset, None, base)
     pool, initial = pool_protocol(plan, seen, pool)
     budget = round_budget(plan, len(pool), seen.n_classes)
     encoded = encode(dataset, plan.backbone)
@@ -186,6 +188,7 @@ def assemble(plan: RunPlan, encode: Encode, load: LoadDataset = load_dataset) ->
     if spec.base_to_novel == "off":
         return Experiment(dataset, encoded, plan.backbone, pool, test, budget, initial)
     novel_view, novel_encoded = class_view(dataset, encoded, novel)
-    held_out = NovelClasses(novel_view.classnames, novel_encoded.text_features, novel_test, novel_view.labels[novel_test])
+    held_out = NovelClasses(novel_view.classnames, novel_encoded.text_features, novel_test,
+                            novel_view.labels[novel_test])
     seen, encoded = class_view(dataset, encoded, base)
     return Experiment(seen, encoded, plan.backbone, pool, test, budget, initial, held_out)

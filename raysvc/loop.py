@@ -88,6 +88,8 @@ def select(plan: RunPlan, strategy: Strategy, experiment: Experiment, learner: L
     class; later rounds: the strategy's picks from a pool holding what it reads."""
     spec = plan.spec
     if round_ == 0:
+        if experiment.initial is None:
+            raise RaysvcBug("round 0 needs the experiment's k-shot start: assemble the experiment from this plan")
         return Selection(query=experiment.initial)
     fields = frozenset(strategy.requires) | strategy.optional
     pool = make_pool(fields, experiment, learner, pool_features, state, round_, oracle=strategy.oracle)

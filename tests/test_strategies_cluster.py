@@ -227,8 +227,9 @@ def test_fixed_number_of_clusters_per_budget():
     rounds = [blob_pool([10, 10, 10], labeled=range(n), round=r)[0] for n, r in ((0, 1), (4, 2), (9, 5))]
     for variant in ("official", "paper"):
         for name in ("cb", "cbsq"):
-            assert [make_strategy(name, variant=variant, clusters_per_budget=1).n_clusters(p, 6) for p in rounds] == [6] * 3
-            assert [make_strategy(name, variant=variant, clusters_per_budget=8).n_clusters(p, 6) for p in rounds] == [48] * 3
+            for per_budget, k in ((1, 6), (8, 48)):
+                strategy = make_strategy(name, variant=variant, clusters_per_budget=per_budget)
+                assert [strategy.n_clusters(p, 6) for p in rounds] == [k] * 3
 
 
 # --- cbsq ----------------------------------------------------------------------------

@@ -48,8 +48,9 @@ class DropQuery(ClusterStrategy):
     """Candidates: unlabeled images whose prediction by the class text embeddings (the current
     model's: the learned prompts once trained, zero-shot before) changes under at least
     half of ``n_dropouts`` dropouts of rate ``rate``. K-means (K = budget) on the
-    candidates' ``features`` (image, text, guided or label: :mod:`~raysvc.strategies._guided`); query the candidate nearest each
-    centroid (cosine; on unit-norm features the same as Euclidean), larger clusters
+    candidates' ``features`` (image, text, guided or label: :mod:`~raysvc.strategies._guided`);
+    query the candidate nearest each centroid (cosine; on unit-norm features the same as
+    Euclidean), larger clusters
     first should K-means leave one empty (:func:`~raysvc.strategies.cb.cluster_balanced_picks`
     with nothing labeled). Too few candidates: all of them, then random unlabeled images.
     """

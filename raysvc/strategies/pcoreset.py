@@ -17,8 +17,9 @@ class PCoreSet(Strategy):
 
     ``reverse=true`` is ActiveKD's PCoreSet+R (Sec. 4.2 [F2-2], Fig. 9), which "inhibits
     coverage over the probability space" by taking the argmin for the argmax of Alg. 2's line 4:
-    each pick is the image *nearest* to its nearest labeled or picked probability vector (in
-    erjui/PCoreSet @075a76a ``strategies.py:492-493``, whose public code has no +R, ``torch.argmin`` for ``torch.argmax``).
+    each pick is the image *nearest* to its nearest labeled or picked probability vector:
+    ``torch.argmin`` for the ``torch.argmax`` of erjui/PCoreSet @075a76a ``strategies.py:492-493``
+    (the public code has no +R).
     """
 
     @dataclasses.dataclass(frozen=True)
