@@ -176,6 +176,7 @@ def test_the_strategy_listing_shows_the_selective_querying_family():
 
     listing = list_parts("strategies")
     assert "sq:<strategy>" in listing and "base_options" in listing and "clusters_per_budget" in listing
+    assert "base_options (dict | None, default None)" in listing  # every default printable
     assert "strategy sq:<strategy>: base_options, variant, max_pseudo" in option_keys_epilog()
 
 

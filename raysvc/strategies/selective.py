@@ -55,8 +55,7 @@ class SelectiveQuerying(Strategy):
     @dataclasses.dataclass(frozen=True)
     class Options(Options):
         base: str = option("", "the strategy whose picks are filtered (set by the name)")
-        base_options: dict[str, Any] = dataclasses.field(
-            default_factory=dict, metadata={"help": "the base strategy's options, as a mapping"})
+        base_options: dict[str, Any] | None = option(None, "the base strategy's options, as a mapping (none: its defaults)")
         variant: Variant = option(
             "official", "official: tau_c = mean max-probability (APL cbsq.py:104-108); "
                         "paper: tau_c = mean p(c|x) (eq. 11)")
