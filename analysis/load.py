@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from raysvc import storage
 from raysvc.errors import AnalysisError, BadRunError, CorruptRunError, EmptySourceError, SchemaMismatchError
-from raysvc.records import COLUMNS, READABLE_VERSIONS, RUN_COLUMNS, SCHEMA, SELECTION_COLUMNS, SELECTIONS
+from raysvc.records import ADDED_IN_2, COLUMNS, READABLE_VERSIONS, RUN_COLUMNS, SCHEMA, SELECTION_COLUMNS, SELECTIONS
 
 # how many offending runs an error message names before it says "and N more"
 _NAMED = 8
@@ -78,6 +78,18 @@ def _run_version(table: pa.Table, manifest: dict) -> object:
         if len(values) > 1:
             return "mixed " + "/".join(map(str, sorted(values)))
     return manifest.get("schema_version") if isinstance(manifest, dict) else None
+
+
+def upgraded(table: pa.Table, manifest: dict) -> pa.Table:
+    """A version-1 run's records with the columns version 2 added (NaN: it trained on every
+    class, so it has no base/novel accuracies); other runs as they are."""
+    if _run_version(table, manifest) != 1:
+        return table
+    for column in ADDED_IN_2:
+        if column not in table.column_names:
+            table = table.append_column(pa.field(column, pa.float64()),
+                                        pa.array([float("nan")] * table.num_rows, pa.float64()))
+    return table
 
 
 def _schema_parts(table: pa.Table) -> list[str]:
@@ -266,7 +278,7 @@ def load_results(source, *, skip_bad: bool = False, retry_seconds: float | None 
         return Loaded(check_frame(source), [], "a DataFrame")
     name = os.fspath(source)
     runs, skipped = read_results(source, skip_bad=skip_bad, retry_seconds=retry_seconds)
-    triples = [(r[0], r[1], r[2]) for r in runs]
+    triples = [(run_id, upgraded(table, manifest), manifest) for run_id, table, manifest in runs]
     if skip_bad:
         kept = []
         for run_id, table, manifest in triples:

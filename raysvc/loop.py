@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from raysvc.errors import RaysvcBug
-from raysvc.experiment import Experiment, initial_labeled
+from raysvc.experiment import Experiment
 from raysvc.learners import Learner, LocalRunner, TrainRunner
 from raysvc.records import SCHEMA_VERSION
 from raysvc.spec import RunPlan
@@ -67,13 +67,23 @@ def pool_rows(features: np.ndarray, pool: np.ndarray) -> np.ndarray:
 
 
 def make_pool(fields: frozenset[str], experiment: Experiment, learner: Learner, pool_features, state: LoopState,
-              round_: int) -> Pool:
-    """The pool for one selection with only ``fields`` computed (a strategy's requires and optional)."""
+              round_: int, oracle: bool = False) -> Pool:
+    """The pool for one selection with only ``fields`` computed (a strategy's requires and optional).
+
+    ``probs`` and ``text_features`` both come from the learner's current model: the class
+    text embeddings its logits use (:meth:`~raysvc.learners.base.Learner.class_text_features`:
+    the learned prompts once a prompt learner has been fitted, the zero-shot ones before and
+    for students), so the class-guided features are eq. 6's ``sum_c p(c|x; t_{r-1}) T(t_{r-1, c})``.
+    The pool's true labels go only to a strategy whose options say ``oracle=true``.
+    """
+    if "true_labels" in fields and not oracle:
+        raise RaysvcBug("the pool's true labels go only to a strategy whose options say oracle=true")
     wanted = {
         "features": lambda: pool_features,
         "probs": learner.pool_probs,
-        "text_features": lambda: experiment.encoded.text_features,
+        "text_features": learner.class_text_features,
         "embeddings": learner.pool_embeddings,
+        "true_labels": lambda: experiment.pool_labels,
     }
     values = {name: make() if name in fields else None for name, make in wanted.items()}
     return Pool(labeled=state.labeled, labels=state.labels, round=round_, n_classes=experiment.dataset.n_classes,
@@ -82,14 +92,15 @@ def make_pool(fields: frozenset[str], experiment: Experiment, learner: Learner, 
 
 def select(plan: RunPlan, strategy: Strategy, experiment: Experiment, learner: Learner, pool_features,
            state: LoopState, round_: int) -> Selection:
-    """Round 0 (a k-shot start): ``initial_per_class`` random images of every class; later
-    rounds: the strategy's picks from a pool holding what it reads."""
+    """Round 0 (a k-shot start): the experiment's ``initial_per_class`` random images of every
+    class; later rounds: the strategy's picks from a pool holding what it reads."""
     spec = plan.spec
     if round_ == 0:
-        return Selection(query=initial_labeled(experiment.pool_labels, experiment.dataset.classnames,
-                                               spec.initial_per_class, spec.seed))
+        if experiment.initial is None:
+            raise RaysvcBug("round 0 needs the experiment's k-shot start: assemble the experiment from this plan")
+        return Selection(query=experiment.initial)
     fields = frozenset(strategy.requires) | strategy.optional
-    pool = make_pool(fields, experiment, learner, pool_features, state, round_)
+    pool = make_pool(fields, experiment, learner, pool_features, state, round_, oracle=strategy.oracle)
     selection = strategy.select(pool, experiment.budget, seed=spec.seed * 1000 + round_)
     if len(selection.query) + len(selection.pseudo) == 0:
         raise RaysvcBug(f"strategy {spec.strategy!r} selected nothing in round {round_}")
@@ -137,17 +148,30 @@ def run_fields(plan: RunPlan, experiment: Experiment, learner: Learner) -> dict:
     }
 
 
+def base_to_novel(test_acc: float, experiment: Experiment, learner: Learner) -> dict[str, float]:
+    """``test_acc_base`` (the run's test accuracy, on the base classes), ``test_acc_novel`` (on the
+    held-out classes, prompted with the learned context) and their harmonic mean ``test_acc_hm``
+    = 2 b n / (b + n), CoOp's and the CB paper's HM (Tab. 3); NaN without base-to-novel."""
+    novel = experiment.novel
+    if novel is None:
+        return dict.fromkeys(("test_acc_base", "test_acc_novel", "test_acc_hm"), float("nan"))
+    acc = _accuracy(learner.novel_class_probs(novel.test, novel.classnames, novel.text_features), novel.test_labels)
+    hm = 2 * test_acc * acc / (test_acc + acc) if test_acc + acc > 0 else 0.0
+    return {"test_acc_base": test_acc, "test_acc_novel": acc, "test_acc_hm": hm}
+
+
 def record(fields: dict, round_: int, state: LoopState, experiment: Experiment, learner: Learner,
            zeroshot_acc: float, select_seconds: float, train_seconds: float, encode_seconds: float) -> dict:
     """The round's row: the labeled set built so far, the learner's test accuracy, the seconds."""
     true_labels = experiment.pool_labels
     n_pseudo = int(state.pseudo.sum())
     pseudo_acc = float((state.labels[state.pseudo] == true_labels[state.pseudo]).mean()) if n_pseudo else float("nan")
+    test_acc = _accuracy(learner.predict_proba("test"), experiment.test_labels)
     return dict(
         fields, round=round_, n_labeled=int(state.labeled.sum()), n_queried=state.n_queried, n_pseudo=n_pseudo,
-        pseudo_acc=pseudo_acc, test_acc=_accuracy(learner.predict_proba("test"), experiment.test_labels),
-        zeroshot_acc=zeroshot_acc, teacher_acc=learner.teacher_accuracy(), select_seconds=select_seconds,
-        train_seconds=train_seconds, encode_seconds=encode_seconds,
+        pseudo_acc=pseudo_acc, test_acc=test_acc, zeroshot_acc=zeroshot_acc, teacher_acc=learner.teacher_accuracy(),
+        select_seconds=select_seconds, train_seconds=train_seconds, encode_seconds=encode_seconds,
+        **base_to_novel(test_acc, experiment, learner),
     )
 
 

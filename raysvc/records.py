@@ -5,8 +5,9 @@ row per image selected in a round (:data:`SELECTION_SCHEMA`). ``SCHEMA_VERSION``
 whenever a column is added, removed or changes meaning, so analysis can refuse to mix
 incompatible runs; :data:`READABLE_VERSIONS` are the versions analysis still reads.
 
-Version history: 1, the records; 2, the selections file beside them (the records'
-columns unchanged, so version-1 runs read as they are, without selections).
+Version history: 1, the records; 2, the selections file beside them and the base-to-novel
+columns (:data:`ADDED_IN_2`), which a version-1 run reads as NaN (it trained on every
+class), without selections.
 """
 
 from __future__ import annotations
@@ -45,9 +46,16 @@ ROUND_COLUMNS = {
     "select_seconds": pa.float64(),
     "train_seconds": pa.float64(),
     "encode_seconds": pa.float64(),  # feature encoding charged to this run (0 on a cache hit)
+    # base-to-novel (RunSpec.base_to_novel): test_acc on the base classes, on the held-out
+    # novel ones, and their harmonic mean; NaN when the run trains on every class (version 2)
+    "test_acc_base": pa.float64(),
+    "test_acc_novel": pa.float64(),
+    "test_acc_hm": pa.float64(),
 }
 
 SCHEMA = pa.schema(list(RUN_COLUMNS.items()) + list(ROUND_COLUMNS.items()))
+# columns a version-1 run lacks; all float, NaN there
+ADDED_IN_2 = ("test_acc_base", "test_acc_novel", "test_acc_hm")
 COLUMNS = SCHEMA.names
 
 

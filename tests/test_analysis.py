@@ -59,7 +59,7 @@ def run_rows(dataset, strategy, seed, accs, pseudo, pseudo_acc, run_id=None, ver
             teacher="", seed=seed, budget=budget, pool_size=100, n_classes=10, schema_version=version,
             round=r, n_labeled=budget * r + n_ps, n_queried=budget * r, n_pseudo=n_ps, pseudo_acc=ps_acc,
             test_acc=acc, zeroshot_acc=0.3, teacher_acc=NAN, select_seconds=select_s, train_seconds=train_s,
-            encode_seconds=encode_s if r == 1 else 0.0,
+            encode_seconds=encode_s if r == 1 else 0.0, test_acc_base=NAN, test_acc_novel=NAN, test_acc_hm=NAN,
         ))  # fmt: skip
     return rows
 

@@ -65,7 +65,7 @@ def rows_for(dataset, strategy, seed, accs, zeroshot=0.3, encode=0.0, run_id=Non
         teacher="", seed=seed, budget=10, pool_size=100, n_classes=10, schema_version=version,
         round=r, n_labeled=10 * (i + 1), n_queried=10 * (i + 1), n_pseudo=0, pseudo_acc=NAN,
         test_acc=acc, zeroshot_acc=zeroshot, teacher_acc=NAN, select_seconds=SELECT_S, train_seconds=TRAIN_S,
-        encode_seconds=encode if i == 0 else 0.0,
+        encode_seconds=encode if i == 0 else 0.0, test_acc_base=NAN, test_acc_novel=NAN, test_acc_hm=NAN,
     ) for i, (r, acc) in enumerate(zip(rounds, accs))]  # fmt: skip
 
 

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -14,7 +15,7 @@ from analysis.load import load_runs, load_selections
 from analysis.selections import class_balance, round_summary
 from raysvc import storage
 from raysvc.cli import main as raysvc
-from raysvc.records import SELECTION_COLUMNS, to_table
+from raysvc.records import ADDED_IN_2, SCHEMA, SELECTION_COLUMNS
 
 
 def _shapes(root, classes=("circle", "square", "star"), n=8):
@@ -114,8 +115,10 @@ def test_runs_of_the_first_record_schema_load_without_selections(tmp_path):
         pseudo_acc=float("nan"), test_acc=0.5, zeroshot_acc=0.4, teacher_acc=float("nan"), select_seconds=0.1,
         train_seconds=0.1, encode_seconds=0.0,
     )  # fmt: skip
-    storage.write_run(tmp_path, "old", to_table([row]), {"schema_version": 1})
-    assert load_runs(tmp_path)["run_id"].tolist() == ["old"]
+    version_1 = pa.Table.from_pylist([row], schema=pa.schema([f for f in SCHEMA if f.name not in ADDED_IN_2]))
+    storage.write_run(tmp_path, "old", version_1, {"schema_version": 1})
+    old = load_runs(tmp_path)
+    assert old["run_id"].tolist() == ["old"] and old[list(ADDED_IN_2)].isna().all(axis=None)
     assert load_selections(tmp_path).empty
 
 

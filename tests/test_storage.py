@@ -24,6 +24,7 @@ def rows(run_id: str, n: int = 3, acc: float = 0.5) -> pa.Table:
         student="", teacher="", seed=0, budget=10, pool_size=100, n_classes=4,
         schema_version=SCHEMA_VERSION, n_pseudo=0, pseudo_acc=float("nan"), zeroshot_acc=0.3,
         teacher_acc=float("nan"), select_seconds=0.1, train_seconds=0.2, encode_seconds=0.0,
+        test_acc_base=float("nan"), test_acc_novel=float("nan"), test_acc_hm=float("nan"),
     )  # fmt: skip
     return to_table(
         [dict(base, round=r, n_labeled=10 * r, n_queried=10 * r, test_acc=acc + r / 100) for r in range(n)]
