@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -42,6 +43,9 @@ class ImageFolder(DatasetSource):
     class Options(Options):
         path: str = option("", "the folder (set by the name)")
         split_file: str | None = option(None, "CoOp-style split JSON: train + val form the pool, test is held out")
+        pool_parts: Literal["train+val", "train"] = option(
+            "train+val", "with a split file, the parts that form the pool; train: no validation image (the pool "
+                         "of APL's and ActiveKD's code, dassl's train_x)")
         skip_bad_images: bool = option(False, "leave out unreadable images (named in the manifest) instead of failing")
 
         def check(self):
@@ -53,7 +57,8 @@ class ImageFolder(DatasetSource):
 
     def load(self) -> ImageDataset:
         o = self.options
-        return image_folder(o.path, split_file=o.split_file, skip_bad_images=o.skip_bad_images)
+        return image_folder(o.path, split_file=o.split_file, skip_bad_images=o.skip_bad_images,
+                            val_in_pool=o.pool_parts == "train+val")
 
 
 def _unreadable(path: Path) -> str | None:
@@ -124,11 +129,13 @@ def image_folder(
     template: str | None = None,
     split_file: str | None = None,
     skip_bad_images: bool = False,
+    val_in_pool: bool = True,
 ) -> ImageDataset:
     """One sub-folder per class (folder name = class name), or a CoOp-style split JSON.
 
     The split JSON maps "train"/"val"/"test" to ``[relative_path, label, classname]``
-    rows; train and val form the pool and test is held out. ``template`` None: CoOp's
+    rows; train and val form the pool (train alone without ``val_in_pool``: the val images are
+    left out) and test is held out. ``template`` None: CoOp's
     template when the folder has one of the usual names, else "a photo of a {}.".
     """
     from raysvc.prompts import COOP_TEMPLATES
@@ -137,7 +144,7 @@ def image_folder(
     name = name or root.name
     template = template or COOP_TEMPLATES.get(root.name.lower(), "a photo of a {}.")
     if split_file:
-        return _coop_split(root, name, Path(split_file).expanduser(), template, skip_bad_images)
+        return _coop_split(root, name, Path(split_file).expanduser(), template, skip_bad_images, val_in_pool)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DatasetError(f"dataset folder {root} has no class sub-folders")
@@ -166,15 +173,19 @@ def image_folder(
         loader=_pil_loader(paths),
         templates=(template,),
         skipped=tuple(skipped),
+        item_ids=tuple(p.relative_to(root).as_posix() for p in paths),
     )
 
 
-def _coop_split(root: Path, name: str, split_file: Path, template: str, skip_bad_images: bool) -> ImageDataset:
+def _coop_split(root: Path, name: str, split_file: Path, template: str, skip_bad_images: bool,
+                val_in_pool: bool = True) -> ImageDataset:
     try:
         split = json.loads(split_file.read_text())
         rows = {part: split.get(part, []) for part in ("train", "val", "test")}
     except (OSError, json.JSONDecodeError, AttributeError) as exc:
         raise DatasetError(f"cannot read split file {split_file}: {exc}") from None
+    if not val_in_pool:
+        rows["val"] = []
     entries = rows["train"] + rows["val"] + rows["test"]
     if not entries:
         raise DatasetError(f"split file {split_file} lists no images")
@@ -210,4 +221,5 @@ def _coop_split(root: Path, name: str, split_file: Path, template: str, skip_bad
         templates=(template,),
         test_indices=test if len(test) else None,
         skipped=tuple(skipped),
+        item_ids=tuple(p.relative_to(root).as_posix() for p in kept),
     )

@@ -38,7 +38,7 @@ _RETRY_CODES = {
     "ThrottlingException", "XMinioServerNotInitialized", "XMinioStorageFull",
 }  # fmt: skip
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "403"}
-_MISSING = {"NoSuchKey", "404", "NotFound"}
+_MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
 
 
 def client_config(endpoint: str | None, connect_timeout: float = CONNECT_TIMEOUT, read_timeout: float = READ_TIMEOUT):
@@ -154,9 +154,9 @@ class S3Store(ObjectStore):
     def _key(self, key: str) -> str:
         return self.prefix + key
 
-    def _call(self, what: str, fn: Callable[[Any], Any]) -> Any:
-        """``fn(client)``; transient failures retried with backoff within the retry window, each
-        attempt's timeouts within what is left of it."""
+    def _call(self, what: str, fn: Callable[[Any], Any], transient_codes: frozenset[str] = frozenset()) -> Any:
+        """``fn(client)``; transient failures (and errors with ``transient_codes``) retried with
+        backoff within the retry window, each attempt's timeouts within what is left of it."""
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         total = retry_window(self.retry_seconds)
@@ -180,7 +180,7 @@ class S3Store(ObjectStore):
                 if code in _DENIED:
                     raise StorageError(one_line(
                         f"S3 access denied while trying to {what} {self} at {endpoint_name()}: {exc}")) from None
-                if not _is_transient(exc):
+                if not (_is_transient(exc) or code in transient_codes):
                     raise StorageError(one_line(f"cannot {what} {self}: {exc}")) from None
                 left = started + total - time.monotonic()
                 if left <= 0:
@@ -207,8 +207,24 @@ class S3Store(ObjectStore):
         return self._call("read from", get)
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        # the JuiceFS gateway answers a put NoSuchKey when a concurrent delete removed the
+        # folder it was writing into (it prunes empty folders): that put goes through again
         self._call("write to", lambda c: c.put_object(
-            Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type))
+            Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type),
+            transient_codes=_MISSING)
+
+    def size(self, key: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        def head(client):
+            try:
+                return int(client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+            except ClientError as exc:
+                if error_code(exc) in _MISSING:
+                    return None
+                raise
+
+        return self._call("read from", head)
 
     def delete(self, key: str) -> None:
         # single DeleteObject calls: JuiceFS's DeleteObjects insists on a Content-MD5 header
