@@ -171,8 +171,10 @@ def _run(grid: Grid, *, resume: bool, skip_existing: bool, verbose: int, callbac
     service = start_encoder_service(settings.features, settings.service_name)
     plans = list(grid.plans)
     if skip_existing:
-        stored = set(storage.list_runs(settings.out))
-        plans = [plan for plan in plans if plan.run_id not in stored]
+        stored = storage.stored_runs(settings.out)
+        for run_id in sorted(set(stored.incomplete) & set(grid.run_ids)):
+            print(f"{run_id}: stored incompletely ({stored.incomplete[run_id]}), run again", flush=True)
+        plans = [plan for plan in plans if plan.run_id not in stored.complete]
     trials = trial_runs(plans, settings.cells_per_trial)
     if verbose:
         print(f"grid {settings.name}: {len(plans)} runs in {len(trials)} trials ({settings.cells_per_trial} per "

@@ -71,6 +71,7 @@ class GridSettings(Options):
     checkpoint_seconds: float = option(30.0, "checkpoint a trial's loop state at most this often (0: every round)")
     max_concurrent_trials: int | None = option(None, "at most this many trials at once")
     storage_path: str | None = option(None, "Tune experiment storage")
+    store_probs: bool = option(False, "also store each round's pool probabilities (float16) with every run")
     description: str = option("", "free text")
 
     def check(self):
@@ -206,7 +207,8 @@ def load_grid(source: str | os.PathLike | dict[str, Any], *, features_overrides:
         values["features"] = FeatureSettings.parse(block, "grid features")
     settings = GridSettings.parse(values, "grid")
     dest = _destination(settings)
-    plans = tuple(cell.resolve(dest) for cell in expand_cells(raw.get("fixed"), raw.get("grid")))
+    plans = tuple(cell.resolve(dest, store_probs=settings.store_probs)
+                  for cell in expand_cells(raw.get("fixed"), raw.get("grid")))
     if not plans:
         raise ConfigError("the grid has no cells")
     ids = [plan.run_id for plan in plans]
