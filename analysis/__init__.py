@@ -6,6 +6,7 @@
 ``clusters``  t-SNE and K-means ARI of image vs class-guided features
 ``gradfam``   GradFAM heatmaps of convolutional image encoders
 ``report``    ``build_report(source, out_dir)``: report.md + CSVs + figures; the CLI entry
+``sections``  the papers' analysis figures by name (``kd_figures``: ActiveKD, ``cb_figures``: CB)
 ``runs``      ``runs_table(source)``: one line per stored run (``python -m analysis.runs SOURCE``)
 
 Submodules import lazily so ``import analysis`` stays cheap (no torch, no matplotlib).

@@ -30,7 +30,8 @@ main and by-round tables start with a ``zero-shot`` row (the backbone with no la
 A run that cannot be read stops the report with an error naming it and what is wrong;
 ``--skip-bad`` reports the other runs instead and names each skipped run on stderr and
 in report.md. Clusters (t-SNE/ARI) and GradFAM need features and a backbone, not
-results: see :mod:`analysis.clusters` and :mod:`analysis.gradfam`.
+results: see :mod:`analysis.clusters` and :mod:`analysis.gradfam`. ``--analysis NAME``
+(repeatable) appends a paper figure's section, its PNGs and CSVs (:mod:`analysis.sections`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import pandas as pd
 
 from analysis import figures as figs
 from analysis.load import SkippedRun, load_results
+from analysis.sections import ANALYSES, Section
 from analysis.tables import (
     BASELINE,
     CONFIG_KEYS,
@@ -106,6 +108,7 @@ class Report:
     files: list[Path]
     n_runs: int
     skipped: list[SkippedRun] = dataclasses.field(default_factory=list)  # runs left out by skip_bad
+    run_ids: tuple[str, ...] = ()  # the runs reported (after filters and skip_bad)
 
     def __str__(self) -> str:
         """What the CLI prints: the main table, accuracy by round per dataset and the oracle
@@ -363,7 +366,8 @@ def build_report(
     markdown = "\n".join(lines)
     (out / "report.md").write_text(markdown, encoding="utf-8")
     files.insert(0, out / "report.md")
-    return Report(out, markdown, tables["main"], tables, figures, files, n_runs, list(skipped))
+    return Report(out, markdown, tables["main"], tables, figures, files, n_runs, list(skipped),
+                  tuple(sorted(set(df["run_id"]))))
 
 
 # ----------------------------------------------------------------------- CLI
@@ -389,7 +393,19 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--target-acc", type=_percent, default=None, metavar="PERCENT",
                         help="one target accuracy in percent (e.g. 62.5) for the labels-to-reach table on every "
                              "dataset (default: the baseline's mean accuracy at --round, else at its last round)")
+    parser.add_argument("--analysis", action="append", default=None, choices=tuple(ANALYSES), metavar="NAME",
+                        help="also run this paper-figure analysis on the reported runs and append its section to "
+                             f"report.md (repeatable): {', '.join(ANALYSES)}")
     return parser
+
+
+def append_analyses(report: Report, source, names) -> list[Section]:
+    """Run the analyses ``names`` on the report's runs into its folder and append their sections to report.md."""
+    sections = [ANALYSES[name](source, report.out_dir, run_ids=report.run_ids) for name in names]
+    path = report.out_dir / "report.md"
+    text = path.read_text(encoding="utf-8").rstrip("\n") + "\n\n"
+    path.write_text(text + "\n".join(s.to_markdown(report.out_dir) for s in sections), encoding="utf-8")
+    return sections
 
 
 def _percent(text: str) -> float:
@@ -421,6 +437,8 @@ def run_report(args: argparse.Namespace) -> int:
         baseline=getattr(args, "baseline", None), target_acc=getattr(args, "target_acc", None),
     )
     print_skipped(report.skipped)
+    if getattr(args, "analysis", None):
+        append_analyses(report, args.source, args.analysis)
     print(report)
     return 0
 
