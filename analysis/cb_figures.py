@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from analysis.clusters import cluster_analysis, kmeans_ari
 from analysis.sections import Section, figure_grid, file_name, frame_markdown, mean_over_seeds, save_figure, section
@@ -136,6 +137,7 @@ def label_accuracy(source, out: Path, *, run_ids: Sequence[str] | None = None) -
     axes[1].set_title("oracle queries so far")
     for ax in axes:
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize="small")
     fig.suptitle("CB Fig. 7: constructed datasets")
     path = save_figure(fig, out / "cb_fig7b.png")
@@ -176,6 +178,7 @@ def clustering_by_round(source, out: Path, *, run_ids: Sequence[str] | None = No
         line, = axes[0].plot(part["round"], part["ari_guided"], marker="o", label=f"{name}: class-guided")
         axes[0].plot(part["round"], part["ari_image"], linestyle="--", color=line.get_color(), label=f"{name}: image")
     axes[0].set_xlabel("round")
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("K-means ARI")
     axes[0].legend(fontsize="x-small")
     fig.suptitle("CB Fig. 15: class-guided clustering across rounds")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 from sklearn.cluster import KMeans
 
 from analysis.sections import Section, figure_grid, file_name, frame_markdown, mean_over_seeds, save_figure, section
@@ -153,6 +154,7 @@ def _round_panels(agg: pd.DataFrame, metrics: dict[str, str], path: Path, title:
             ax.plot(part["round"], part[column], marker="o", label=str(label))
         ax.set_title(name)
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 5), fontsize="small")
     fig.suptitle(title)
