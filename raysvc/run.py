@@ -16,7 +16,7 @@ from typing import Any
 from raysvc import provenance
 from raysvc.datasets import load_dataset
 from raysvc.experiment import Encode, Experiment, LoadDataset, assemble
-from raysvc.learners import TrainRunner
+from raysvc.learners import LocalRunner, TrainRunner
 from raysvc.loop import LoopState, run_loop
 from raysvc.records import to_table
 from raysvc.spec import RunPlan
@@ -82,7 +82,9 @@ def execute(
     start = time.perf_counter()
     experiment = assemble(plan, encode, load)
     hooks.started(plan, experiment)
+    runner = runner or LocalRunner()
     rows = run_loop(plan, experiment, runner, state, hooks.round_done)
+    context = {**(context or {}), "training": runner.placement(plan.learner.cls)}  # workers used, and why
     manifest = run_manifest(plan, experiment, time.perf_counter() - start, revision, context)
     if plan.dest is not None:
         manifest = write_run(plan.dest, plan.run_id, to_table(rows), manifest)
