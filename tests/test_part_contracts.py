@@ -14,7 +14,7 @@ from raysvc.datasets import DATASETS, load_dataset
 from raysvc.learners import LEARNERS, LocalRunner, make_learner
 
 # a member of every family, so a family is exercised too (random weights: no hub access)
-FAMILY_MEMBERS = {"open_clip:<model>[:<pretrained tag|checkpoint path|random>]": "open_clip:RN50"}
+FAMILY_MEMBERS = {"open_clip:<model>:<pretrained tag|checkpoint path|random>": "open_clip:RN50:random"}
 
 
 def _backbone_names() -> list[str]:
