@@ -622,7 +622,7 @@ class KDLearner(Learner):
         }, data_parallel=self.data_parallel)
         round_seconds = time.perf_counter() - start
         pool, test = result["pool"], result["test"]
-        state = {"pool_embeddings": pool["h"].astype(np.float32), "fits": np.array(fits + 1)}
+        state = {"pool_embeddings": pool["h"].astype(np.float32, copy=False), "fits": np.array(fits + 1)}
         if teacher is None:
             state["pool_probs"] = _softmax(pool["z_ce"]).astype(np.float32)
             state["test_probs"] = _softmax(test["z_ce"]).astype(np.float32)
