@@ -5,14 +5,16 @@ Every function takes results (a destination, a records DataFrame or the output o
 ``backbone=``, ...), and returns a :class:`FigureResult`: the PNG's path, the number of
 curves drawn per panel (panel title -> count) and the matplotlib Figure itself, so a
 caller can check what was drawn (``len(ax.get_lines())`` per axes equals the count:
-every curve is exactly one Line2D; std bands are PolyCollections, the zero-shot
+every curve is exactly one Line2D; bands are PolyCollections, the zero-shot
 baseline is a dashed LineCollection, legends live on the figure, not on an axes).
 
 One curve per configuration (strategy plus any other configuration key that varies),
 with the same colour for a configuration in every panel. Lines are means over seeds;
-bands are ± one std (ddof=1) over seeds and are left out where std is undefined (one
-seed). The legend says over how many seeds: its title gives n when every curve has the
-same n, otherwise each curve's entry does ("random (n = 2)").
+bands are ± the ``spread`` over seeds: one std (ddof=1, the default) or the 95%
+confidence interval of the mean (``spread="ci95"``, Student t; see
+:mod:`analysis.tables`), left out where it is undefined (one seed). The legend says
+which, and over how many seeds: its title gives n when every curve has the same n,
+otherwise each curve's entry does ("random (n = 2)").
 
 The accuracy figures draw the zero-shot accuracy (the backbone with no labels; mean
 over the runs of that dataset and backbone, see
@@ -35,10 +37,13 @@ from matplotlib.ticker import MaxNLocator
 from analysis.tables import (
     AVERAGE,
     METRIC_LABELS,
+    SPREADS,
     ZEROSHOT,
     _as_aggregate,
     _wants_zeroshot,
+    check_spread,
     is_accuracy,
+    key_text,
     row_keys,
     select,
     zeroshot_baseline,
@@ -61,9 +66,9 @@ class FigureResult:
         return list(self.curves)
 
 
-def _label(key) -> str:
+def _label(keys: list[str], key) -> str:
     parts = key if isinstance(key, tuple) else (key,)
-    return " / ".join(str(p) if str(p) != "" else "-" for p in parts)
+    return " / ".join(key_text(k, p) if str(p) != "" else "-" for k, p in zip(keys, parts))
 
 
 def _grid(n: int, title: str) -> tuple[Figure, list]:
@@ -86,7 +91,7 @@ def _colours(labels: list[str]) -> dict[str, tuple]:
 
 
 def _curve(ax, x, y, s, colour, label, band: bool = True) -> bool:
-    """One mean curve (a Line2D) and its ± std band where defined; True when a band was drawn."""
+    """One mean curve (a Line2D) and its ± ``s`` band where defined; True when a band was drawn."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     ax.plot(x, y, marker="o", markersize=3, color=colour, label=label)
     if band and s is not None:
@@ -100,11 +105,12 @@ def _curve(ax, x, y, s, colour, label, band: bool = True) -> bool:
 
 
 class _Seeds:
-    """Seeds per curve (from ``n_seeds`` of what was drawn) and which curves got a band."""
+    """Seeds per curve (from ``n_seeds`` of what was drawn) and which curves got a band (of ``spread``)."""
 
-    def __init__(self):
+    def __init__(self, spread: str = "std"):
         self.n: dict[str, set] = {}
         self.banded: set[str] = set()
+        self.spread = SPREADS[check_spread(spread)]
 
     def add(self, label: str, part: pd.DataFrame, banded: bool) -> None:
         self.n.setdefault(label, set()).update(int(v) for v in part["n_seeds"])
@@ -123,13 +129,14 @@ class _Seeds:
         kinds = {frozenset(v) for v in self.n.values()}
         if len(kinds) == 1 and len(next(iter(kinds))) == 1:
             (n,) = next(iter(kinds))
-            title = f"mean ± std over n = {n} seeds" if n > 1 else "one seed per curve (n = 1): no std band"
-            return {}, title
+            if n > 1:
+                return {}, f"mean ± {self.spread} over n = {n} seeds"
+            return {}, f"one seed per curve (n = 1): no {self.spread} band"
         texts = {}
         for label, values in self.n.items():
             note = self._n(values) + ("" if label in self.banded else ", no band")
             texts[label] = f"{label} ({note})"
-        return texts, "mean ± std over n seeds (n per curve)"
+        return texts, f"mean ± {self.spread} over n seeds (n per curve)"
 
 
 def _zeroshot(ax, values: dict[str, float], x_lo: float, x_hi: float) -> int:
@@ -183,13 +190,15 @@ def _configs(sel: pd.DataFrame) -> tuple[list[str], dict[str, pd.DataFrame], dic
     keys = row_keys(sel)
     groups = {}
     for key, part in sel.groupby(keys, sort=True, dropna=False):
-        groups[_label(key)] = part
+        groups[_label(keys, key)] = part
     labels = list(groups)
     return keys, groups, _colours(labels)
 
 
-def accuracy_vs_round(data, out_path, metric: str = "test_acc", average: bool = True, **filters) -> FigureResult:
-    """``metric`` vs round, mean ± std band; one panel per dataset plus an Average panel.
+def accuracy_vs_round(
+    data, out_path, metric: str = "test_acc", average: bool = True, spread: str = "std", **filters
+) -> FigureResult:
+    """``metric`` vs round, mean ± ``spread`` band; one panel per dataset plus an Average panel.
 
     The Average panel (drawn when there are two or more datasets) shows, per
     configuration, the mean over datasets at each round every dataset reached; a
@@ -204,7 +213,7 @@ def accuracy_vs_round(data, out_path, metric: str = "test_acc", average: bool = 
     fig, axes = _grid(len(panels), f"{label} by round")
     scale = 100.0 if is_accuracy(metric) else 1.0
     zeroshot = _zeroshot_by_panel(sel, datasets, scale) if _wants_zeroshot(metric) else {}
-    seeds = _Seeds()
+    seeds = _Seeds(spread)
     curves = {}
     for ax, panel in zip(axes, panels):
         n = 0
@@ -219,7 +228,7 @@ def accuracy_vs_round(data, out_path, metric: str = "test_acc", average: bool = 
                 p = part[part["dataset"] == panel].sort_values("round")
                 if p.empty:
                     continue
-                banded = _curve(ax, p["round"], p[f"{metric}_mean"] * scale, p[f"{metric}_std"] * scale,
+                banded = _curve(ax, p["round"], p[f"{metric}_mean"] * scale, p[f"{metric}_{spread}"] * scale,
                                 colours[lab], lab)
                 seeds.add(lab, p, banded)
             n += 1
@@ -246,8 +255,8 @@ def _zeroshot_by_panel(sel: pd.DataFrame, datasets: list[str], scale: float) -> 
     return out
 
 
-def accuracy_vs_queries(data, out_path, metric: str = "test_acc", **filters) -> FigureResult:
-    """``metric`` vs oracle queries spent (mean over seeds), one panel per dataset, std band in y.
+def accuracy_vs_queries(data, out_path, metric: str = "test_acc", spread: str = "std", **filters) -> FigureResult:
+    """``metric`` vs oracle queries spent (mean over seeds), one panel per dataset, ``spread`` band in y.
 
     Accuracy metrics get the dashed zero-shot line (zero queries spent) per backbone.
     """
@@ -258,7 +267,7 @@ def accuracy_vs_queries(data, out_path, metric: str = "test_acc", **filters) -> 
     fig, axes = _grid(len(datasets), f"{label} vs oracle queries spent")
     scale = 100.0 if is_accuracy(metric) else 1.0
     zeroshot = _zeroshot_by_panel(sel, datasets, scale) if _wants_zeroshot(metric) else {}
-    seeds = _Seeds()
+    seeds = _Seeds(spread)
     curves = {}
     for ax, panel in zip(axes, datasets):
         n = 0
@@ -266,7 +275,7 @@ def accuracy_vs_queries(data, out_path, metric: str = "test_acc", **filters) -> 
             p = part[part["dataset"] == panel].sort_values("round")
             if p.empty:
                 continue
-            banded = _curve(ax, p["n_queried_mean"], p[f"{metric}_mean"] * scale, p[f"{metric}_std"] * scale,
+            banded = _curve(ax, p["n_queried_mean"], p[f"{metric}_mean"] * scale, p[f"{metric}_{spread}"] * scale,
                             colours[lab], lab)
             seeds.add(lab, p, banded)
             n += 1
@@ -281,7 +290,7 @@ def accuracy_vs_queries(data, out_path, metric: str = "test_acc", **filters) -> 
     return FigureResult(_finish(fig, axes, out_path, colours, seeds), curves, fig)
 
 
-def queries_saved(data, out_path, **filters) -> FigureResult:
+def queries_saved(data, out_path, spread: str = "std", **filters) -> FigureResult:
     """Oracle queries saved by selective querying (labeled - queried, cumulative) per round.
 
     One panel per dataset; only configurations that saved a query somewhere on that
@@ -291,7 +300,7 @@ def queries_saved(data, out_path, **filters) -> FigureResult:
     _, groups, colours = _configs(sel)
     datasets = sorted(sel["dataset"].unique())
     fig, axes = _grid(len(datasets), "oracle queries saved by selective querying")
-    seeds = _Seeds()
+    seeds = _Seeds(spread)
     curves = {}
     for ax, panel in zip(axes, datasets):
         n = 0
@@ -299,7 +308,7 @@ def queries_saved(data, out_path, **filters) -> FigureResult:
             p = part[part["dataset"] == panel].sort_values("round")
             if p.empty or not (p["saved_mean"].fillna(0) > 0).any():
                 continue
-            seeds.add(lab, p, _curve(ax, p["round"], p["saved_mean"], p["saved_std"], colours[lab], lab))
+            seeds.add(lab, p, _curve(ax, p["round"], p["saved_mean"], p[f"saved_{spread}"], colours[lab], lab))
             n += 1
         if n == 0:
             ax.text(0.5, 0.5, NO_DATA, ha="center", va="center", transform=ax.transAxes, color="grey")

@@ -6,8 +6,8 @@ or ``s3://BUCKET[/PREFIX]``, laid out as ``DEST/runs/<run_id>/records.parquet`` 
 
 Every run is checked against :data:`raysvc.records.SCHEMA` before anything is mixed:
 
-* its ``schema_version`` (the column, else the manifest's) must equal
-  :data:`raysvc.records.SCHEMA_VERSION`; runs written under another version are named
+* its ``schema_version`` (the column, else the manifest's) must be one of
+  :data:`raysvc.records.READABLE_VERSIONS`; runs written under another version are named
   in one :class:`SchemaMismatchError` (they are never silently mixed in);
 * it must have exactly the schema's columns, with the schema's types and no nulls
   (float metrics may be NaN: ``pseudo_acc`` without pseudo-labels, ``teacher_acc``
@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from raysvc import storage
 from raysvc.errors import AnalysisError, BadRunError, CorruptRunError, EmptySourceError, SchemaMismatchError
-from raysvc.records import COLUMNS, RUN_COLUMNS, SCHEMA, SCHEMA_VERSION
+from raysvc.records import ADDED_IN_2, COLUMNS, READABLE_VERSIONS, RUN_COLUMNS, SCHEMA, SELECTION_COLUMNS, SELECTIONS
 
 # how many offending runs an error message names before it says "and N more"
 _NAMED = 8
@@ -78,6 +78,18 @@ def _run_version(table: pa.Table, manifest: dict) -> object:
         if len(values) > 1:
             return "mixed " + "/".join(map(str, sorted(values)))
     return manifest.get("schema_version") if isinstance(manifest, dict) else None
+
+
+def upgraded(table: pa.Table, manifest: dict) -> pa.Table:
+    """A version-1 run's records with the columns version 2 added (NaN: it trained on every
+    class, so it has no base/novel accuracies); other runs as they are."""
+    if _run_version(table, manifest) != 1:
+        return table
+    for column in ADDED_IN_2:
+        if column not in table.column_names:
+            table = table.append_column(pa.field(column, pa.float64()),
+                                        pa.array([float("nan")] * table.num_rows, pa.float64()))
+    return table
 
 
 def _schema_parts(table: pa.Table) -> list[str]:
@@ -123,13 +135,16 @@ def _row_parts(run_id: str, table: pa.Table) -> list[str]:
     return parts
 
 
+READS = f"versions {', '.join(map(str, READABLE_VERSIONS))}"
+
+
 def run_problem(run_id: str, table: pa.Table, manifest: dict) -> str | None:
     """Why one readable run cannot be analysed with the others, in plain words; None when it can."""
     version = _run_version(table, manifest)
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         return (
             f"written with record schema version {'unknown' if version is None else version} "
-            f"(this raysvc reads version {SCHEMA_VERSION})"
+            f"(this raysvc reads {READS})"
         )
     parts = _schema_parts(table)
     if parts:
@@ -152,12 +167,12 @@ def check_runs(runs: Iterable, source: str = "the source") -> pa.Table:
     wrong_version = []
     for run_id, table, manifest in runs:
         version = _run_version(table, manifest)
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             wrong_version.append(f"{run_id!r} (version {'unknown' if version is None else version})")
     if wrong_version:
         raise SchemaMismatchError(
             f"{len(wrong_version)} of {len(runs)} runs in {source} were written with another record schema "
-            f"than this raysvc reads (version {SCHEMA_VERSION}): {_names(wrong_version)}; "
+            f"than this raysvc reads ({READS}): {_names(wrong_version)}; "
             f"analyse them with the raysvc version that wrote them, or re-run them "
             f"(--skip-bad leaves them out)"
         )
@@ -169,7 +184,7 @@ def check_runs(runs: Iterable, source: str = "the source") -> pa.Table:
     if problems:
         raise SchemaMismatchError(
             f"{len(problems)} of {len(runs)} runs in {source} do not match the record schema "
-            f"version {SCHEMA_VERSION}: {_names(problems)} (--skip-bad leaves them out)"
+            f"{READS}: {_names(problems)} (--skip-bad leaves them out)"
         )
     tables = [table.select(COLUMNS).cast(SCHEMA) for _, table, _ in runs]
     return pa.concat_tables(tables)
@@ -184,12 +199,12 @@ def check_frame(df: pd.DataFrame, source: str = "the results") -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise SchemaMismatchError(f"run records in {source} lack columns: {', '.join(missing)}")
-    versions = sorted(set(df["schema_version"].tolist()))
-    if versions != [SCHEMA_VERSION]:
-        bad = sorted(set(df.loc[df["schema_version"] != SCHEMA_VERSION, "run_id"].astype(str)))
+    unreadable = ~df["schema_version"].isin(READABLE_VERSIONS)
+    if unreadable.any():
+        bad = sorted(set(df.loc[unreadable, "run_id"].astype(str)))
         raise SchemaMismatchError(
             f"runs in {source} were written with another record schema than this raysvc reads "
-            f"(version {SCHEMA_VERSION}): {_names([repr(b) for b in bad])}"
+            f"({READS}): {_names([repr(b) for b in bad])}"
         )
     dup = df.duplicated(["run_id", "round"], keep=False)
     if dup.any():
@@ -263,7 +278,7 @@ def load_results(source, *, skip_bad: bool = False, retry_seconds: float | None 
         return Loaded(check_frame(source), [], "a DataFrame")
     name = os.fspath(source)
     runs, skipped = read_results(source, skip_bad=skip_bad, retry_seconds=retry_seconds)
-    triples = [(r[0], r[1], r[2]) for r in runs]
+    triples = [(run_id, upgraded(table, manifest), manifest) for run_id, table, manifest in runs]
     if skip_bad:
         kept = []
         for run_id, table, manifest in triples:
@@ -297,6 +312,38 @@ def load_runs(source, *, retry_seconds: float | None = None) -> pd.DataFrame:
     return load_results(source, retry_seconds=retry_seconds).records
 
 
+def load_selections(source, run_ids: Sequence[str] | None = None, *,
+                    retry_seconds: float | None = None) -> pd.DataFrame:
+    """What each round of the runs under ``source`` (or just ``run_ids``) selected: one row per
+    selected image, ``run_id`` and the columns of :data:`raysvc.records.SELECTION_SCHEMA`, sorted
+    by run, round, kind (queries first) and position. Runs stored before selections were
+    (record schema 1) add no row. A selections file that does not match its manifest's
+    checksum is a :class:`BadRunError` naming the run."""
+    import pyarrow.parquet as pq
+
+    name = os.fspath(source)
+    frames, bad = [], []
+    for run in storage.read_runs(source, None if run_ids is None else list(run_ids), retry_seconds=retry_seconds):
+        try:
+            raw = storage.read_run_file(source, run, SELECTIONS, retry_seconds=retry_seconds)
+        except CorruptRunError as exc:
+            bad.append(SkippedRun(run.run_id, exc.reason))
+            continue
+        if raw is None:
+            continue
+        frame = pq.read_table(pa.BufferReader(raw)).to_pandas()
+        frame.insert(0, "run_id", run.run_id)
+        frames.append(frame)
+    if bad:
+        raise _bad_runs_error(name, bad, len(bad))
+    if not frames:
+        return pd.DataFrame(columns=["run_id", *SELECTION_COLUMNS])
+    out = pd.concat(frames, ignore_index=True)
+    order = out["kind"].map({"query": 0, "pseudo": 1})
+    return out.assign(_order=order).sort_values(["run_id", "round", "_order", "position"], kind="stable").drop(
+        columns="_order").reset_index(drop=True)
+
+
 __all__ = [
-    "Loaded", "SkippedRun", "check_frame", "check_runs", "load_results", "load_runs", "read_results", "run_problem",
+    "Loaded", "SkippedRun", "check_frame", "load_selections", "check_runs", "load_results", "load_runs", "read_results", "run_problem",
 ]  # fmt: skip

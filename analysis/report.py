@@ -3,22 +3,34 @@
 :func:`build_report` loads the runs under ``SOURCE`` (local path, ``file://`` or
 ``s3://``; see :mod:`analysis.load`), and writes to ``DIR``:
 
-``report.md``             runs overview, main table, by-round tables, queries, timing,
-                          one-time encoding, figures, skipped runs (``--skip-bad``)
+``report.md``             runs overview, main table, AULC, paired differences against a
+                          baseline, labels to reach an accuracy, by-round tables, queries,
+                          timing, one-time encoding, figures, skipped runs (``--skip-bad``)
 ``main.csv``              the main table: strategies x datasets at the chosen round (+ Average)
+``aulc.csv``              AULC vs labeled images: strategies x datasets (+ Average)
+``aulc_queries.csv``      AULC vs oracle queries: strategies x datasets (+ Average)
+``paired.csv``            per configuration, dataset and quantity (accuracy at the round, AULC):
+                          the paired difference against the baseline, its 95% CI and outcome
+``reach.csv``             labeled images and oracle queries to reach the target accuracy
 ``rounds_<dataset>.csv``  strategies x rounds per dataset
 ``queries.csv``           oracle queries vs labeled-set size, saved, pseudo-label accuracy
 ``timing.csv``            seconds per stage (select, train; the one-time encoding is in report.md)
-``aggregate.csv``         mean/std/n_seeds of every metric per configuration and round
+``aggregate.csv``         mean/std/ci95/n_seeds of every metric per configuration and round
 ``records.csv``           the raw rows that were analysed
 ``accuracy_vs_round.png``, ``accuracy_vs_queries.png``, ``queries_saved.png``
 
 CSV numbers are unscaled (accuracies as fractions); markdown prints accuracies in
-percent. The main and by-round tables start with a ``zero-shot`` row (the backbone with
-no labels). A run that cannot be read stops the report with an error naming it and what
-is wrong; ``--skip-bad`` reports the other runs instead and names each skipped run on
-stderr and in report.md. Clusters (t-SNE/ARI) and GradFAM need features and a backbone, not results:
-see :mod:`analysis.clusters` and :mod:`analysis.gradfam`.
+percent. ``--spread std|ci95`` chooses what every table's ± and every figure's band is
+(one std over seeds, or the 95% CI of the mean; the paired differences always show
+their 95% CI). ``--baseline`` names the strategy the paired differences and the default
+target accuracy refer to (default ``random``, left out with a note when there is no
+such run); ``--target-acc`` sets one target accuracy (percent) for every dataset instead
+of the baseline's final accuracy. The definitions are in :mod:`analysis.tables`. The
+main and by-round tables start with a ``zero-shot`` row (the backbone with no labels).
+A run that cannot be read stops the report with an error naming it and what is wrong;
+``--skip-bad`` reports the other runs instead and names each skipped run on stderr and
+in report.md. Clusters (t-SNE/ARI) and GradFAM need features and a backbone, not
+results: see :mod:`analysis.clusters` and :mod:`analysis.gradfam`.
 """
 
 from __future__ import annotations
@@ -35,14 +47,24 @@ import pandas as pd
 from analysis import figures as figs
 from analysis.load import SkippedRun, load_results
 from analysis.tables import (
+    BASELINE,
     CONFIG_KEYS,
+    KEY_HEADERS,
+    SPREADS,
     Table,
     aggregate,
+    aulc_table,
+    check_spread,
     encoding_table,
+    key_text,
     markdown_table,
+    paired_differences,
+    paired_table,
     paper_tables,
     queries_table,
+    reach_table,
     timing_table,
+    with_derived,
 )
 from raysvc import storage
 from raysvc.entry import Parser, entry_point
@@ -51,11 +73,25 @@ from raysvc.records import SCHEMA_VERSION
 
 ACCURACY_METRICS = ("test_acc", "zeroshot_acc", "teacher_acc", "pseudo_acc")
 FILTER_KEYS = ("dataset", "strategy", "learner", "backbone")
-FIGURE_CAPTION = (
-    "Lines are means over seeds; shaded bands are ± one standard deviation over seeds (n seeds as the "
-    "legend says; no band for a single seed). The Average panel shows the mean of the dataset means, "
-    "without a band. The dashed line is the zero-shot accuracy (the backbone with no labels)."
-)
+BANDS = {
+    "std": "± one standard deviation over seeds",
+    "ci95": "± the 95% confidence interval of the mean over seeds (Student t)",
+}
+CELLS = {
+    "std": "Cells are mean ± std over seeds (sample std, ddof=1; the ± is left out for a single seed)",
+    "ci95": "Cells are mean ± the 95% confidence interval of the mean over seeds (Student t: t_{0.975, n-1} · "
+            "std / √n, std with ddof=1; the ± is left out for a single seed)",
+}  # fmt: skip
+
+
+def figure_caption(spread: str = "std", average: bool = True) -> str:
+    """The caption under an accuracy figure: what lines, bands and the dashed line are."""
+    parts = [f"Lines are means over seeds; shaded bands are {BANDS[spread]} (n seeds as the legend says; no band "
+             "for a single seed)."]
+    if average:
+        parts.append("The Average panel shows the mean of the dataset means, without a band.")
+    parts.append("The dashed line is the zero-shot accuracy (the backbone with no labels).")
+    return " ".join(parts)
 
 
 @dataclasses.dataclass
@@ -63,7 +99,8 @@ class Report:
     out_dir: Path
     markdown: str
     main: Table
-    # "main", "rounds/<dataset>", "queries" (when any pseudo-label), "timing", "encoding"
+    # "main", "aulc", "aulc_queries", "paired/<quantity>" and "reach" (with a baseline or a target),
+    # "rounds/<dataset>", "queries" (when any pseudo-label), "timing", "encoding"
     tables: dict[str, Table]
     figures: dict[str, figs.FigureResult]  # "accuracy_vs_round", "accuracy_vs_queries", "queries_saved"
     files: list[Path]
@@ -99,12 +136,50 @@ def _filter_records(df: pd.DataFrame, filters: dict) -> pd.DataFrame:
 def runs_overview(df: pd.DataFrame) -> str:
     """Markdown: one row per configuration with its seeds and rounds."""
     rows = []
-    for key, part in df.groupby(list(CONFIG_KEYS), sort=True, dropna=False):
+    for key, part in with_derived(df).groupby(list(CONFIG_KEYS), sort=True, dropna=False):
         seeds = sorted(set(part["seed"].tolist()))
         rounds = part.groupby("run_id")["round"].max()
         span = str(rounds.min()) if rounds.min() == rounds.max() else f"{rounds.min()}-{rounds.max()}"
-        rows.append([*(str(k) if str(k) else "-" for k in key), str(len(seeds)), ", ".join(map(str, seeds)), span])
-    return markdown_table([*CONFIG_KEYS, "runs", "seeds", "rounds"], rows, n_left=len(CONFIG_KEYS))
+        labels = (key_text(k, v) if str(v) else "-" for k, v in zip(CONFIG_KEYS, key))
+        rows.append([*labels, str(len(seeds)), ", ".join(map(str, seeds)), span])
+    header = [KEY_HEADERS.get(k, k) for k in CONFIG_KEYS]
+    return markdown_table([*header, "runs", "seeds", "rounds"], rows, n_left=len(CONFIG_KEYS))
+
+
+def _curve_sections(tables: dict, baseline: str, has_baseline: bool, paired, no_reach: str) -> list[str]:
+    """report.md's AULC, paired-difference and reach sections (or a line saying why one is missing)."""
+    lines = [
+        "## Area under the learning curve",
+        "",
+        tables["aulc"].title + ". Per run, the area under accuracy vs labeled images (trapezoid rule over its "
+        "rounds) divided by the run's range of labeled images: the mean accuracy over the labels it spent, so a "
+        "constant accuracy a gives a. The zero-shot row is such a constant curve. The Average is over datasets, "
+        "only for rows present in all of them.",
+        "",
+        tables["aulc"].to_markdown(),
+        "",
+        tables["aulc_queries"].title + ": the same against oracle queries, each run over the queries it spent "
+        "(selective querying spends fewer, so its range is shorter).",
+        "",
+        tables["aulc_queries"].to_markdown(),
+        "",
+        f"## Paired differences against {baseline}",
+        "",
+    ]
+    if not has_baseline:
+        lines += [f"No run of {baseline!r} to pair with (`--baseline` names another strategy).", ""]
+    elif paired.empty:
+        lines += [f"No configuration shares a dataset, learner, backbone, student, budget and seed with {baseline}.",
+                  ""]
+    for key, table in tables.items():
+        if key.startswith("paired/"):
+            lines += [table.title + ".", "", table.to_markdown(), ""]
+    lines += ["## Labels needed to reach an accuracy", ""]
+    if "reach" in tables:
+        lines += [tables["reach"].title + ".", "", tables["reach"].to_markdown(), ""]
+    else:
+        lines += [no_reach, ""]
+    return lines
 
 
 def build_report(
@@ -116,6 +191,9 @@ def build_report(
     filters: dict | None = None,
     retry_seconds: float | None = None,
     skip_bad: bool = False,
+    spread: str = "std",
+    baseline: str | None = None,
+    target_acc: float | None = None,
 ) -> Report:
     """Write report.md, CSVs and PNGs for the runs under ``source`` into ``out_dir``.
 
@@ -124,14 +202,27 @@ def build_report(
     ``filters`` maps dataset/strategy/learner/backbone to a value or list to keep.
     ``skip_bad`` leaves out runs that cannot be read or do not match the record schema
     (see :func:`analysis.load.load_results`) and lists them in ``Report.skipped`` and
-    report.md; without it such a run raises an error naming it.
+    report.md; without it such a run raises an error naming it. ``spread`` (``std`` or
+    ``ci95``) is every table's ± and every figure's band. ``baseline`` is the strategy the
+    paired differences and the default target refer to (None: ``random``, and the
+    sections say so when there is no such run; a named baseline without runs is an
+    error); ``target_acc`` (a fraction) one target accuracy for every dataset.
     """
     if metric not in ACCURACY_METRICS:
         raise AnalysisError(f"metric must be one of {', '.join(ACCURACY_METRICS)}, got {metric!r}")
+    check_spread(spread)
+    if target_acc is not None and not 0 < target_acc <= 1:
+        raise AnalysisError(f"the target accuracy is a fraction in (0, 1], got {target_acc!r}")
     name = "a DataFrame" if isinstance(source, pd.DataFrame) else os.fspath(source)
     loaded = load_results(source, skip_bad=skip_bad, retry_seconds=retry_seconds)
     skipped = loaded.skipped
     df = _filter_records(loaded.records, filters or {})
+    if baseline is not None and baseline not in set(df["strategy"]):
+        raise AnalysisError(
+            f"no runs of the baseline strategy {baseline!r}; the results hold {', '.join(sorted(set(df['strategy'])))}"
+        )
+    baseline = baseline or BASELINE
+    has_baseline = baseline in set(df["strategy"])
     agg = aggregate(df)
     out = Path(out_dir)
     try:
@@ -145,15 +236,34 @@ def build_report(
         frame.to_csv(path, index=False)
         files.append(path)
 
-    tables = paper_tables(agg, metric, at_round)
+    tables = paper_tables(agg, metric, at_round, spread=spread)
+    tables["aulc"] = aulc_table(df, "n_labeled", metric, at_round, spread=spread)
+    tables["aulc_queries"] = aulc_table(df, "n_queried", metric, at_round, spread=spread)
+    paired = paired_differences(df, baseline, metric, at_round) if has_baseline else None
+    if paired is not None and not paired.empty:
+        for quantity in (metric, "aulc"):
+            if (paired["quantity"] == quantity).any():
+                tables[f"paired/{quantity}"] = paired_table(paired, quantity, metric)
+    no_reach = f"No run of {baseline!r} to take the target from: `--target-acc` sets one."
+    if has_baseline or target_acc is not None:
+        try:
+            tables["reach"] = reach_table(agg, metric, target_acc, baseline, at_round, spread)
+        except AnalysisError as e:  # the baseline lacks the chosen round: the report says so and goes on
+            no_reach = f"No target accuracy: {e}."
     if (agg["n_pseudo_mean"].fillna(0) > 0).any():
-        tables["queries"] = queries_table(agg, only_selective=True)
-    tables["timing"] = timing_table(df)
+        tables["queries"] = queries_table(agg, only_selective=True, spread=spread)
+    tables["timing"] = timing_table(df, spread=spread)
     tables["encoding"] = encoding_table(df)
 
     csv(df, "records.csv")
     csv(agg, "aggregate.csv")
     csv(tables["main"].to_frame(), "main.csv")
+    csv(tables["aulc"].to_frame(), "aulc.csv")
+    csv(tables["aulc_queries"].to_frame(), "aulc_queries.csv")
+    if paired is not None:
+        csv(paired, "paired.csv")
+    if "reach" in tables:
+        csv(tables["reach"].to_frame(), "reach.csv")
     for key, table in tables.items():
         if key.startswith("rounds/"):
             csv(table.to_frame(), f"rounds_{_safe(key.removeprefix('rounds/'))}.csv")
@@ -162,9 +272,9 @@ def build_report(
     csv(tables["timing"].to_frame(), "timing.csv")
 
     figures = {
-        "accuracy_vs_round": figs.accuracy_vs_round(agg, out / "accuracy_vs_round.png", metric),
-        "accuracy_vs_queries": figs.accuracy_vs_queries(agg, out / "accuracy_vs_queries.png", metric),
-        "queries_saved": figs.queries_saved(agg, out / "queries_saved.png"),
+        "accuracy_vs_round": figs.accuracy_vs_round(agg, out / "accuracy_vs_round.png", metric, spread=spread),
+        "accuracy_vs_queries": figs.accuracy_vs_queries(agg, out / "accuracy_vs_queries.png", metric, spread=spread),
+        "queries_saved": figs.queries_saved(agg, out / "queries_saved.png", spread=spread),
     }
     files += [f.path for f in figures.values()]
 
@@ -179,9 +289,9 @@ def build_report(
         "",
         f"Source: `{name}` — {n_runs} runs, "
         f"{df['dataset'].nunique()} datasets, {df['strategy'].nunique()} strategies, record schema "
-        f"version {SCHEMA_VERSION}. Cells are mean ± std over seeds (sample std, ddof=1; the ± is left "
-        "out for a single seed); the best value of each column is **bold**. Accuracies in percent."
-        + skipped_note,
+        f"version {SCHEMA_VERSION}. {CELLS[spread]}; the best value of each column is **bold**. Accuracies in "
+        "percent. A budget is given per class (labels per class per round, budget / number of classes), so "
+        "one per class on every dataset is one configuration." + skipped_note,
         "",
         "## Runs",
         "",
@@ -197,8 +307,9 @@ def build_report(
         "",
         "![accuracy by round](accuracy_vs_round.png)",
         "",
-        FIGURE_CAPTION,
+        figure_caption(spread),
         "",
+        *_curve_sections(tables, baseline, has_baseline, paired, no_reach),
     ]
     for key, table in tables.items():
         if key.startswith("rounds/"):
@@ -217,7 +328,7 @@ def build_report(
     lines += [
         "![accuracy vs oracle queries](accuracy_vs_queries.png)",
         "",
-        FIGURE_CAPTION.replace(" The Average panel shows the mean of the dataset means, without a band.", ""),
+        figure_caption(spread, average=False),
         "",
         "![queries saved](queries_saved.png)",
         "",
@@ -269,7 +380,27 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--skip-bad", action="store_true",
                         help="report the readable runs and name each run left out (corrupt or edited files, another "
                              "record schema) on stderr and in report.md, instead of stopping at the first such run")
+    parser.add_argument("--spread", default="std", choices=tuple(SPREADS),
+                        help="what every table's ± and every figure's band is: one std over seeds (ddof=1, default) "
+                             "or the 95%% confidence interval of the mean (Student t)")
+    parser.add_argument("--baseline", default=None, metavar="STRATEGY",
+                        help=f"strategy the paired differences and the default target accuracy refer to "
+                             f"(default: {BASELINE}, when there are such runs)")
+    parser.add_argument("--target-acc", type=_percent, default=None, metavar="PERCENT",
+                        help="one target accuracy in percent (e.g. 62.5) for the labels-to-reach table on every "
+                             "dataset (default: the baseline's mean accuracy at --round, else at its last round)")
     return parser
+
+
+def _percent(text: str) -> float:
+    """``--target-acc``: a percentage in (0, 100] as a fraction."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"a percentage in (0, 100], got {text}")
+    return value / 100
 
 
 def print_skipped(skipped, prog: str = "raysvc report", file=None) -> None:
@@ -286,7 +417,8 @@ def run_report(args: argparse.Namespace) -> int:
     filters = {k: getattr(args, k, None) for k in FILTER_KEYS}
     report = build_report(
         args.source, args.out, metric=getattr(args, "metric", "test_acc"), at_round=getattr(args, "at_round", None),
-        filters=filters, skip_bad=getattr(args, "skip_bad", False),
+        filters=filters, skip_bad=getattr(args, "skip_bad", False), spread=getattr(args, "spread", "std"),
+        baseline=getattr(args, "baseline", None), target_acc=getattr(args, "target_acc", None),
     )
     print_skipped(report.skipped)
     print(report)

@@ -10,6 +10,7 @@ skipped run on stderr.
 
     python -m analysis.runs results/core
     python -m analysis.runs s3://bucket/demo --skip-bad
+    python -m analysis.runs results/core --run emoji-cbsq-coop-s0-1a2b3c4d5e   # one run, with its selections
 """
 
 from __future__ import annotations
@@ -86,13 +87,49 @@ def add_runs_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--skip-bad", action="store_true",
                         help="list the readable runs and name each run left out (corrupt or edited files, another "
                              "record schema) on stderr, instead of stopping at the first such run")
+    parser.add_argument("--run", metavar="RUN_ID", help="show this run: its rounds, what each round selected, and "
+                                                         "the selected images (up to --limit)")
+    parser.add_argument("--limit", type=int, default=50, metavar="N",
+                        help="selected images listed with --run (default: 50; 0: all)")
     return parser
+
+
+def format_run(source, run_id: str, limit: int = 50) -> str:
+    """One run: its rounds (the records), each round's selection summary, and its selected images."""
+    from analysis.load import load_selections
+    from analysis.selections import round_summary
+    from raysvc import storage
+    from raysvc.errors import AnalysisError
+    from raysvc.progress import format_rounds
+
+    run = storage.read_run(source, run_id)
+    if run is None:
+        raise AnalysisError(f"no run {run_id!r} in {source} (raysvc runs {source} lists them)")
+    rows = run.table.to_pylist()
+    first = rows[0]
+    lines = [f"run {run_id}: {first['dataset']}, {first['strategy']}, {first['learner']}, {first['backbone']}, "
+             f"seed {first['seed']}, budget {first['budget']}, pool {first['pool_size']}", "", format_rounds(rows)]
+    selections = load_selections(source, [run_id])
+    if selections.empty:
+        lines += ["", "(no selections stored: the run was written before raysvc stored them)"]
+        return "\n".join(lines)
+    summary = round_summary(selections, int(first["n_classes"]))
+    lines += ["", "what each round selected (classes: distinct true classes of its picks; balance: their "
+                  "normalised entropy, 1 = even)", ""]
+    lines.append(summary.drop(columns="run_id").to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    shown = selections if limit <= 0 else selections.head(limit)
+    lines += ["", f"selected images ({len(shown)} of {len(selections)})", ""]
+    lines.append(shown.drop(columns="run_id").to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return "\n".join(lines)
 
 
 def run_runs(args: argparse.Namespace) -> int:
     """List the runs from parsed arguments; 0 on success. RaysvcError propagates for the CLI to print."""
     from analysis.report import print_skipped
 
+    if getattr(args, "run", None):
+        print(format_run(args.source, args.run, getattr(args, "limit", 50)))
+        return 0
     df = runs_table(args.source, skip_bad=getattr(args, "skip_bad", False))
     print_skipped(df.attrs.get("skipped", []), prog="raysvc runs")
     print(format_runs(df))

@@ -512,8 +512,10 @@ def main(argv=None) -> None:
         return
     from raysvc.strategies import STRATEGIES
 
-    names = STRATEGIES.names() if args.strategies == "all" else [s.strip() for s in args.strategies.split(",")]
-    unknown = set(names) - set(STRATEGIES.names())
+    # "all": the registered strategies (a family such as sq:<strategy> wraps one of them)
+    names = ([e.name for e in STRATEGIES.entries()] if args.strategies == "all"
+             else [s.strip() for s in args.strategies.split(",")])
+    unknown = {name for name in names if name not in STRATEGIES}
     if unknown:
         p.error(f"unknown strategies: {', '.join(sorted(unknown))}")
     rows = []

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start a local Ray head and the embedded S3 gateway (bucket "raysvc"), auth disabled.
+# Start a local Ray head and the embedded S3 gateway (bucket "raysvc"), auth disabled, every
+# listening socket on 127.0.0.1 only.
 #
 #   cluster/start_local.sh                 # 2 CPUs, Ray on :6379, dashboard/jobs on :8265, S3 on :9000
 #   NUM_CPUS=4 RAY_PORT=6390 DASHBOARD_PORT=8270 RAY_CLIENT_PORT=10011 S3_PORT=9010 \
@@ -26,9 +27,14 @@
 #   AUTOSCALER_METRIC_PORT=     read by Ray itself: the autoscaler's and the dashboard's metrics
 #   DASHBOARD_METRIC_PORT=        servers (empty: Ray's fixed 44217 and 44227, not checked; a busy
 #                                 one costs only those metrics)
-#   RAY_TMP=/tmp/raysvc-ray     Ray's session files, and this cluster's state file
-#                               $RAY_TMP/raysvc-local.pids (what stop_local.sh ends)
-#   S3_ROOT=.s3                 the S3 gateway's data (relative paths: to the repository root)
+#   RAY_TMP=/tmp/raysvc-ray     Ray's session files, this cluster's state file
+#                               $RAY_TMP/raysvc-local.pids (what stop_local.sh ends), and
+#                               $RAY_TMP/tmp, the TMPDIR of every process of the cluster
+#                               (stop_local.sh removes the session and TMPDIR unless KEEP_LOGS=1)
+#   S3_ROOT=.s3                 the S3 gateway's data (relative paths: to the repository root),
+#                               and its keys: $S3_ROOT/credentials (mode 0600), an AWS shared
+#                               credentials file made on the first start with a random secret
+#                               (or RAYSVC_S3_ACCESS_KEY / RAYSVC_S3_SECRET_KEY when set)
 #   S3_PORT=9000                the S3 gateway's port
 #   BUCKET=raysvc               bucket created on start
 #   ENV_FILE=.ray-local.env     client settings written on start, removed on stop
@@ -37,6 +43,11 @@
 # Every fixed port is checked before anything starts: a busy one ends the script with one
 # line on stderr naming it and its setting. A start that fails later ends what it had
 # started (Ray's processes and the gateway) and removes its state and env files.
+#
+# No secret goes into an environment variable: the head, its workers and jobs, and the
+# shells that source the env file find the gateway's keys through AWS_SHARED_CREDENTIALS_FILE
+# (Ray Tune copies a driver's AWS_SECRET_ACCESS_KEY into every trial's runtime environment,
+# which Ray writes in plain text to the session's logs/runtime_env_agent.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -65,6 +76,8 @@ S3_ROOT=$(abs "$S3_ROOT")
 ENV_FILE=$(abs "$ENV_FILE")
 STATE=$RAY_TMP/raysvc-local.pids
 RAY_LOG=$RAY_TMP/raysvc-ray-start.log
+CLUSTER_TMPDIR=$RAY_TMP/tmp
+CREDENTIALS=$S3_ROOT/credentials
 STOP=(env RAY_TMP="$RAY_TMP" PYTHON="$PY" "$ROOT/cluster/stop_local.sh")
 
 die() { echo "$PROG: $*" >&2; exit 1; }
@@ -82,11 +95,39 @@ if [[ -s "$STATE" ]]; then
     grep -qxF "s3_root $S3_ROOT" "$STATE" && grep -qx "gateway_owned 1" "$STATE" && inherited=1
     rm -f "$STATE"
 fi
+# the gateway's keys, from $CREDENTIALS (made here on the first start): in shell variables
+# handed to the gateway's own commands, never exported
+mkdir -p "$S3_ROOT"
+mapfile -t keys < <("$PY" - "$CREDENTIALS" <<'EOF'
+import configparser, os, secrets, sys
+from raysvc.local.s3gateway import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, S3Gateway
+path = sys.argv[1]
+explicit = os.environ.get("RAYSVC_S3_SECRET_KEY")
+saved = configparser.ConfigParser()
+if not explicit and saved.read(path) and saved.has_option("default", "aws_secret_access_key"):
+    print(saved["default"]["aws_access_key_id"], saved["default"]["aws_secret_access_key"], sep="\n")
+    sys.exit()
+access = os.environ.get("RAYSVC_S3_ACCESS_KEY") or DEFAULT_ACCESS_KEY
+if explicit:
+    secret = explicit
+elif S3Gateway(os.path.dirname(path)).is_running():
+    secret = DEFAULT_SECRET_KEY  # started before this file existed: with the default keys
+else:
+    secret = secrets.token_urlsafe(24)
+with os.fdopen(os.open(f"{path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+    fh.write(f"[default]\naws_access_key_id = {access}\naws_secret_access_key = {secret}\n")
+os.replace(f"{path}.tmp", path)
+print(access, secret, sep="\n")
+EOF
+)
+((${#keys[@]} == 2)) || die "cannot read or make the gateway's credentials file $CREDENTIALS"
+gateway() { RAYSVC_S3_ACCESS_KEY=${keys[0]} RAYSVC_S3_SECRET_KEY=${keys[1]} "$PY" -m raysvc.local.s3gateway "$@"; }
+
 # stop_local.sh stops the gateway only if it is ours: one someone else started over S3_ROOT
 # is used as it is, and left running
 gateway_owned=1
 gateway_running=0
-if "$PY" -m raysvc.local.s3gateway status --root "$S3_ROOT" >/dev/null 2>&1; then
+if gateway status --root "$S3_ROOT" >/dev/null 2>&1; then
     gateway_running=1
     gateway_owned=$inherited
 fi
@@ -125,7 +166,7 @@ for name, value in zip(args[::2], args[1::2]):
 EOF
 
 # ---- from here on, a failure ends whatever this script started
-mkdir -p "$RAY_TMP"
+mkdir -p "$RAY_TMP" "$CLUSTER_TMPDIR"
 started=0
 undo() {
     local rc=$?
@@ -145,16 +186,31 @@ trap 'exit 143' TERM
     echo "gateway_owned $gateway_owned"
     echo "s3_root $S3_ROOT"
     echo "env_file $ENV_FILE"
+    echo "tmpdir $CLUSTER_TMPDIR"
     echo "ports $RAY_PORT $DASHBOARD_PORT $RAY_CLIENT_PORT $S3_PORT"
 } > "$STATE"
 
 export RAY_AUTH_MODE=disabled          # both ends: the head here, clients via $ENV_FILE
 export RAY_USAGE_STATS_ENABLED=0
 export PATH="$(dirname "$PY"):$PATH"      # jobs' "python" is the project's interpreter
+# Ray turns --node-ip-address 127.0.0.1 into the machine's address, and then binds the GCS,
+# the raylet and the agents on all interfaces; with this setting of Ray's the node's address
+# stays 127.0.0.1 and every listener binds loopback (it also keeps `ray start` in this
+# environment from adding a worker node, which a loopback-only head could not take anyway)
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+# temporary files of the head's processes, workers and jobs (pymp-*, checkpoints on their
+# way to Tune) go where stop_local.sh removes them
+export TMPDIR=$CLUSTER_TMPDIR
 
-"$PY" -m raysvc.local.s3gateway start --root "$S3_ROOT" --port "$S3_PORT" --bucket "$BUCKET"
-# the head (and so every worker and job) inherits the S3 endpoint and credentials
-eval "$("$PY" -m raysvc.local.s3gateway env --root "$S3_ROOT" --port "$S3_PORT")"
+gateway start --root "$S3_ROOT" --port "$S3_PORT" --bucket "$BUCKET"
+# the S3 settings without the keys, which the head (and so every worker and job) and the
+# shells that source the env file read from $CREDENTIALS
+s3_env() {
+    gateway env --root "$S3_ROOT" --port "$S3_PORT" | grep -v '^export AWS_\(ACCESS_KEY_ID\|SECRET_ACCESS_KEY\)='
+    printf 'export AWS_SHARED_CREDENTIALS_FILE=%q\n' "$CREDENTIALS"
+    echo "unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_SECURITY_TOKEN AWS_PROFILE"
+}
+eval "$(s3_env)"
 export RAYSVC_CODE_REVISION=${RAYSVC_CODE_REVISION:-$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)}
 # jobs run in an uploaded copy of the checkout: Tune state goes to this checkout's .raysvc/,
 # where a later `jobs.grid --resume` finds it (never to the home directory)
@@ -203,14 +259,17 @@ for ((i = 0; ; i++)); do
     ((i < 60)) || die "\`ray status\` did not report this cluster within a minute"
     sleep 0.5
 done
-# record the head's processes by PID (with their start times, so a reused PID is never taken)
+# record the head's processes by PID (with their start times, so a reused PID is never taken),
+# and its session folder (what stop_local.sh removes)
 "${STOP[@]}" --list | sort -n | while read -r pid start comm; do echo "pid $pid $start $comm"; done >> "$STATE"
+echo "session $(readlink -f "$RAY_TMP/session_latest")" >> "$STATE"
 
 {
     echo "export RAY_AUTH_MODE=disabled"
+    echo "export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0    # clients keep 127.0.0.1: the head listens there only"
     echo "export RAY_ADDRESS=127.0.0.1:$RAY_PORT                        # ray status, ray.init()"
     echo "export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT   # ray job submit/status/logs"
-    "$PY" -m raysvc.local.s3gateway env --root "$S3_ROOT" --port "$S3_PORT"
+    s3_env
     printf 'export PATH=%q:$PATH\n' "$(dirname "$PY")"
 } > "$ENV_FILE.tmp"
 mv -f "$ENV_FILE.tmp" "$ENV_FILE"

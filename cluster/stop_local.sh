@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Stop what cluster/start_local.sh started, and nothing else: the processes recorded in
-# $RAY_TMP/raysvc-local.pids, and the S3 gateway it started; then remove that state file
-# and the env file start wrote.
+# $RAY_TMP/raysvc-local.pids, and the S3 gateway it started; then remove that state file,
+# the env file start wrote, the cluster's Ray session folder (logs, spilled objects, Tune's
+# staging) and its TMPDIR ($RAY_TMP/tmp), unless KEEP_LOGS=1.
 #
-#   cluster/stop_local.sh           # stop (exit 0, also when nothing runs)
-#   cluster/stop_local.sh --list    # print "PID START_TIME NAME" of each process it would end
+#   cluster/stop_local.sh               # stop (exit 0, also when nothing runs)
+#   KEEP_LOGS=1 cluster/stop_local.sh   # stop, keeping the session folder and TMPDIR
+#   cluster/stop_local.sh --list        # print "PID START_TIME NAME" of each process it would end
 #
 # What "this cluster's processes" are: the PIDs start recorded (each checked against its
 # recorded start time, so a reused PID is never signalled), every process in the session
@@ -16,6 +18,7 @@
 # Settings (environment variables):
 #   RAY_TMP=/tmp/raysvc-ray   the same as start's (relative paths: to the repository root)
 #   STOP_GRACE=10             seconds each step waits after SIGTERM before SIGKILL
+#   KEEP_LOGS=                1: keep the session folder and TMPDIR (for their logs)
 #   PYTHON=.venv/bin/python   the project's interpreter (for python -m raysvc.local.s3gateway stop)
 #   S3_ROOT, ENV_FILE         come from the state file; these settings (defaults .s3 and
 #                             .ray-local.env) count only when there is none
@@ -30,6 +33,7 @@ RAY_TMP=$(abs "${RAY_TMP:-/tmp/raysvc-ray}")
 S3_ROOT=$(abs "${S3_ROOT:-$ROOT/.s3}")
 ENV_FILE=""
 STOP_GRACE=${STOP_GRACE:-10}
+KEEP_LOGS=${KEEP_LOGS:-}
 STATE=$RAY_TMP/raysvc-local.pids
 LIST=0
 case "${1:-}" in
@@ -38,9 +42,12 @@ case "${1:-}" in
     *) echo "usage: cluster/stop_local.sh [--list]" >&2; exit 2 ;;
 esac
 
-# ---- the state file: "sid N", "pid PID START NAME", "gateway_owned 0|1", "s3_root P", "env_file P"
+# ---- the state file: "sid N", "pid PID START NAME", "gateway_owned 0|1", "s3_root P", "env_file P",
+# "session P", "tmpdir P"
 sid=""
 recorded=()
+session=""
+tmpdir=""
 gateway_owned=1
 have_state=0
 if [[ -f "$STATE" ]]; then
@@ -52,6 +59,8 @@ if [[ -f "$STATE" ]]; then
             gateway_owned) gateway_owned=$rest ;;
             s3_root) S3_ROOT=$rest ;;
             env_file) ENV_FILE=$rest ;;
+            session) session=$rest ;;
+            tmpdir) tmpdir=$rest ;;
         esac
     done < "$STATE"
 fi
@@ -151,8 +160,27 @@ else
          "(stop it with: python -m raysvc.local.s3gateway stop --root $S3_ROOT)"
 fi
 
+remove_session() {  # the recorded session folder and TMPDIR, and Ray's files once no session is left
+    local removed=()
+    if [[ "$session" == "$RAY_TMP"/session_* && -d "$session" ]]; then
+        rm -rf "$session" && removed+=("$session")
+        [[ "$(readlink -f "$RAY_TMP/session_latest")" == "$session" ]] && rm -f "$RAY_TMP/session_latest"
+    fi
+    if [[ "$tmpdir" == "$RAY_TMP/tmp" && -d "$tmpdir" ]]; then
+        rm -rf "$tmpdir" && removed+=("$tmpdir")
+    fi
+    rm -f "$RAY_TMP/raysvc-ray-start.log"
+    if ! compgen -G "$RAY_TMP/session_*" >/dev/null; then
+        rm -f "$RAY_TMP/ray_current_cluster" "$RAY_TMP/prom_metrics_service_discovery.json"
+    fi
+    ((${#removed[@]})) && echo "removed ${removed[*]} (KEEP_LOGS=1 keeps them)"
+    return 0
+}
+
 if ((status == 0)); then
     [[ -n "$ENV_FILE" ]] && rm -f "$ENV_FILE"
+    [[ "$KEEP_LOGS" == 1 ]] || remove_session
     rm -f "$STATE"
+    rmdir "$RAY_TMP" 2>/dev/null
 fi
 exit $status

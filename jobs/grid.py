@@ -7,8 +7,12 @@
 ``--resume`` restores the Tune experiment (``Tuner.restore``) from its storage path:
 finished trials stay finished, interrupted ones resume from their last completed round.
 ``--skip-existing`` instead starts afresh but leaves out cells whose run_id already has
-results at the destination. Exit status: 0 when every run's results are stored, 1 when
-some are missing or a trial failed for good, 2 for a configuration or storage error.
+results at the destination. The same grid (by name) is run by one driver at a time on a
+cluster: a second is refused while the first runs. Exit status: 0 when every run's results
+are stored; 1 when some are missing, could not be confirmed (``unconfirmed``: the
+destination could not be listed at the end) or a trial failed for good, always after the
+JSON summary; 2 for a configuration or storage error found before the grid starts, or a
+grid already running.
 """
 
 from __future__ import annotations
@@ -49,12 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     grid.check_writable()  # before Ray starts: a bad destination costs nothing
     init_ray(args)
     result = run_grid(grid, resume=args.resume, skip_existing=args.skip_existing, verbose=0 if args.quiet else 1)
-    summary = {
-        "grid": result.name, "out": result.out, "runs": len(result.run_ids), "missing": result.missing,
-        "errors": result.errors, "trials": result.n_trials, "encode_counts": result.encode_counts,
-        "wall_seconds": round(result.wall_seconds, 1), "experiment_path": result.experiment_path,
-    }
-    print(json.dumps(summary, indent=2), flush=True)
+    print(json.dumps(result.summary(), indent=2), flush=True)
     return 0 if result.ok else 1
 
 

@@ -33,10 +33,12 @@ def main(argv: list[str] | None = None) -> int:
 
     plans = plans_from_args(args, axes=AXES)
     if args.skip_existing:
-        stored = set(storage.list_runs(args.out))
-        for plan in (p for p in plans if p.run_id in stored):
+        stored = storage.stored_runs(args.out)
+        for plan in (p for p in plans if p.run_id in stored.complete):
             print(f"{plan.run_id}: already stored, skipped", flush=True)
-        plans = [p for p in plans if p.run_id not in stored]
+        for plan in (p for p in plans if p.run_id in stored.incomplete):
+            print(f"{plan.run_id}: stored incompletely ({stored.incomplete[plan.run_id]}), run again", flush=True)
+        plans = [p for p in plans if p.run_id not in stored.complete]
     cache = FeatureCache(feature_settings(args))
     for plan in plans:
         result = execute(plan, encode=cache.encode)

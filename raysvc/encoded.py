@@ -35,6 +35,9 @@ class EncodedDataset:
     encode_seconds: spent encoding now (0.0 on a cache hit); ``encode_report`` what the
         encoding pass measured (Ray Data: ``first_rows_seconds``, ``arrivals``, ``stats``).
     source: "cache" (local file), "store" (shared feature store), or the encoder: "local", "ray-data".
+    sha256: the content hash of the image features as stored, before any centring
+        (:class:`raysvc.storage.features.FeatureDigest`: the same whichever tier they came from),
+        so two runs' manifests show whether their inputs were equal.
     """
 
     image_features: np.ndarray
@@ -47,6 +50,7 @@ class EncodedDataset:
     text_key: str = ""
     source: str = ""
     encode_report: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    sha256: str = ""
 
     def zeroshot_logits(self, rows: np.ndarray | slice = slice(None), chunk: int = COPY_ROWS) -> np.ndarray:
         """(len(rows), C) float32 scaled cosines ``logit_scale * f . t``, in float32 row chunks."""

@@ -112,6 +112,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, axes: Iterable[str] = ())
     group.add_argument("--epochs", type=int, help="shortcut for --learner-opt epochs=N")
     add_feature_arguments(parser)
     parser.add_argument("--out", help="results destination: local directory or s3://bucket/prefix (default: none)")
+    parser.add_argument("--store-probs", action="store_true",
+                        help="also store each round's pool probabilities (float16) with the run")
 
 
 def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
@@ -174,7 +176,7 @@ def plans_from_args(args: argparse.Namespace, axes: Iterable[str] = ()) -> list:
     from raysvc import storage
 
     dest = storage.open_store(args.out) if args.out is not None else None
-    plans = [spec.resolve(dest) for spec in specs_from_args(args, axes)]
+    plans = [spec.resolve(dest, store_probs=args.store_probs) for spec in specs_from_args(args, axes)]
     if dest is not None:
         dest.check_writable()
     return plans

@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import posixpath
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 # their default, so rerunning an older configuration keeps its id and replaces its files.
 _ID_OPTIONAL = {
     "initial_per_class": 0, "backbone_params": {}, "dataset_params": {}, "prompt_template": None,
-    "class_descriptions": None, "feature_centering": "none",
+    "class_descriptions": None, "feature_centering": "none", "pool_subsample": None, "base_to_novel": "off",
 }  # fmt: skip
 _NO_DEFAULT = object()
 PARAM_FIELDS = ("strategy_params", "learner_params", "backbone_params", "dataset_params")
@@ -66,6 +68,12 @@ class RunSpec(Options):
     class_descriptions: str | None = option(None, "JSON file: class name -> list of sentences, averaged per class")
     feature_centering: Literal["none", "pool"] = option(
         "none", "pool: subtract the unlabeled pool's mean image embedding (no labels used), then renormalise")
+    pool_subsample: int | None = option(
+        None, "keep this many unlabeled pool images, drawn with the seed after the k-shot start (ActiveKD: 100000 "
+              "on ImageNet); none: the whole pool")
+    base_to_novel: Literal["off", "halves", "seeded"] = option(
+        "off", "train on half the classes, evaluate on them and on the held-out half (test_acc_base, "
+               "test_acc_novel, test_acc_hm): halves = CoOp's first half, seeded = drawn with split_seed")
     strategy_params: dict[str, Any] = _params("the strategy's options (raysvc strategies)")
     learner_params: dict[str, Any] = _params("the learner's options (raysvc learners)")
     backbone_params: dict[str, Any] = _params("the backbone's options (raysvc backbones)")
@@ -76,7 +84,7 @@ class RunSpec(Options):
             raise ConfigError(f"option rounds={self.rounds!r}: must be >= 1")
         if self.initial_per_class < 0:
             raise ConfigError(f"option initial_per_class={self.initial_per_class!r}: must be >= 0")
-        for name in ("budget", "image_size", "per_class"):
+        for name in ("budget", "image_size", "per_class", "pool_subsample"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"option {name}={value!r}: must be a positive integer")
@@ -88,12 +96,13 @@ class RunSpec(Options):
             if not getattr(self, name):
                 raise ConfigError(f"option {name}: must be a non-empty string")
 
-    def resolve(self, dest: ObjectStore | None = None) -> RunPlan:
+    def resolve(self, dest: ObjectStore | None = None, *, store_probs: bool = False) -> RunPlan:
         """The run's plan: every part's name and options validated once, the backbone it
         encodes with, the class descriptions read, the run id checked; ``dest`` is where
-        the run is stored (opened, and checked writable, by the caller). Cheap: loads no
+        the run is stored (opened, and checked writable, by the caller), ``store_probs``
+        whether each round's pool probabilities are stored with it. Cheap: loads no
         weights and no images, so a typo fails in seconds rather than after encoding."""
-        return plan_run(self, dest)
+        return plan_run(self, dest, store_probs=store_probs)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunSpec:
@@ -104,7 +113,9 @@ class RunSpec(Options):
         """Deterministic: a rerun of the same cell gets the same id and replaces its results."""
         values = {k: v for k, v in self.to_dict().items() if _ID_OPTIONAL.get(k, _NO_DEFAULT) != v}
         blob = json.dumps(values, sort_keys=True, default=str)
-        readable = f"{Path(self.dataset).name}-{self.strategy}-{self.learner}-s{self.seed}"
+        folder = Path(self.dataset).name
+        # ':' of a family name (sq:coreset) cannot name a run's folder
+        readable = f"{'' if folder == '..' else folder}-{self.strategy.replace(':', '+')}-{self.learner}-s{self.seed}"
         return f"{readable}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
@@ -118,7 +129,8 @@ class RunPlan:
     """What a run does, resolved: the spec as given, and each part ready to build.
 
     ``descriptions``: class name -> sentences read from ``spec.class_descriptions``;
-    ``dest``: where the run is stored (None: nowhere).
+    ``dest``: where the run is stored (None: nowhere); ``store_probs``: each round's pool
+    probabilities stored with it (an output setting: not part of the run id).
     """
 
     spec: RunSpec
@@ -129,6 +141,7 @@ class RunPlan:
     backbone: BackboneRef
     descriptions: Mapping[str, tuple[str, ...]] | None = None
     dest: ObjectStore | None = None
+    store_probs: bool = False
 
     @property
     def options(self) -> dict[str, dict[str, Any]]:
@@ -148,24 +161,69 @@ def default_image_size(spec: RunSpec, dataset: Part) -> int | None:
     return SMALL_IMAGE_SIDE if small and spec.backbone.startswith("conse-") else None
 
 
-def plan_run(spec: RunSpec, dest: ObjectStore | None = None) -> RunPlan:
-    """:meth:`RunSpec.resolve`: see the module docstring."""
+def dataset_path(name: str) -> str:
+    """``name`` as a run records it (its id, its manifest's config): a dataset folder's path
+    normalised lexically, so ``colors``, ``colors/``, ``./colors`` and ``x/../colors`` are one
+    experiment; a registered name, or a folder that does not exist (refused later, as typed),
+    unchanged.
+
+    Lexical, not resolved against the file system: a run id must not depend on the machine,
+    and the same relative path (or ``~/data/colors``) names the same experiment on a laptop
+    and on a cluster node where the folder sits under another absolute path or behind
+    another symbolic link. So ``~`` stays as written, symbolic links are not followed, and a
+    relative path stays relative (it and the absolute path of one folder are two spellings).
+    Where a ``..`` follows a symbolic link, the lexical form names another folder than the
+    file system does: that is refused (ConfigError) rather than stored under a wrong name.
+    """
+    if "path" not in DATASETS.resolve(name).preset or not Path(name).expanduser().is_dir():
+        return name
+    if name.startswith("~"):  # ~ or ~user is a root of its own: "~/.." is not "."
+        home, _, rest = name.partition("/")
+        rest = posixpath.normpath(rest) if rest else "."
+        lexical = home if rest == "." else f"{home}/{rest}"
+    else:
+        lexical = posixpath.normpath(name)
+    if lexical == name:
+        return name
+    try:
+        same = os.path.samefile(Path(name).expanduser(), Path(lexical).expanduser())
+    except OSError:
+        same = False
+    if not same:
+        raise ConfigError(f"dataset {name!r}: '..' after a symbolic link names another folder than {lexical!r}; "
+                          "give the folder's path without '..'")
+    if "path" not in DATASETS.resolve(lexical).preset:  # "emoji/" is a folder, not the registered emoji
+        lexical = f"./{lexical}"
+    return lexical
+
+
+def plan_run(spec: RunSpec, dest: ObjectStore | None = None, *, store_probs: bool = False) -> RunPlan:
+    """:meth:`RunSpec.resolve`: see the module docstring. The plan's spec is the one given with
+    its dataset path normalised (:func:`dataset_path`), so that the run id and the manifest's
+    config agree."""
     from raysvc.prompts import read_descriptions
     from raysvc.storage import check_run_id
 
+    if (dataset_name := dataset_path(spec.dataset)) != spec.dataset:
+        spec = dataclasses.replace(spec, dataset=dataset_name)
     run_id = check_run_id(spec.run_id)
     dataset_values = dict(spec.dataset_params)
     if spec.split_file is not None:
         dataset_values["split_file"] = spec.split_file
     dataset = DATASETS.part(spec.dataset, dataset_values)
     backbone = BACKBONES.part(spec.backbone, spec.backbone_params)
+    learner = LEARNERS.part(spec.learner, spec.learner_params)
+    if spec.base_to_novel != "off" and not learner.cls.transfers_to_new_classes(learner.options):
+        raise ConfigError(f"base_to_novel={spec.base_to_novel!r} needs a learner whose prompts carry over to unseen "
+                          f"class names (coop with prompt=unified), not {spec.learner!r} with these options")
     return RunPlan(
         spec=spec,
         run_id=run_id,
         dataset=dataset,
         strategy=STRATEGIES.part(spec.strategy, spec.strategy_params),
-        learner=LEARNERS.part(spec.learner, spec.learner_params),
+        learner=learner,
         backbone=BackboneRef(backbone, default_image_size(spec, dataset)),
         descriptions=read_descriptions(spec.class_descriptions) if spec.class_descriptions is not None else None,
         dest=dest,
+        store_probs=store_probs,
     )

@@ -59,7 +59,7 @@ def run_rows(dataset, strategy, seed, accs, pseudo, pseudo_acc, run_id=None, ver
             teacher="", seed=seed, budget=budget, pool_size=100, n_classes=10, schema_version=version,
             round=r, n_labeled=budget * r + n_ps, n_queried=budget * r, n_pseudo=n_ps, pseudo_acc=ps_acc,
             test_acc=acc, zeroshot_acc=0.3, teacher_acc=NAN, select_seconds=select_s, train_seconds=train_s,
-            encode_seconds=encode_s if r == 1 else 0.0,
+            encode_seconds=encode_s if r == 1 else 0.0, test_acc_base=NAN, test_acc_novel=NAN, test_acc_hm=NAN,
         ))  # fmt: skip
     return rows
 
@@ -113,7 +113,7 @@ def test_mixed_schema_versions_name_the_runs(tmp_path):
     with pytest.raises(SchemaMismatchError) as e:
         load_runs(tmp_path)
     msg = str(e.value)
-    assert "'old-run' (version 2)" in msg and "1 of 2 runs" in msg and "alpha-random-s0" not in msg
+    assert f"'old-run' (version {SCHEMA_VERSION + 1})" in msg and "1 of 2 runs" in msg and "alpha-random-s0" not in msg
     assert "\n" not in msg
 
 
@@ -168,7 +168,7 @@ def test_main_table_datasets_at_last_round_with_average(agg):
         index=t.mean.index,
     )
     pd.testing.assert_frame_equal(t.mean, expected_mean, check_exact=False, atol=1e-12, check_names=False)
-    assert t.std.loc["random", "beta"] == pytest.approx(0.06 / S2)
+    assert t.spread.loc["random", "beta"] == pytest.approx(0.06 / S2)
     assert t.to_markdown().splitlines() == [
         "| strategy | alpha | beta | Average |",
         "|:---|---:|---:|---:|",
@@ -186,7 +186,7 @@ def test_main_table_datasets_at_last_round_with_average(agg):
 def test_round_table_marks_printed_ties(agg):
     t = tables.round_table(agg, dataset="alpha")
     assert list(t.mean.columns) == [1, 2, 3]
-    assert t.mean.loc["cbsq", 2] == pytest.approx(0.67) and t.std.loc["cbsq", 2] == pytest.approx(0.04 / S2)
+    assert t.mean.loc["cbsq", 2] == pytest.approx(0.67) and t.spread.loc["cbsq", 2] == pytest.approx(0.04 / S2)
     lines = t.to_markdown().splitlines()
     assert lines[0] == "| strategy | 1 | 2 | 3 |"
     assert lines[2] == "| cbsq | **56.00 ± 1.41** | **67.00 ± 2.83** | **79.00 ± 1.41** |"
@@ -203,7 +203,7 @@ def test_queries_table_saving_and_pseudo_accuracy(agg):
     assert list(a["labeled"]) == [12.0, 25.0, 38.0]
     assert list(a["queried"]) == [10.0, 20.0, 30.0]
     assert list(a["saved"]) == [2.0, 5.0, 8.0]
-    assert list(t.std.loc[("alpha", "cbsq")]["saved"]) == pytest.approx([S2, 0.0, S2])
+    assert list(t.spread.loc[("alpha", "cbsq")]["saved"]) == pytest.approx([S2, 0.0, S2])
     assert list(a["pseudo-label acc (%)"]) == pytest.approx([1.0, 0.7, (7 / 9 + 5 / 7) / 2])
     b = t.mean.loc[("beta", "cbsq")]
     assert math.isnan(b["pseudo-label acc (%)"].iloc[0]) and list(b["saved"]) == [0.0, 1.0, 3.0]
@@ -219,9 +219,9 @@ def test_timing_table(results):
     row = t.mean.loc[("alpha", "random")]
     assert row["select s/round"] == pytest.approx(1.0) and row["train s/round"] == pytest.approx(2.0)
     assert row["encode s/run"] == pytest.approx(5.0) and row["total s/run"] == pytest.approx(14.0)
-    assert t.std.loc[("alpha", "random"), "encode s/run"] == pytest.approx(10 / S2)
-    assert t.std.loc[("alpha", "random"), "total s/run"] == pytest.approx(7 / S2)
-    assert math.isnan(t.std.loc[("alpha", "entropy"), "total s/run"])
+    assert t.spread.loc[("alpha", "random"), "encode s/run"] == pytest.approx(10 / S2)
+    assert t.spread.loc[("alpha", "random"), "total s/run"] == pytest.approx(7 / S2)
+    assert math.isnan(t.spread.loc[("alpha", "entropy"), "total s/run"])
 
 
 def test_other_configuration_keys_label_rows_not_averaged(results, tmp_path):
@@ -229,9 +229,14 @@ def test_other_configuration_keys_label_rows_not_averaged(results, tmp_path):
     other = df[df.run_id == "alpha-random-s0"].assign(run_id="alpha-random-b20-s0", budget=20)
     agg = tables.aggregate(pd.concat([df, other]))
     t = tables.round_table(agg, dataset="alpha")
-    assert t.mean.index.names == ["strategy", "budget"]
-    assert t.mean.loc[("random", 20), 3] == pytest.approx(0.70)
-    assert t.mean.loc[("random", 10), 3] == pytest.approx(0.72)
+    # the budget is a key as labels per class per round: 20 and 10 on 10 classes
+    assert t.mean.index.names == ["strategy", "budget_per_class"]
+    assert t.mean.loc[("random", 2.0), 3] == pytest.approx(0.70)
+    assert t.mean.loc[("random", 1.0), 3] == pytest.approx(0.72)
+    lines = t.to_markdown().splitlines()
+    assert lines[0] == "| strategy | budget | 1 | 2 | 3 |"
+    assert [line.split(" | ")[:2] for line in lines[2:]] == [
+        ["| cbsq", "1/class"], ["| entropy", "1/class"], ["| random", "1/class"], ["| random", "2/class"]]
 
 
 # ------------------------------------------------------------------ figures
@@ -272,10 +277,13 @@ def test_report_builds_every_table_and_figure(results, tmp_path, capsys):
     assert names == {
         "report.md", "records.csv", "aggregate.csv", "main.csv", "rounds_alpha.csv", "rounds_beta.csv",
         "queries.csv", "timing.csv", "accuracy_vs_round.png", "accuracy_vs_queries.png", "queries_saved.png",
+        "aulc.csv", "aulc_queries.csv", "paired.csv", "reach.csv",
     }  # fmt: skip
     md = (out / "report.md").read_text()
     for heading in ("## Runs", "## Main table", "## alpha by round", "## beta by round",
-                    "## Oracle queries and selective querying", "## Seconds per stage"):
+                    "## Oracle queries and selective querying", "## Seconds per stage",
+                    "## Area under the learning curve", "## Paired differences against random",
+                    "## Labels needed to reach an accuracy"):
         assert heading in md
     for png in ("accuracy_vs_round.png", "accuracy_vs_queries.png", "queries_saved.png"):
         assert f"]({png})" in md

@@ -32,7 +32,7 @@ from analysis.load import (  # noqa: E402
 )
 from raysvc import storage  # noqa: E402
 from raysvc.errors import RaysvcError, StorageError  # noqa: E402
-from raysvc.records import SCHEMA_VERSION, to_table  # noqa: E402
+from raysvc.records import READABLE_VERSIONS, SCHEMA_VERSION, to_table  # noqa: E402
 
 NAN = float("nan")
 CHECKSUM = "records.parquet does not match the checksum in its manifest (the file was changed or is corrupt)"
@@ -65,7 +65,7 @@ def rows_for(dataset, strategy, seed, accs, zeroshot=0.3, encode=0.0, run_id=Non
         teacher="", seed=seed, budget=10, pool_size=100, n_classes=10, schema_version=version,
         round=r, n_labeled=10 * (i + 1), n_queried=10 * (i + 1), n_pseudo=0, pseudo_acc=NAN,
         test_acc=acc, zeroshot_acc=zeroshot, teacher_acc=NAN, select_seconds=SELECT_S, train_seconds=TRAIN_S,
-        encode_seconds=encode if i == 0 else 0.0,
+        encode_seconds=encode if i == 0 else 0.0, test_acc_base=NAN, test_acc_novel=NAN, test_acc_hm=NAN,
     ) for i, (r, acc) in enumerate(zip(rounds, accs))]  # fmt: skip
 
 
@@ -105,7 +105,7 @@ def test_main_table_has_a_zeroshot_row_never_bold(agg):
     t = tables.paper_tables(agg)["main"]
     assert list(t.mean.index) == ["cbsq", "random"]  # strategies only: the baseline is apart
     assert t.baseline_mean.loc["zero-shot", "alpha"] == pytest.approx(ZS_ALPHA)
-    assert t.baseline_std.loc["zero-shot", "beta"] == pytest.approx(ZS_BETA_STD)
+    assert t.baseline_spread.loc["zero-shot", "beta"] == pytest.approx(ZS_BETA_STD)
     assert t.baseline_mean.loc["zero-shot", "Average"] == pytest.approx((ZS_ALPHA + ZS_BETA) / 2)
     # 55.00 beats every strategy on beta, yet only strategies are compared
     assert t.to_markdown().splitlines() == [
@@ -218,7 +218,7 @@ def test_encoding_per_dataset_and_backbone_and_timing_without_it(results, tmp_pa
     assert list(t.mean.columns) == ["select s/round", "train s/round", "total s/run"]
     random = t.mean.loc[("alpha", "random")]
     assert random["total s/run"] == pytest.approx(2 * (SELECT_S + TRAIN_S))  # no encode seconds in it
-    assert t.std.loc[("alpha", "random"), "total s/run"] == pytest.approx(0.0)
+    assert t.spread.loc[("alpha", "random"), "total s/run"] == pytest.approx(0.0)
     old = tables.timing_table(results, encode=True).mean.loc[("alpha", "random")]
     assert old["encode s/run"] == pytest.approx(12.5 / 3) and old["total s/run"] == pytest.approx(8 + 12.5 / 3)
 
@@ -251,12 +251,13 @@ def _good(dest) -> None:
 def _corrupt(dest, kind: str) -> None:
     write(dest, rows_for("alpha", "cbsq", 0, [0.5, 0.7], run_id="bad"))
     folder = Path(dest) / "runs" / "bad"
-    records, manifest = folder / "records.parquet", folder / "manifest.json"
+    manifest = folder / "manifest.json"
+    records = folder / json.loads(manifest.read_text())["files"]["records.parquet"]["path"]
     if kind == "truncated":
         records.write_bytes(records.read_bytes()[:200])
     elif kind == "checksum":
         m = json.loads(manifest.read_text())
-        m["records_sha256"] = "0" * 64
+        m["files"]["records.parquet"]["sha256"] = "0" * 64
         manifest.write_text(json.dumps(m))
     elif kind == "json":
         manifest.write_text(manifest.read_text()[:40])
@@ -266,7 +267,7 @@ def _corrupt(dest, kind: str) -> None:
         records.unlink()
     elif kind == "garbage":  # no checksum to compare with: the bytes are read as Parquet and fail
         m = json.loads(manifest.read_text())
-        del m["records_sha256"]
+        del m["files"]["records.parquet"]["sha256"]
         manifest.write_text(json.dumps(m))
         records.write_bytes(b"not parquet at all")
 
@@ -305,7 +306,8 @@ def test_several_bad_runs_are_named_together(tmp_path):
     _good(tmp_path)
     _corrupt(tmp_path, "checksum")
     write(tmp_path, rows_for("alpha", "cbsq", 1, [0.5, 0.7], run_id="bad2"))
-    (tmp_path / "runs" / "bad2" / "records.parquet").unlink()
+    folder = tmp_path / "runs" / "bad2"
+    (folder / json.loads((folder / "manifest.json").read_text())["files"]["records.parquet"]["path"]).unlink()
     with pytest.raises(BadRunError) as e:
         load_runs(tmp_path)
     assert str(e.value) == (
@@ -326,7 +328,7 @@ def test_skip_bad_also_leaves_out_runs_of_another_schema(tmp_path):
     assert loaded.records["run_id"].nunique() == 3
     assert loaded.skipped == [
         SkippedRun("new-schema", f"written with record schema version {SCHEMA_VERSION + 1} "
-                                 f"(this raysvc reads version {SCHEMA_VERSION})"),
+                                 f"(this raysvc reads versions {', '.join(map(str, READABLE_VERSIONS))})"),
         SkippedRun("short", "does not match the record schema (missing n_pseudo)"),
     ]
 
@@ -436,7 +438,8 @@ def test_runs_on_s3_with_a_corrupt_run(s3_gateway, monkeypatch, capsys):
         config=Config(request_checksum_calculation="when_required", response_checksum_validation="when_required",
                       s3={"addressing_style": "path"}),
     )  # fmt: skip
-    key = f"{prefix}/runs/bad/records.parquet"
+    manifest = json.loads(client.get_object(Bucket=s3_gateway.bucket, Key=f"{prefix}/runs/bad/manifest.json")["Body"].read())
+    key = f"{prefix}/runs/bad/{manifest['files']['records.parquet']['path']}"
     body = client.get_object(Bucket=s3_gateway.bucket, Key=key)["Body"].read()
     client.put_object(Bucket=s3_gateway.bucket, Key=key, Body=body[:150])
 

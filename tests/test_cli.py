@@ -30,7 +30,7 @@ def test_run_prints_table_and_writes_records(capsys, tmp_path, feature_cache):
                           "--strategy", "cb", "--cache", str(feature_cache), "--out", str(tmp_path / "res"))
     assert code == 0, err
     assert "test_acc" in out and "wrote 2 rounds" in out
-    (records,) = list((tmp_path / "res" / "runs").glob("*/records.parquet"))
+    (records,) = list((tmp_path / "res" / "runs").glob("*/*/records.parquet"))
     table = pq.read_table(records)
     assert table.column_names == COLUMNS and table.num_rows == 2
     assert table.column("strategy").to_pylist() == ["cb", "cb"]

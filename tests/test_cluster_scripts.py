@@ -3,11 +3,14 @@
 Each test runs the scripts on free, non-default ports with its own RAY_TMP, S3_ROOT and
 ENV_FILE, so it neither meets nor touches another Ray cluster or gateway on the machine.
 Processes and ports are checked through /proc: a process counts as alive until every one
-of its threads has exited, a port as taken while any socket listens on it (any address).
+of its threads has exited, a port as taken while any socket listens on it (any address),
+and a process's listening sockets are found through its file descriptors.
 """
 
 from __future__ import annotations
 
+import configparser
+import ipaddress
 import json
 import os
 import re
@@ -65,6 +68,55 @@ def _listening_ports() -> set[int]:
             if fields[3] == "0A":  # TCP_LISTEN
                 ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
+
+
+def _address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as /proc/net/tcp{,6} write it: 32-bit words, each in host (little-endian) order."""
+    raw = bytes.fromhex(hex_address)
+    return ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))
+
+
+def _listening_sockets(pids) -> list[tuple[int, str, int]]:
+    """(pid, address, port) of every TCP socket the processes ``pids`` listen on."""
+    owner = {}
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owner[int(target[8:-1])] = pid
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[9]) in owner:  # TCP_LISTEN, one of theirs
+                address, port = fields[1].rsplit(":", 1)
+                found.append((owner[int(fields[9])], str(_address(address)), int(port, 16)))
+    return found
+
+
+def _loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
+
+
+def _files_holding(roots, needle: bytes) -> list[str]:
+    """The regular files under ``roots`` whose bytes contain ``needle``."""
+    found = []
+    for root in roots:
+        for path in Path(root).rglob("*"):
+            try:
+                if path.is_file() and not path.is_symlink() and needle in path.read_bytes():
+                    found.append(str(path))
+            except OSError:  # a file a live process removed meanwhile
+                continue
+    return found
 
 
 def _listening(port: int) -> bool:
@@ -172,6 +224,14 @@ class Cluster:
             capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
 
+    def secret_key(self) -> str:
+        """The gateway's secret, from the credentials file start made (mode 0600)."""
+        path = self.s3_root / "credentials"
+        assert path.stat().st_mode & 0o777 == 0o600
+        keys = configparser.ConfigParser()
+        keys.read(path)
+        return keys["default"]["aws_secret_access_key"]
+
     def gateway_pidfile_pid(self) -> int | None:
         try:
             return int(json.loads((self.s3_root / "gateway.pid").read_text())["pid"])
@@ -197,8 +257,11 @@ def _show(r: subprocess.CompletedProcess) -> str:
 
 
 # -------------------------------------------------------------------- tests
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 def test_start_then_stop_ends_every_process_and_port(cluster):
+    """Start, a grid job against the gateway, a job still running at stop, stop: every
+    listener on loopback, no secret on disk outside the gateway's credentials file, and
+    nothing of the cluster left, neither processes, ports nor its session folder."""
     r = cluster.run(START)
     assert r.returncode == 0, _show(r)
     sid, recorded = _read_state(cluster.state)
@@ -225,6 +288,24 @@ def test_start_then_stop_ends_every_process_and_port(cluster):
     assert f"RAY_API_SERVER_ADDRESS=http://127.0.0.1:{cluster.ports['DASHBOARD_PORT']}" in env_text, env_text
     st = cluster.client("ray status")
     assert st.returncode == 0 and "CPU" in st.stdout, _show(st)
+
+    # a grid job writing to the gateway: the keys reach its driver and trials from the
+    # credentials file, and are in no file of the Ray session, its TMPDIR or the Tune state
+    secret = cluster.secret_key()
+    assert secret not in env_text and "AWS_SECRET_ACCESS_KEY=" not in env_text
+    config = cluster.base / "nosecret.yaml"
+    config.write_text(json.dumps({
+        "name": "nosecret", "cells_per_trial": 1, "max_failures": 0,
+        "fixed": {"dataset": "animal-mnist", "per_class": 3, "test_fraction": 0.34, "rounds": 1, "learner": "coop",
+                  "backbone": "conse-lite0", "learner_params": {"epochs": 1}},
+        "grid": {"strategy": ["random"], "seed": [0]},
+    }))  # fmt: skip
+    grid = cluster.client(
+        f"ray job submit --working-dir {ROOT} -- python -m jobs.grid {config} --out s3://raysvc/nosecret "
+        f"--storage-path {cluster.base / 'tune'} --cache {cluster.base / 'features'} --quiet", timeout=400)
+    assert grid.returncode == 0 and '"missing": []' in grid.stdout, _show(grid)
+    assert list((cluster.base / "tune" / "nosecret").glob("trial_*/result.json")), "no Tune state to search"
+    assert not _files_holding([cluster.ray_tmp, cluster.base / "tune"], secret.encode())
     # a job still running at stop: its driver and the workers behind it were started after
     # start recorded its PIDs, and stop must end them too
     marker = f"raysvc-test-job-{uuid.uuid4().hex[:12]}"
@@ -233,6 +314,13 @@ def test_start_then_stop_ends_every_process_and_port(cluster):
     _wait_for(lambda: _pids_whose_cmdline_has(marker), 90, "the job's driver process")
     drivers = {p: _proc_start(p) for p in _pids_whose_cmdline_has(marker)}
     assert not set(drivers) & {pid for pid, _, _ in recorded}
+    # every listener of the cluster, the job's driver and workers included, is on loopback
+    members = [int(line.split()[0]) for line in cluster.run(STOP, "--list").stdout.splitlines()]
+    sockets = _listening_sockets(members)
+    assert {port for _, _, port in sockets} >= {cluster.ports["RAY_PORT"], cluster.ports["DASHBOARD_PORT"]}
+    assert all(_loopback(address) for _, address, _ in sockets), sockets
+    session = Path(os.path.realpath(cluster.ray_tmp / "session_latest"))
+    assert session.is_dir() and (cluster.ray_tmp / "tmp").is_dir()
 
     gw_pid = cluster.gateway_pidfile_pid()
     assert gw_pid is not None and _proc_start(gw_pid) is not None
@@ -250,6 +338,7 @@ def test_start_then_stop_ends_every_process_and_port(cluster):
     busy = {name: port for name, port in cluster.ports.items() if port in listening}
     assert not busy, f"ports still listening after stop: {busy}"
     assert not cluster.state.exists() and not cluster.env_file.exists()
+    assert not session.exists() and not (cluster.ray_tmp / "tmp").exists(), "stop left the session folder"
 
     # stopping when nothing runs says so and succeeds
     r = cluster.run(STOP)
@@ -295,3 +384,27 @@ def test_start_failing_after_the_gateway_undoes_everything(cluster):
     assert not _listening(cluster.ports["S3_PORT"])
     assert not _pids_whose_cmdline_has(marker), "a process ray start left behind survived"
     assert not cluster.state.exists() and not cluster.env_file.exists()
+
+
+def test_stop_removes_the_session_folder_and_tmpdir_unless_keep_logs(cluster):
+    """What a stopped cluster leaves under RAY_TMP: nothing, or with KEEP_LOGS=1 its logs."""
+    session = cluster.ray_tmp / "session_2026-01-01_00-00-00_000000_1"
+    tmpdir = cluster.ray_tmp / "tmp"
+
+    def leftovers():
+        (session / "logs").mkdir(parents=True, exist_ok=True)
+        (session / "logs" / "raylet.out").write_text("a log\n")
+        (tmpdir / "pymp-abc").mkdir(parents=True, exist_ok=True)
+        # a cluster whose processes are gone; the gateway was not its own, so stop leaves it be
+        cluster.state.write_text(f"gateway_owned 0\ns3_root {cluster.s3_root}\nsession {session}\ntmpdir {tmpdir}\n")
+
+    leftovers()
+    r = cluster.run(STOP, KEEP_LOGS="1")
+    assert r.returncode == 0, _show(r)
+    assert (session / "logs" / "raylet.out").exists() and (tmpdir / "pymp-abc").exists()
+    assert not cluster.state.exists()
+
+    leftovers()
+    r = cluster.run(STOP)
+    assert r.returncode == 0 and "KEEP_LOGS=1 keeps them" in r.stdout, _show(r)
+    assert not cluster.ray_tmp.exists(), list(cluster.ray_tmp.rglob("*"))

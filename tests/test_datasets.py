@@ -66,6 +66,28 @@ def test_corrupt_image_is_named_on_load(tmp_path):
         image_folder(root).load(1)
 
 
+def test_every_unreadable_image_is_found_and_the_first_few_named_in_one_line(tmp_path):
+    root = _folder(tmp_path / "d", {"cat": 4, "dog": 4})
+    for name in ("cat/1.png", "cat/3.png", "dog/0.png", "dog/2.png", "dog/3.png"):
+        (root / name).write_bytes(b"not a png")
+    with pytest.raises(DatasetError) as error:
+        image_folder(root)
+    message = str(error.value)
+    assert message.startswith(f"cannot read 5 images in {root.resolve()}: cat/1.png: ")
+    assert "; cat/3.png: " in message and "; dog/0.png: " in message and "; and 2 more (or pass skip_bad_images)" in message
+    assert "dog/2.png" not in message and "\n" not in message
+    skipped = image_folder(root, skip_bad_images=True).skipped
+    assert [line.split(":")[0] for line in skipped] == [str(root.resolve() / n) for n in
+                                                        ("cat/1.png", "cat/3.png", "dog/0.png", "dog/2.png", "dog/3.png")]
+
+
+def test_one_unreadable_image_is_named_with_its_path(tmp_path):
+    root = _folder(tmp_path / "d", {"cat": 2, "dog": 2})
+    (root / "dog" / "1.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match=r"^cannot read image .*/dog/1.png: not a valid image file \(or pass"):
+        image_folder(root)
+
+
 def test_coop_split_file(tmp_path):
     root = _folder(tmp_path / "d", {"cat": 3, "dog": 3})
     split = {

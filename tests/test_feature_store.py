@@ -6,7 +6,10 @@ Real local Ray (2 CPUs), the real S3 gateway and the real conse-lite0 backbone o
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import os
 import re
 import uuid
 
@@ -65,9 +68,47 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).max())
 
 
+def _entry(store, key) -> np.ndarray:
+    """The entry's rows as the feature cache reads them: verified shard by shard."""
+    from raysvc.storage.features import read_manifest, read_rows
+
+    return np.concatenate(list(read_rows(store, read_manifest(store, key))))
+
+
+def _shifted(rows: np.ndarray) -> np.ndarray:
+    """A valid array of the same shape and dtype whose rows are those of the next image."""
+    return np.roll(np.asarray(rows), 1, axis=0)
+
+
+def _npy(rows: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, rows)
+    return buffer.getvalue()
+
+
+def _notices(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("raysvc: feature")]
+
+
+# ------------------------------------------------------------------ content hash
+def test_feature_digest_is_sha256_of_dtype_shape_and_rows_however_they_are_split():
+    from raysvc.storage.features import FeatureDigest
+
+    rows = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], np.float16)
+    by_hand = hashlib.sha256(b'{"dtype": "<f2", "shape": [3, 2]}' + rows.tobytes()).hexdigest()
+    whole, split = FeatureDigest(rows.shape, rows.dtype), FeatureDigest(rows.shape, rows.dtype)
+    whole.update(rows)
+    split.update(rows[:1])
+    split.update(rows[1:].tobytes())  # raw bytes, as a file holds them
+    assert whole.hexdigest() == split.hexdigest() == by_hand
+    other = FeatureDigest((2, 3), rows.dtype)  # the same bytes as another shape
+    other.update(rows.tobytes())
+    assert other.hexdigest() != by_hand
+
+
 # ------------------------------------------------------------------ shard protocol
-def test_entry_is_sharded_with_the_manifest_listing_shape_and_dtype(s3_env):
-    from raysvc.storage.features import open_feature_store, read_entry, write_entry
+def test_entry_is_sharded_with_the_manifest_listing_shape_dtype_and_hashes(s3_env):
+    from raysvc.storage.features import FeatureDigest, open_feature_store, write_entry
 
     store = open_feature_store(s3_env)
     features = np.random.default_rng(0).standard_normal((70, 12)).astype(np.float16)
@@ -77,22 +118,50 @@ def test_entry_is_sharded_with_the_manifest_listing_shape_and_dtype(s3_env):
     manifest = json.loads(store.get("k1/manifest.json"))
     assert manifest["shape"] == [70, 12] and manifest["dtype"] == "float16"
     assert [s["rows"] for s in manifest["shards"]] == [32, 32, 6]
-    back = read_entry(store, "k1")
+    assert [s["sha256"] for s in manifest["shards"]] == [
+        hashlib.sha256(store.get(f"k1/{s['name']}")).hexdigest() for s in manifest["shards"]]
+    digest = FeatureDigest(features.shape, features.dtype)
+    digest.update(features)
+    assert manifest["sha256"] == digest.hexdigest()
+    back = _entry(store, "k1")
     assert back.dtype == np.float16 and np.array_equal(back, features)
     assert not write_entry(store, "k1", features)  # complete already: nothing rewritten
 
 
-def test_entry_that_disagrees_with_its_manifest_counts_as_absent(s3_env):
-    from raysvc.storage.features import open_feature_store, read_entry, write_entry
+def test_entry_that_disagrees_with_its_manifest_is_named(s3_env):
+    from raysvc.storage.features import BadEntry, open_feature_store, write_entry
 
     store = open_feature_store(s3_env)
-    write_entry(store, "k2", np.ones((10, 4), np.float16), rows_per_shard=4)
-    store.delete("k2/shard-00001.npy")
-    assert read_entry(store, "k2") is None
-    write_entry(open_feature_store(s3_env + "/b"), "k3", np.ones((10, 4), np.float16), rows_per_shard=4)
-    other = open_feature_store(s3_env + "/b")
-    other.put("k3/shard-00000.npy", b"not an array")
-    assert read_entry(other, "k3") is None
+    features = np.arange(40, dtype=np.float16).reshape(10, 4)
+    for key in ("shifted", "missing", "garbage", "old"):
+        write_entry(store, key, features, rows_per_shard=4)
+    store.put("shifted/shard-00001.npy", _npy(_shifted(features[4:8])))  # a valid array, wrong rows
+    store.delete("missing/shard-00002.npy")
+    store.put("garbage/shard-00000.npy", b"not an array")
+    old = json.loads(store.get("old/manifest.json"))
+    store.put("old/manifest.json", json.dumps({k: v for k, v in old.items() if k != "sha256"} | {"format": 1}).encode())
+    where = s3_env.rstrip("/")
+    for key, message in [("shifted", f"shard {where}/shifted/shard-00001.npy does not match its sha256"),
+                         ("missing", f"shard {where}/missing/shard-00002.npy is missing"),
+                         ("garbage", f"shard {where}/garbage/shard-00000.npy does not match its sha256"),
+                         ("old", f"entry {where}/old has a manifest of another format (1,")]:
+        with pytest.raises(BadEntry, match=re.escape(message)):
+            _entry(store, key)
+
+
+def test_manifest_whose_rows_disagree_with_its_whole_hash_is_refused_after_the_last_shard(tmp_path):
+    from raysvc.storage.features import BadEntry, open_feature_store, read_manifest, read_rows, write_entry
+
+    store = open_feature_store(str(tmp_path / "store"))
+    features = np.arange(40, dtype=np.float16).reshape(10, 4)
+    write_entry(store, "k", features, rows_per_shard=5)
+    manifest = json.loads(store.get("k/manifest.json"))
+    manifest["shards"].reverse()  # every shard matches its own hash, in the wrong order
+    store.put("k/manifest.json", json.dumps(manifest).encode())
+    rows = read_rows(store, read_manifest(store, "k"))
+    assert len(next(rows)) == 5 and len(next(rows)) == 5  # both shards verify on their own
+    with pytest.raises(BadEntry, match="its rows do not match the manifest's sha256"):
+        next(rows)
 
 
 def test_feature_store_destination_errors_are_one_line():
@@ -124,7 +193,7 @@ def test_remote_hit_fills_the_local_cache_and_encodes_nothing(pool, local_half, 
 
 
 def test_half_written_remote_entry_is_ignored_and_reencoded(pool, local_half, s3_env, tmp_path):
-    from raysvc.storage.features import has_entry, open_feature_store, read_entry
+    from raysvc.storage.features import has_entry, open_feature_store
 
     remote = open_feature_store(s3_env)
     key = local_half.key
@@ -135,19 +204,120 @@ def test_half_written_remote_entry_is_ignored_and_reencoded(pool, local_half, s3
     store = cache_at(tmp_path, dtype="float16", store=s3_env, rows_per_shard=32)
     encoded = store.encode(pool, BACKBONE)
     assert encoded.source == "local" and encoded.encode_seconds > 0
-    back = read_entry(remote, key)
+    back = _entry(remote, key)
     assert back is not None and np.array_equal(back, np.asarray(encoded.image_features))
     assert _max_diff(back, local_half.image_features) == 0.0
 
 
 def test_local_entry_is_published_to_the_shared_store(pool, local_half, s3_env, tmp_path):
-    from raysvc.storage.features import open_feature_store, read_entry
+    from raysvc.storage.features import open_feature_store
 
     cache = tmp_path / "warm"
     cache_at(cache, dtype="float16", encoder="local").encode(pool, BACKBONE)
     again = cache_at(cache, dtype="float16", store=s3_env).encode(pool, BACKBONE)
     assert again.source == "cache"
-    assert np.array_equal(read_entry(open_feature_store(s3_env), again.key), np.asarray(again.image_features))
+    assert np.array_equal(_entry(open_feature_store(s3_env), again.key), np.asarray(again.image_features))
+
+
+# ------------------------------------------------------------------ entries that do not verify
+def test_local_file_with_shifted_rows_is_named_reencoded_and_bit_identical(pool, local_half, tmp_path, capsys):
+    cache = cache_at(tmp_path, dtype="float16", encoder="local")
+    first = cache.encode(pool, BACKBONE)
+    path = cache.path(first.key)
+    good = np.asarray(first.image_features).copy()
+    status = path.stat()
+    np.save(path, _shifted(good))  # a valid .npy of the same shape: only the hash tells
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))  # even with its old mtime
+    capsys.readouterr()
+    again = cache.encode(pool, BACKBONE)
+    assert _notices(capsys) == [f"raysvc: feature cache file {path} does not match its recorded sha256 "
+                                "(its rows changed since it was written): treated as absent and replaced"]
+    assert again.source == "local" and again.sha256 == first.sha256 == local_half.sha256
+    assert np.array_equal(np.asarray(again.image_features), np.asarray(local_half.image_features))
+    assert np.array_equal(np.load(path), good)  # replaced on disk
+    assert cache.encode(pool, BACKBONE).source == "cache" and _notices(capsys) == []
+
+
+def test_truncated_local_file_is_named_and_replaced_not_a_traceback(pool, local_half, tmp_path, capsys):
+    cache = cache_at(tmp_path, dtype="float16", encoder="local")
+    path = cache.path(cache.encode(pool, BACKBONE).key)
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.truncate(size - 100)
+    capsys.readouterr()
+    again = cache.encode(pool, BACKBONE)
+    assert _notices(capsys) == [f"raysvc: feature cache file {path} is truncated ({size - 100} of {size} bytes): "
+                                "treated as absent and replaced"]
+    assert again.source == "local" and path.stat().st_size == size
+    assert np.array_equal(np.asarray(again.image_features), np.asarray(local_half.image_features))
+
+
+def test_local_file_touched_but_unchanged_is_hashed_once_and_kept(pool, tmp_path, capsys):
+    cache = cache_at(tmp_path, dtype="float16", encoder="local")
+    first = cache.encode(pool, BACKBONE)
+    record = json.loads(cache.hash_path(first.key).read_text())
+    os.utime(cache.path(first.key))  # same bytes, new status: hashed, found equal, recorded
+    capsys.readouterr()
+    again = cache.encode(pool, BACKBONE)
+    assert again.source == "cache" and again.sha256 == first.sha256 and _notices(capsys) == []
+    updated = json.loads(cache.hash_path(first.key).read_text())
+    assert updated["sha256"] == record["sha256"] and updated["file"] != record["file"]
+    assert updated["file"]["ctime_ns"] == cache.path(first.key).stat().st_ctime_ns
+
+
+def test_local_file_without_a_hash_record_is_not_trusted(pool, local_half, tmp_path, capsys):
+    cache = cache_at(tmp_path, dtype="float16", encoder="local")
+    key = cache.encode(pool, BACKBONE).key
+    cache.hash_path(key).unlink()  # as an older raysvc left its entries
+    capsys.readouterr()
+    again = cache.encode(pool, BACKBONE)
+    assert _notices(capsys) == [f"raysvc: feature cache file {cache.path(key)} has no hash record (written by an "
+                                "older raysvc, or interrupted): treated as absent and replaced"]
+    assert again.source == "local" and again.sha256 == local_half.sha256
+
+
+def test_bad_local_file_is_refetched_from_a_good_store(pool, local_half, s3_env, tmp_path, capsys):
+    cache_at(tmp_path / "a", dtype="float16", store=s3_env).encode(pool, BACKBONE)
+    node_b = cache_at(tmp_path / "b", dtype="float16", store=s3_env)
+    path = node_b.path(node_b.encode(pool, BACKBONE).key)
+    np.save(path, _shifted(np.load(path)))
+    capsys.readouterr()
+    again = node_b.encode(pool, BACKBONE)
+    assert len(_notices(capsys)) == 1 and again.source == "store" and again.encode_seconds == 0.0
+    assert np.array_equal(np.asarray(again.image_features), np.asarray(local_half.image_features))
+
+
+def test_store_shard_with_shifted_rows_is_named_reencoded_and_repaired(pool, local_half, s3_env, tmp_path, capsys):
+    from raysvc.storage.features import open_feature_store
+
+    remote = open_feature_store(s3_env)
+    key = cache_at(tmp_path / "a", dtype="float16", store=s3_env, rows_per_shard=16).encode(pool, BACKBONE).key
+    shard = f"{key}/shard-00001.npy"
+    remote.put(shard, _npy(_shifted(np.load(io.BytesIO(remote.get(shard))))))
+    capsys.readouterr()
+    node_b = cache_at(tmp_path / "b", dtype="float16", store=s3_env, rows_per_shard=16)
+    encoded = node_b.encode(pool, BACKBONE)
+    assert _notices(capsys) == [f"raysvc: feature store shard {s3_env}/{shard} does not match its sha256 in the "
+                                f"manifest ({len(remote.get(shard))} bytes): treated as absent and replaced"]
+    assert encoded.source == "local" and encoded.sha256 == local_half.sha256  # nothing of the bad shard kept
+    assert np.array_equal(np.asarray(encoded.image_features), np.asarray(local_half.image_features))
+    assert np.array_equal(_entry(remote, key), np.asarray(local_half.image_features))  # the store is repaired
+    node_c = cache_at(tmp_path / "c", dtype="float16", store=s3_env)
+    assert node_c.encode(pool, BACKBONE).source == "store" and _notices(capsys) == []
+
+
+def test_truncated_store_shard_is_repaired_once_not_reencoded_every_time(pool, local_half, s3_env, tmp_path,
+                                                                        capsys):
+    from raysvc.storage.features import open_feature_store
+
+    remote = open_feature_store(s3_env)
+    key = cache_at(tmp_path / "a", dtype="float16", store=s3_env, rows_per_shard=32).encode(pool, BACKBONE).key
+    shard = f"{key}/shard-00000.npy"
+    remote.put(shard, remote.get(shard)[:-64])
+    capsys.readouterr()
+    sources = [cache_at(tmp_path / name, dtype="float16", store=s3_env).encode(pool, BACKBONE).source
+               for name in ("b", "c", "d")]
+    assert sources == ["local", "store", "store"] and len(_notices(capsys)) == 1
 
 
 def test_two_nodes_missing_one_entry_at_once_encode_it_once(pool, local_half, s3_env, tmp_path):
@@ -262,11 +432,16 @@ def test_cli_run_and_sweep_share_features_through_the_feature_store(s3_env, tmp_
     from raysvc.storage.features import open_feature_store
 
     common = ["--per-class", "6", "--rounds", "1", "--epochs", "1", "--feature-store", s3_env]
-    assert raysvc(["run", *common, "--cache", str(tmp_path / "a")]) == 0
+    assert raysvc(["run", *common, "--cache", str(tmp_path / "a"), "--out", str(tmp_path / "one")]) == 0
     (entry,) = {k.split("/")[0] for k in open_feature_store(s3_env).list("")}
     assert sweep([*common, "--cache", str(tmp_path / "b"), "--out", str(tmp_path / "res")]) == 0
     assert (tmp_path / "b" / f"{entry}.npy").exists()  # the sweep's cache, filled from the store
     assert storage.read_table(str(tmp_path / "res")).column("encode_seconds").to_pylist() == [0.0]
+    # encoded on one side, fetched on the other: the manifests show the inputs were equal
+    (encoded,), (fetched,) = storage.read_runs(str(tmp_path / "one")), storage.read_runs(str(tmp_path / "res"))
+    assert encoded.manifest["features"]["key"] == fetched.manifest["features"]["key"] == entry
+    assert encoded.manifest["features"]["sha256"] == fetched.manifest["features"]["sha256"]
+    assert len(encoded.manifest["features"]["sha256"]) == 64
     capsys.readouterr()
     assert raysvc(["run", *common, "--ray-data-actors", "0"]) == 2
     assert "ray data: option actors=0: must be >= 1" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from experiments import experiment_of
 
 import raysvc.learners.kd  # noqa: F401  (registers no-distill, kd-zeroshot, kd-fewshot)
 from raysvc.errors import ConfigError, UnknownNameError
+from raysvc.experiment import assemble
 from raysvc.learners import make_learner
 from raysvc.learners.kd import (
     KDOptions,
@@ -169,7 +170,9 @@ def test_two_rounds_end_to_end(experiment, learner):
     """ActiveKD's protocol: a 1-shot start (round 0), then B = number of classes per round."""
     config = RunSpec(dataset="animal-mnist", strategy="random", learner=learner, rounds=2, per_class=PER_CLASS,
                        initial_per_class=1, learner_params={"repeat": 1, "clap_repeat": 50})
-    rows = run_loop(config.resolve(), experiment)
+    plan = config.resolve()
+    # the plan's own experiment (its k-shot start), on the module's features
+    rows = run_loop(plan, assemble(plan, lambda dataset, backbone: experiment.encoded))
     budget = experiment.dataset.n_classes
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert [r["n_queried"] for r in rows] == [budget, 2 * budget, 3 * budget]

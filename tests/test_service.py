@@ -6,11 +6,15 @@ feature cache is shared by the whole module.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
 import re
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +22,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from grid_events import GridEvents
-from local_ray import local_ray
+from local_ray import local_ray, session_root
+from ray import tune
 
 from raysvc.errors import ConfigError
 
@@ -104,6 +109,37 @@ def test_demo_config_is_valid():
     assert all(s.dataset == "emoji" and s.rounds == 8 and s.feature_centering == "pool" for s in specs)
 
 
+def test_a_retried_trial_waits_twice_as_long_per_failure_up_to_the_cap():
+    from raysvc.service.trial import BACKOFF_CAP_SECONDS, backoff_seconds
+
+    assert [backoff_seconds(10.0, n) for n in range(5)] == [0.0, 10.0, 20.0, 40.0, 80.0]
+    assert BACKOFF_CAP_SECONDS == 600.0 and backoff_seconds(10.0, 7) == 600.0  # 640 s, capped
+    assert backoff_seconds(0.0, 3) == 0.0
+
+
+def test_grid_credentials_leave_the_environment_for_a_private_file(monkeypatch):
+    import botocore.session
+    from ray.tune.execution.class_cache import ENV_VARS_TO_PROPAGATE
+
+    from raysvc.service.credentials import credentials_out_of_environment
+
+    for name in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDGRID")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "grid-secret-value")
+    monkeypatch.setenv("AWS_PROFILE", "grid")
+    with credentials_out_of_environment():
+        # nothing left for Tune to copy into the trials' runtime environments
+        assert not ENV_VARS_TO_PROPAGATE & {k for k in os.environ if k.startswith("AWS_")}
+        assert "grid-secret-value" not in repr(dict(os.environ))
+        path = Path(os.environ["AWS_SHARED_CREDENTIALS_FILE"])
+        assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+        credentials = botocore.session.get_session().get_credentials()  # the profile AWS_PROFILE names
+        assert (credentials.access_key, credentials.secret_key) == ("AKIDGRID", "grid-secret-value")
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == "grid-secret-value"
+    assert "AWS_SHARED_CREDENTIALS_FILE" not in os.environ and not path.parent.exists()
+
+
 # ------------------------------------------------------------- Ray cluster
 @pytest.fixture(scope="module")
 def feature_cache(tmp_path_factory):
@@ -117,6 +153,16 @@ def ray_cluster(s3_gateway, feature_cache):
                TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0")
     with local_ray(env) as ray:
         yield ray
+
+
+def _files_holding(roots, needle: bytes) -> list[str]:
+    """The regular files under ``roots`` whose bytes contain ``needle``."""
+    found = []
+    for root in roots:
+        for path in Path(root).rglob("*"):
+            if path.is_file() and not path.is_symlink() and needle in path.read_bytes():
+                found.append(str(path))
+    return found
 
 
 def _read_back(s3_gateway, prefix: str):
@@ -148,14 +194,14 @@ def _wait_for(predicate, timeout: float, what: str, thread: threading.Thread | N
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _run_in_thread(grid, events):
+def _run_in_thread(grid, *callbacks):
     from raysvc.service.driver import run_grid
 
     box = {}
 
     def target():
         try:
-            box["result"] = run_grid(grid, verbose=0, callbacks=[events])
+            box["result"] = run_grid(grid, verbose=0, callbacks=list(callbacks))
         except BaseException as exc:  # re-raised in the test
             box["error"] = exc
 
@@ -201,6 +247,18 @@ def test_grid_writes_every_run_and_round_exactly_once(small_grid, s3_gateway):
         assert manifest["n_rows"] == 2 and manifest["schema_version"] == rows[0]["schema_version"]
         assert {"ray", "torch", "raysvc"} <= set(manifest["packages"])
         assert manifest["code_revision"] and manifest["grid"] == "test-small" and manifest["train"] == "local"
+
+
+def test_no_file_of_the_ray_session_or_the_tune_state_holds_the_secret_key(small_grid, s3_gateway):
+    """The driver and the raylet had the key in their environment; Tune copies a driver's
+    AWS variables into every trial's runtime environment, which Ray logs, unless the
+    driver keeps them out (raysvc.service.credentials)."""
+    grid, result, _ = small_grid
+    assert result.ok, (result.missing, result.errors)  # the trials wrote: they had the key, from the raylet
+    roots = [session_root(), Path(grid.settings.experiment_path)]
+    logs = list(session_root().glob("session_*/logs/runtime_env_agent.log"))
+    assert logs and list(roots[1].glob("trial_*/result.json")), "nothing to search"
+    assert not _files_holding(roots, s3_gateway.secret_key.encode())
 
 
 def test_one_encoder_pass_per_dataset_and_backbone(small_grid):
@@ -333,3 +391,125 @@ def test_report_job_reads_the_grid_back_from_object_storage(small_grid, s3_gatew
     assert "files, 12 runs)" in capsys.readouterr().out
     aggregate = (tmp_path / "report" / "aggregate.csv").read_text()
     assert aggregate.count("\n") == 2 * 3 * 2 + 1  # datasets x strategies x rounds, plus the header
+
+
+def _one_cell_grid(name: str, s3_gateway, feature_cache, tmp_path, **settings) -> dict:
+    return {
+        "name": name, "out": f"{s3_gateway.dest}/{name}", "storage_path": str(tmp_path / "tune"),
+        "cells_per_trial": 1, "features": {"cache_dir": str(feature_cache)},
+        "fixed": dict(FIXED, rounds=1, dataset="animal-mnist"), "grid": {"strategy": ["random"], "seed": [0]},
+        **settings,
+    }
+
+
+def _grid_job(config: Path, *args: str) -> list[str]:
+    """``python -m jobs.grid`` for ``config`` on the test's cluster (a driver of its own)."""
+    import ray
+
+    return [sys.executable, "-m", "jobs.grid", str(config), "--address", ray.get_runtime_context().gcs_address,
+            "--quiet", *args]
+
+
+def _lease_held(name: str) -> bool:
+    import ray
+
+    from raysvc.service.driver import LEASE_PREFIX
+    from raysvc.service.encoders import NAMESPACE
+
+    try:
+        ray.get_actor(LEASE_PREFIX + name, namespace=NAMESPACE)
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.timeout(420)
+def test_a_grid_running_is_refused_to_a_second_driver_and_taken_over_once_its_driver_died(
+        ray_cluster, s3_gateway, feature_cache, tmp_path):
+    import yaml
+
+    from raysvc.service.driver import run_grid
+    from raysvc.service.gridspec import load_grid
+
+    config = tmp_path / "orphan.yaml"
+    config.write_text(yaml.safe_dump(_one_cell_grid("orphan", s3_gateway, feature_cache, tmp_path)))
+    grid = load_grid(config)
+    # its own TMPDIR: killed, it leaves its private credentials file there (see raysvc.service.credentials)
+    first = subprocess.Popen(_grid_job(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
+                             env=dict(os.environ, TMPDIR=str(tmp_path)))
+    try:
+        _wait_for(lambda: _lease_held("orphan") or first.poll() is not None, 180, "the first driver's lease")
+        assert first.poll() is None
+        with pytest.raises(ConfigError) as refused:
+            run_grid(grid, verbose=0)
+    finally:
+        first.kill()
+        first.wait()
+    assert re.fullmatch(
+        rf"grid orphan is running \(driver pid {first.pid} on {re.escape(socket.gethostname())} "
+        r"since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\); wait for it or pass --name", str(refused.value))
+    # the lease belonged to the dead driver's job: Ray ends it with the job, and --resume takes over
+    _wait_for(lambda: not _lease_held("orphan"), 60, "the dead driver's lease to end")
+    result = run_grid(grid, resume=True, verbose=0)
+    assert result.ok, (result.missing, result.errors)
+    manifests, _ = _read_back(s3_gateway, "orphan")
+    assert sorted(manifests) == grid.run_ids
+    assert not _lease_held("orphan")
+
+
+class _StopGatewayAtTheEnd(tune.Callback):
+    """Stops the S3 gateway over ``root`` when the Tune experiment ends (before the driver's
+    final listing); holds no credentials, since Tune pickles its callbacks into its state."""
+
+    def __init__(self, root, port: int):
+        self.root, self.port = str(root), port
+
+    def on_experiment_end(self, trials, **info):
+        from raysvc.local.s3gateway import S3Gateway
+
+        S3Gateway(self.root, self.port).stop()
+
+
+@pytest.mark.timeout(420)
+def test_a_retried_trial_backs_off_and_the_driver_reports_what_it_cannot_confirm(
+        ray_cluster, s3_gateway, feature_cache, tmp_path, monkeypatch):
+    """The store goes away while the run is written, for longer than the store's retry
+    window: the trial fails twice, each retry waiting longer, and the third attempt
+    writes. The store goes away again when the experiment ends: the driver still
+    returns its report, with the run it could not confirm."""
+    from raysvc import storage
+    from raysvc.service.gridspec import load_grid
+
+    monkeypatch.setenv("RAYSVC_S3_RETRY_SECONDS", "2")  # the driver's final listing; workers keep their own
+    events = GridEvents()
+    grid = load_grid(_one_cell_grid("backoff", s3_gateway, feature_cache, tmp_path, max_failures=3,
+                                    retry_backoff_seconds=3, checkpoint_seconds=0))
+    # the trial's store gives up after 2 s (the workers' own window here is 120 s)
+    store = storage.open_store(grid.settings.out, retry_seconds=2)
+    grid = dataclasses.replace(grid, plans=tuple(dataclasses.replace(p, dest=store) for p in grid.plans))
+    gateway = s3_gateway.gateway
+    thread, box = _run_in_thread(grid, events, _StopGatewayAtTheEnd(gateway.root, gateway.port))
+    try:
+        _wait_for(lambda: events.starts, 300, "the trial to start", thread)
+        gateway.stop()
+        _wait_for(lambda: len(events.recoveries) >= 2, 300, "two failed attempts to store the run", thread)
+        gateway.start()
+        thread.join(360)
+    finally:
+        gateway.start()  # also once the callback stopped it at the end
+    assert not thread.is_alive()
+    if "error" in box:
+        raise box["error"]
+    result = box["result"]
+    assert not result.ok and result.missing == [] and result.unconfirmed == grid.run_ids
+    assert len(result.errors) == 1 and result.errors[0].startswith("cannot confirm the stored runs: "), result.errors
+    summary = json.loads(json.dumps(result.summary()))
+    assert summary["unconfirmed"] == grid.run_ids and summary["errors"] == result.errors and summary["trials"] == 1
+    backoffs = [(r[0], r[6]) for r in events.results if r[6] is not None]
+    assert [waited for _, waited in backoffs] == [3.0, 6.0]
+    for (failed_at, _), (resumed_at, waited) in zip(events.recoveries, backoffs):
+        assert resumed_at - failed_at >= waited
+    written = events.written()
+    assert len(written) == 1 and written[0][0] > events.recoveries[1][0]
+    manifests, rows = _read_back(s3_gateway, "backoff")
+    assert sorted(manifests) == grid.run_ids and len(rows) == 1

@@ -8,6 +8,7 @@ import time
 import uuid
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from ports import free_port
 
@@ -23,6 +24,7 @@ def rows(run_id: str, n: int = 3, acc: float = 0.5) -> pa.Table:
         student="", teacher="", seed=0, budget=10, pool_size=100, n_classes=4,
         schema_version=SCHEMA_VERSION, n_pseudo=0, pseudo_acc=float("nan"), zeroshot_acc=0.3,
         teacher_acc=float("nan"), select_seconds=0.1, train_seconds=0.2, encode_seconds=0.0,
+        test_acc_base=float("nan"), test_acc_novel=float("nan"), test_acc_hm=float("nan"),
     )  # fmt: skip
     return to_table(
         [dict(base, round=r, n_labeled=10 * r, n_queried=10 * r, test_acc=acc + r / 100) for r in range(n)]
@@ -120,22 +122,26 @@ class CrashBeforeManifest(storage.ObjectStore):
 
 
 def test_run_invisible_until_manifest_written(dest):
-    """Interrupt a write between records and manifest: readers must not see the run."""
+    """Interrupt a write between its files and its manifest: readers must not see the run, and a
+    crashed rewrite of an existing run leaves the old run whole."""
     storage.write_run(dest, "old", rows("old"), manifest("old"))
     crashing = CrashBeforeManifest(storage.open_store(dest))
     with pytest.raises(RuntimeError):
         storage.write_run(crashing, "new", rows("new"), manifest("new"))
-    # a crashed rewrite of an existing run hides it rather than pairing new rows with an old manifest
     with pytest.raises(RuntimeError):
         storage.write_run(crashing, "old", rows("old", n=1), manifest("old"))
 
-    assert storage.list_runs(dest) == []
-    assert storage.read_runs(dest) == []
+    assert storage.list_runs(dest) == ["old"]
+    (old,) = storage.read_runs(dest)
+    assert same(old.table, rows("old"))  # the old rows with the old manifest, not the crashed rewrite's
     assert storage.read_run(dest, "new") is None
-    # the records of the interrupted write are there, but do not count
-    assert storage.open_store(dest).get(storage.run_key("new", storage.RECORDS)) is not None
+    # the files of the interrupted write are there, but do not count: named as incomplete
+    assert any(k.endswith(storage.RECORDS) for k in storage.open_store(dest).list("runs/new/"))
+    stored = storage.stored_runs(dest)
+    assert stored.complete == ["old"] and list(stored.incomplete) == ["new"]
+    assert "did not finish" in stored.incomplete["new"]
     storage.write_run(dest, "new", rows("new"), manifest("new"))
-    assert storage.list_runs(dest) == ["new"]
+    assert storage.list_runs(dest) == ["new", "old"]
 
 
 def test_records_manifest_mismatch_detected(tmp_path):
@@ -143,7 +149,7 @@ def test_records_manifest_mismatch_detected(tmp_path):
     storage.write_run(dest, "r1", rows("r1"), manifest("r1"))
     mpath = dest / "runs" / "r1" / "manifest.json"
     m = json.loads(mpath.read_text())
-    m["records_sha256"] = "0" * 64
+    m["files"]["records.parquet"]["sha256"] = "0" * 64
     mpath.write_text(json.dumps(m))
     with pytest.raises(CorruptRunError, match="does not match the checksum in its manifest") as info:
         storage.read_runs(dest)
@@ -197,6 +203,35 @@ def test_store_down_gives_up_after_retry_window(s3, monkeypatch):
     with pytest.raises(StorageError, match="still unavailable after 1s"):
         storage.write_run(s3, "r1", rows("r1"), {}, retry_seconds=1)
     assert time.monotonic() - t0 < 10
+
+
+def test_attempt_timeouts_fit_in_what_is_left_of_the_window():
+    from raysvc.storage.s3 import attempt_timeouts
+
+    assert attempt_timeouts(60, 60) == (5, 30)  # half the window: a moment's freeze is tried again
+    assert attempt_timeouts(600, 600) == (5, 120)  # never above the usual read timeout
+    assert attempt_timeouts(60, 10.7) == (5, 10)  # late in the window: what is left, in whole seconds
+    assert attempt_timeouts(4, 4) == (2, 2)
+    assert attempt_timeouts(60, 0.3) == (1, 1)  # the last attempt still gets a second
+
+
+def test_frozen_store_holds_a_call_no_longer_than_its_window(s3, monkeypatch, capsys):
+    import socket
+
+    # accepts connections (the kernel completes them from the backlog) and never answers
+    with socket.socket() as frozen:
+        frozen.bind(("127.0.0.1", 0))
+        frozen.listen(64)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{frozen.getsockname()[1]}")
+        monkeypatch.setenv("RAYSVC_S3_RETRY_SECONDS", "3")
+        store = storage.open_store(s3)
+        t0 = time.monotonic()
+        with pytest.raises(StorageError, match="still unavailable after 3s") as error:
+            store.get("runs/r1/manifest.json")
+        elapsed = time.monotonic() - t0
+    assert 3 <= elapsed < 3 + 2.5, elapsed  # not botocore's 60 s, nor the 120 s read timeout
+    assert "timeout" in str(error.value).lower() and "\n" not in str(error.value)
+    assert "retrying for up to 3s" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(find_juicefs() is None, reason="juicefs binary not found")
@@ -265,3 +300,116 @@ def test_gateway_that_dies_reports_its_log(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "exited while starting" in msg and "cannot open the volume" in msg and "\n" not in msg
     assert not gw.is_running() and not gw.pid_path.exists()
+
+
+# ------------------------------------------------------------- one writer per run
+def _racing_writer(dest: str, env: dict, writer: int, rounds: int, barrier) -> None:
+    """A process that writes run "race" ``rounds`` times, each write starting with the other
+    writer's (a barrier): its rows carry ``writer`` in test_acc, its manifest in "writer"."""
+    import os
+
+    os.environ.update(env)
+    for _ in range(rounds):
+        barrier.wait(60)
+        table = rows("race", n=2 + writer, acc=float(writer))
+        storage.write_run(dest, "race", table, dict(manifest("race"), writer=writer))
+        barrier.wait(60)  # the test reads the final state here
+        barrier.wait(60)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_two_writers_of_one_run_leave_one_whole_run(where, request, tmp_path):
+    """Two processes write one run id at the same moment, 40 times: every final state is
+    readable and holds one writer's rows with that same writer's manifest."""
+    import multiprocessing
+
+    if where == "s3":
+        dest, env = request.getfixturevalue("s3"), dict(request.getfixturevalue("s3_gateway").env)
+    else:
+        dest, env = str(tmp_path / "results"), {}
+    rounds = 40
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(3)
+    writers = [context.Process(target=_racing_writer, args=(dest, env, w, rounds, barrier)) for w in (0, 1)]
+    for w in writers:
+        w.start()
+    winners = []
+    try:
+        for _ in range(rounds):
+            barrier.wait(60)  # both start writing
+            barrier.wait(120)  # both are done
+            run = storage.read_run(dest, "race")
+            writer = run.manifest["writer"]
+            assert set(run.table.column("test_acc").to_pylist()) <= {float(writer) + r / 100 for r in range(3)}
+            assert run.table.num_rows == 2 + writer == run.manifest["n_rows"]
+            assert storage.stored_runs(dest).complete == ["race"]
+            winners.append(writer)
+            barrier.wait(60)
+    finally:
+        for w in writers:
+            w.join(60)
+            if w.is_alive():
+                w.kill()
+    assert all(w.exitcode == 0 for w in writers)
+    assert len(winners) == rounds
+
+
+def test_skip_existing_counts_complete_runs_only(dest):
+    storage.write_run(dest, "whole", rows("whole"), manifest("whole"))
+    storage.write_run(dest, "cut", rows("cut"), manifest("cut"))
+    store = storage.open_store(dest)
+    m = json.loads(store.get("runs/cut/manifest.json"))
+    path = f"runs/cut/{m['files']['records.parquet']['path']}"
+    store.put(path, store.get(path)[:100])  # truncated behind its manifest's back
+    with pytest.raises(RuntimeError):
+        storage.write_run(CrashBeforeManifest(store), "dead", rows("dead"), manifest("dead"))
+    stored = storage.stored_runs(dest)
+    assert stored.complete == ["whole"]
+    assert sorted(stored.incomplete) == ["cut", "dead"]
+    assert "records.parquet has 100 bytes" in stored.incomplete["cut"]
+
+
+def test_extra_run_files_are_stored_and_verified(dest):
+    selections = pa.table({"round": [1, 1], "position": [4, 7]})
+    storage.write_run(dest, "r1", rows("r1"), manifest("r1"), files={"selections.parquet": selections})
+    run = storage.read_run(dest, "r1")
+    assert pq.read_table(pa.BufferReader(storage.read_run_file(dest, run, "selections.parquet"))).equals(selections)
+    assert storage.read_run_file(dest, run, "probs.npy") is None
+    store = storage.open_store(dest)
+    store.put(f"runs/r1/{run.manifest['files']['selections.parquet']['path']}", b"edited")
+    with pytest.raises(CorruptRunError, match="selections.parquet does not match the checksum"):
+        storage.read_run_file(dest, run, "selections.parquet")
+    with pytest.raises(StorageError, match="may not be called"):
+        storage.write_run(dest, "r2", rows("r2"), {}, files={"manifest.json": b"{}"})
+
+
+def test_a_run_of_the_first_storage_format_reads_and_a_rerun_replaces_it(tmp_path):
+    """Format 1: records.parquet beside the manifest, records_sha256 in it."""
+    import hashlib
+    import io
+
+    folder = tmp_path / "runs" / "r1"
+    folder.mkdir(parents=True)
+    buffer = io.BytesIO()
+    pq.write_table(rows("r1"), buffer)
+    (folder / "records.parquet").write_bytes(buffer.getvalue())
+    old = dict(manifest("r1"), run_id="r1", n_rows=3, storage_format=1,
+               records_sha256=hashlib.sha256(buffer.getvalue()).hexdigest())
+    (folder / "manifest.json").write_text(json.dumps(old))
+    assert same(storage.read_run(tmp_path, "r1").table, rows("r1"))
+    assert storage.stored_runs(tmp_path).complete == ["r1"]
+    storage.write_run(tmp_path, "r1", rows("r1", n=1), manifest("r1"))
+    assert storage.read_run(tmp_path, "r1").table.num_rows == 1
+    assert not (folder / "records.parquet").exists()  # the replaced format-1 records are gone
+
+
+def test_a_rerun_removes_the_attempt_it_replaced_and_stale_ones(tmp_path, monkeypatch):
+    storage.write_run(tmp_path, "r1", rows("r1"), manifest("r1"))
+    storage.write_run(tmp_path, "r1", rows("r1"), manifest("r1"))
+    assert len([p for p in (tmp_path / "runs" / "r1").iterdir() if p.is_dir()]) == 1
+    stale = tmp_path / "runs" / "r1" / "20000101T000000Z-0123456789ab"
+    stale.mkdir()
+    (stale / "records.parquet").write_bytes(b"left by a writer that died")
+    storage.write_run(tmp_path, "r1", rows("r1"), manifest("r1"))
+    assert not stale.exists()

@@ -120,11 +120,31 @@ def test_pool_features_kinds():
     pool, _ = blob_pool([4, 3])
     np.testing.assert_array_equal(pool_features(pool, "image"), pool.features)
     assert pool_features(pool, "guided").shape == (7, 12)
+    assert pool_features(pool, "text").shape == (7, 6)
     with pytest.raises(RaysvcBug):  # the options were validated: an unknown kind here is a bug
-        pool_features(pool, "text")
+        pool_features(pool, "pixels")
     no_text = Pool(pool.features, pool.probs, pool.labeled, pool.labels)
     with pytest.raises(RaysvcBug):  # the loop computes what a strategy requires
         pool_features(no_text, "guided")
+    with pytest.raises(RaysvcBug):  # the true labels come only with oracle=true
+        pool_features(pool, "label")
+
+
+def test_text_and_label_guided_features_equal_hand_computation():
+    """Tab. 2's spaces on the hand case above: text = p T (official: unit rows; paper: as is);
+    label (CB*) = [I, T_y] with y the true label: (.6, .8, 0, 1)/sqrt2 and (0, 1, 1, 0)/sqrt2."""
+    features = np.array([[3.0, 4.0], [0.0, 2.0]])
+    text = np.array([[1.0, 0.0], [0.0, 1.0]])
+    probs = np.array([[0.75, 0.25], [0.5, 0.5]])
+    np.testing.assert_allclose(class_guided_features(None, probs, text, kind="text", variant="paper"), probs,
+                               atol=1e-6)
+    np.testing.assert_allclose(class_guided_features(None, probs, text, kind="text"),
+                               probs / np.linalg.norm(probs, axis=1, keepdims=True), atol=1e-6)
+    labels = np.array([1, 0])
+    z = class_guided_features(features, None, text, kind="label", labels=labels)
+    np.testing.assert_allclose(z, np.array([[0.6, 0.8, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]]) / np.sqrt(2), atol=1e-6)
+    pool = Pool(features, probs, np.zeros(2, bool), np.full(2, -1), text, true_labels=labels)
+    np.testing.assert_allclose(pool_features(pool, "label", rows=np.array([1])), z[1:], atol=1e-6)
 
 
 # --- cb ------------------------------------------------------------------------------
@@ -171,7 +191,11 @@ def test_number_of_clusters_follows_the_variant():
 @pytest.mark.parametrize(
     "name, params",
     [
-        ("cb", {"features": "text"}),
+        ("cb", {"features": "pixels"}),
+        ("cb", {"features": "label"}),  # the true labels need oracle=true
+        ("coreset", {"oracle": True}),  # and oracle=true is for features=label only
+        ("cb", {"clusters_per_budget": 0}),
+        ("probcover", {"centres": "medoids"}),
         ("cb", {"variant": "nearest"}),
         ("cb", {"k_rule": "paper"}),  # subsumed by variant
         ("cbsq", {"variant": "Official"}),
@@ -192,6 +216,20 @@ def test_requires_follows_the_feature_kind():
     assert make_strategy("cb", features="image").requires == {"features"}
     assert make_strategy("cbsq", features="image").requires == {"features", "probs"}
     assert make_strategy("typiclust", features="guided").requires == {"features", "probs", "text_features"}
+    assert make_strategy("cb", features="text").requires == {"probs", "text_features"}
+    assert make_strategy("coreset", features="label", oracle=True).requires == {"features", "true_labels",
+                                                                               "text_features"}
+    assert make_strategy("dropquery", features="text").requires == {"features", "probs", "text_features"}
+
+
+def test_fixed_number_of_clusters_per_budget():
+    """Tab. 6: K = B and K = 8B in every round, labeled or not, in either variant."""
+    rounds = [blob_pool([10, 10, 10], labeled=range(n), round=r)[0] for n, r in ((0, 1), (4, 2), (9, 5))]
+    for variant in ("official", "paper"):
+        for name in ("cb", "cbsq"):
+            for per_budget, k in ((1, 6), (8, 48)):
+                strategy = make_strategy(name, variant=variant, clusters_per_budget=per_budget)
+                assert [strategy.n_clusters(p, 6) for p in rounds] == [k] * 3
 
 
 # --- cbsq ----------------------------------------------------------------------------

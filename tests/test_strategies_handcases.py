@@ -224,3 +224,70 @@ def test_activekd_badge_h7_is_deterministic_farthest_first():
     pool = Pool(np.ones((4, 1), np.float32), p, np.zeros(4, bool), np.full(4, -1), embeddings=np.ones((4, 1)))
     for seed in range(3):
         assert make_strategy("badge", cold_start="prior").select(pool, 4, seed=seed).query.tolist() == [0, 1, 2, 3]
+
+
+# --- the ablations of issue 20 ----------------------------------------------------------
+
+
+def chain_pool():
+    """A chain a..e at 0, .3, .6, .9, 1.2 and a pair f, g at 10, 10.3 (x axis). With delta .35 the
+    balls are a {a,b}, b {a,b,c}, c {b,c,d}, d {c,d,e}, e {d,e}, f {f,g}, g {f,g}."""
+    x = np.array([[0.0, 0], [0.3, 0], [0.6, 0], [0.9, 0], [1.2, 0], [10.0, 0], [10.3, 0]], dtype=np.float32)
+    return Pool(x, None, np.zeros(7, bool), np.full(7, -1), n_classes=2)
+
+
+def test_probcover_star_takes_the_best_covering_member_of_each_kmeans_cluster(fixed_clustering):
+    """ProbCover* (CB paper Tab. 11), clusters {a..e} and {f, g}: the larger cluster first gives a
+    member of degree 3 (b, c or d), then the pair gives f or g, whatever the seed. The greedy
+    ProbCover after b (covering a, b, c) ties d, e (uncovered {d, e}) with f, g: for some seeds
+    its second pick stays on the chain."""
+    calls = fixed_clustering(np.zeros((2, 2), np.float32), np.array([0, 0, 0, 0, 0, 1, 1]))
+    star, greedy = [], []
+    for seed in range(20):
+        star.append(make_strategy("probcover", delta=0.35, centres="kmeans").select(chain_pool(), 2, seed=seed).query)
+        greedy.append(make_strategy("probcover", delta=0.35).select(chain_pool(), 2, seed=seed).query)
+    assert calls[-1][1] == 0 + 2  # K = n_labeled + budget
+    assert all(p[0] in (1, 2, 3) and p[1] in (5, 6) for p in star)
+    assert any(p[0] in (1, 2, 3) and p[1] in (3, 4) for p in greedy)
+
+
+def test_pcoreset_reverse_takes_the_nearest_probability_vector():
+    """Labeled (1, 0); unlabeled u1 (.9, .1), u2 (.5, .5), u3 (0, 1). PCoreSet: u3 (distance sqrt2),
+    then u2 (.71 from both centres; u1 is .14 from (1, 0)). PCoreSet+R: u1 (.14), then u2 (.57 from
+    u1; u3 is 1.27 from u1)."""
+    probs = np.array([[1, 0], [0.9, 0.1], [0.5, 0.5], [0, 1]], dtype=np.float32)
+    pool = Pool(None, probs, np.arange(4) == 0, np.array([0, -1, -1, -1]))
+    assert make_strategy("pcoreset").select(pool, 2, seed=0).query.tolist() == [3, 2]
+    assert make_strategy("pcoreset", reverse=True).select(pool, 2, seed=0).query.tolist() == [1, 2]
+
+
+def sq_case():
+    """Labeled rows 0 (.9/.1) and 1 (.3/.7, mispredicted), both stored as class 0; unlabeled
+    u2 (.86/.14), u3 (.6/.4), u4 (.3/.7), u5 (.95/.05). Entropy's order: u3, u4, u2, u5."""
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.86, 0.14], [0.6, 0.4], [0.3, 0.7], [0.95, 0.05]], dtype=np.float32)
+    return Pool(None, probs, np.arange(6) < 2, np.array([0, 0, -1, -1, -1, -1]))
+
+
+@pytest.mark.parametrize("variant, pseudo", [("official", [2]), ("paper", [3, 2])])
+def test_selective_querying_on_entropys_picks(variant, pseudo):
+    """sq:entropy filters entropy's own picks u3, u4, u2 with CB+SQ's thresholds: official
+    tau_0 = mean max-probability (.9, .7) = .8 pseudo-labels u2 (.86); eq. 11's tau_0 = mean
+    p(0|x) (.9, .3) = .6 also u3 (.6); u4 is predicted class 1, which has no labeled image."""
+    pool = sq_case()
+    base = make_strategy("entropy").select(pool, 3, seed=0).query
+    assert base.tolist() == [3, 4, 2]
+    sel = make_strategy("sq:entropy", variant=variant).select(pool, 3, seed=0)
+    assert sel.pseudo.tolist() == pseudo and sel.pseudo_labels.tolist() == [0] * len(pseudo)
+    assert sel.query.tolist() == [i for i in base.tolist() if i not in pseudo]
+
+
+def test_selective_querying_keeps_the_base_strategys_own_options_and_draws():
+    """sq:coreset with the base's cold start given through base_options: with nothing labeled its
+    picks are coreset's own (uniform, seeded), and nothing is pseudo-labeled."""
+    rng = np.random.default_rng(0)
+    pool = Pool(rng.standard_normal((30, 4)).astype(np.float32), rng.dirichlet(np.ones(3), 30),
+                np.zeros(30, bool), np.full(30, -1))
+    for options in ({}, {"cold_start": "prior"}):
+        sel = make_strategy("sq:coreset", base_options=options).select(pool, 5, seed=4)
+        assert sel.query.tolist() == make_strategy("coreset", **options).select(pool, 5, seed=4).query.tolist()
+        assert len(sel.pseudo) == 0

@@ -18,7 +18,11 @@ from raysvc.strategies import STRATEGIES, Pool, make_strategy
 
 N, D, C, E = 60, 8, 4, 6
 # options whose every value is a way of running the strategy (the others are tuning knobs)
-MODE_OPTIONS = ("variant", "cold_start")
+MODE_OPTIONS = ("variant", "cold_start", "features", "centres", "reverse")
+# options a mode needs alongside: the label-guided features read the true labels only with oracle
+MODE_NEEDS = {("features", "label"): {"oracle": True}}
+# members of each family, checked in its place: selective querying on strategies of each kind
+FAMILY_MEMBERS = {"sq:<strategy>": ["sq:coreset", "sq:entropy", "sq:pcb", "sq:random", "sq:typiclust", "sq:cb"]}
 
 
 def _modes(name: str) -> list[dict]:
@@ -28,11 +32,14 @@ def _modes(name: str) -> list[dict]:
     modes = [{}]
     for field in dataclasses.fields(options):
         if field.name in MODE_OPTIONS:
-            modes += [{field.name: value} for value in typing.get_args(hints[field.name]) if value != field.default]
+            values = (False, True) if hints[field.name] is bool else typing.get_args(hints[field.name])
+            modes += [{field.name: value, **MODE_NEEDS.get((field.name, value), {})}
+                      for value in values if value != field.default]
     return modes
 
 
-CASES = [(name, params) for name in STRATEGIES.names() for params in _modes(name)]
+NAMES = [member for name in STRATEGIES.names() for member in FAMILY_MEMBERS.get(name, [name])]
+CASES = [(name, params) for name in NAMES for params in _modes(name)]
 
 
 def _case_id(case) -> str:
@@ -53,6 +60,7 @@ def _arrays(seed: int = 0, dtype=np.float32):
     return {
         "features": features.astype(dtype), "probs": probs.astype(np.float32),
         "text_features": text.astype(np.float32), "embeddings": embeddings.astype(dtype),
+        "true_labels": rng.integers(C, size=N),
     }, probs.argmax(1)
 
 
@@ -68,14 +76,16 @@ def make_pool(strategy, n_labeled: int = 8, fields: str = "requires", dtype=np.f
 
 
 def _fields(name: str) -> list[str]:
-    return ["requires", "optional"] if STRATEGIES.resolve(name).cls.optional else ["requires"]
+    return ["requires", "optional"] if make_strategy(name).optional else ["requires"]
 
 
 CASES_WITH_FIELDS = [(name, params, fields) for name, params in CASES for fields in _fields(name)]
 
 
 def test_every_listed_strategy_is_checked():
-    assert sorted({name for name, _ in CASES}) == sorted(STRATEGIES.names())
+    checked = {name for name, _ in CASES}
+    assert {e.name for e in STRATEGIES.entries()} <= checked
+    assert all(set(FAMILY_MEMBERS[f.name]) <= checked for f in STRATEGIES.families())
 
 
 @pytest.mark.parametrize("name, params, fields", CASES_WITH_FIELDS,

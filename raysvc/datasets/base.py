@@ -26,7 +26,9 @@ class ImageDataset:
     them all the way). A class is prompted with every template in ``templates`` (several
     make a prompt ensemble: their embeddings are averaged), or with its ``descriptions``
     (the PCB setting's class descriptions, also averaged) when given. ``skipped`` names
-    unreadable images left out (``skip_bad_images``).
+    unreadable images left out (``skip_bad_images``). ``item_ids``: each image's stable
+    name in its source (a folder's relative file path); None: its index in the packaged
+    arrays (:meth:`item`).
     """
 
     name: str
@@ -39,6 +41,7 @@ class ImageDataset:
     test_indices: np.ndarray | None = None
     descriptions: tuple[tuple[str, ...], ...] | None = None
     skipped: tuple[str, ...] = ()
+    item_ids: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -49,6 +52,10 @@ class ImageDataset:
 
     def load(self, index: int) -> Image.Image:
         return self.loader(int(index))
+
+    def item(self, index: int) -> str:
+        """Image ``index``'s stable id: what a stored selection names it by."""
+        return self.item_ids[int(index)] if self.item_ids is not None else str(int(index))
 
     def prompts(self) -> list[tuple[str, ...]]:
         """The sentences of each class: its descriptions, else the template filled in."""
@@ -74,6 +81,7 @@ class ImageDataset:
             fingerprint=f"{self.name}-subset-{digest}",
             loader=lambda i: parent(int(indices[i])),
             test_indices=test,
+            item_ids=tuple(self.item(i) for i in indices),
         )
 
 

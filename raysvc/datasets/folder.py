@@ -12,13 +12,14 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from raysvc.datasets import DATASETS
 from raysvc.datasets.base import DatasetSource, ImageDataset
-from raysvc.errors import DatasetError
+from raysvc.errors import DatasetError, one_line
 from raysvc.options import Options, option
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
@@ -42,6 +43,9 @@ class ImageFolder(DatasetSource):
     class Options(Options):
         path: str = option("", "the folder (set by the name)")
         split_file: str | None = option(None, "CoOp-style split JSON: train + val form the pool, test is held out")
+        pool_parts: Literal["train+val", "train"] = option(
+            "train+val", "with a split file, the parts that form the pool; train: no validation image (the pool "
+                         "of APL's and ActiveKD's code, dassl's train_x)")
         skip_bad_images: bool = option(False, "leave out unreadable images (named in the manifest) instead of failing")
 
         def check(self):
@@ -53,7 +57,8 @@ class ImageFolder(DatasetSource):
 
     def load(self) -> ImageDataset:
         o = self.options
-        return image_folder(o.path, split_file=o.split_file, skip_bad_images=o.skip_bad_images)
+        return image_folder(o.path, split_file=o.split_file, skip_bad_images=o.skip_bad_images,
+                            val_in_pool=o.pool_parts == "train+val")
 
 
 def _unreadable(path: Path) -> str | None:
@@ -90,20 +95,31 @@ def _files_fingerprint(name: str, root: Path, paths: Sequence[Path], labels: np.
     return f"{name}-{digest.hexdigest()[:16]}"
 
 
-def _check_images(paths: list[Path], labels: list[int], skip_bad: bool) -> tuple[list[Path], list[int], list[str]]:
-    """(readable paths, their labels, names of the skipped ones); DatasetError on the first bad
-    image unless ``skip_bad``."""
-    kept, kept_labels, skipped = [], [], []
+# unreadable images a refusal names before it counts the rest
+NAMED_BAD_IMAGES = 3
+
+
+def _check_images(root: Path, paths: list[Path], labels: list[int],
+                  skip_bad: bool) -> tuple[list[Path], list[int], list[str]]:
+    """(readable paths, their labels, names of the skipped ones). Every image is checked;
+    unless ``skip_bad``, one DatasetError line names the first few unreadable ones and counts
+    the rest, so one pass finds them all."""
+    kept, kept_labels, bad = [], [], []
     for path, label in zip(paths, labels):
         reason = _unreadable(path)
         if reason is None:
             kept.append(path)
             kept_labels.append(label)
-        elif skip_bad:
-            skipped.append(f"{path}: {reason}")
         else:
+            bad.append((path, reason))
+    if bad and not skip_bad:
+        if len(bad) == 1:
+            path, reason = bad[0]
             raise DatasetError(f"cannot read image {path}: {reason} (or pass skip_bad_images)")
-    return kept, kept_labels, skipped
+        named = "; ".join(f"{path.relative_to(root)}: {one_line(reason, 120)}" for path, reason in bad[:NAMED_BAD_IMAGES])
+        more = f"; and {len(bad) - NAMED_BAD_IMAGES} more" if len(bad) > NAMED_BAD_IMAGES else ""
+        raise DatasetError(f"cannot read {len(bad)} images in {root}: {named}{more} (or pass skip_bad_images)")
+    return kept, kept_labels, [f"{path}: {reason}" for path, reason in bad]
 
 
 def image_folder(
@@ -113,11 +129,13 @@ def image_folder(
     template: str | None = None,
     split_file: str | None = None,
     skip_bad_images: bool = False,
+    val_in_pool: bool = True,
 ) -> ImageDataset:
     """One sub-folder per class (folder name = class name), or a CoOp-style split JSON.
 
     The split JSON maps "train"/"val"/"test" to ``[relative_path, label, classname]``
-    rows; train and val form the pool and test is held out. ``template`` None: CoOp's
+    rows; train and val form the pool (train alone without ``val_in_pool``: the val images are
+    left out) and test is held out. ``template`` None: CoOp's
     template when the folder has one of the usual names, else "a photo of a {}.".
     """
     from raysvc.prompts import COOP_TEMPLATES
@@ -126,7 +144,7 @@ def image_folder(
     name = name or root.name
     template = template or COOP_TEMPLATES.get(root.name.lower(), "a photo of a {}.")
     if split_file:
-        return _coop_split(root, name, Path(split_file).expanduser(), template, skip_bad_images)
+        return _coop_split(root, name, Path(split_file).expanduser(), template, skip_bad_images, val_in_pool)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DatasetError(f"dataset folder {root} has no class sub-folders")
@@ -141,7 +159,7 @@ def image_folder(
     if len(folders) < 2:
         raise DatasetError(f"dataset folder {root} has one class ({folders[0].name!r}); "
                            "active learning needs at least two class sub-folders")
-    paths, labels, skipped = _check_images(paths, labels, skip_bad_images)
+    paths, labels, skipped = _check_images(root, paths, labels, skip_bad_images)
     emptied = sorted(set(range(len(folders))) - set(labels))
     if emptied:
         raise DatasetError(f"class {folders[emptied[0]].name!r} in {root} has no readable images")
@@ -155,15 +173,19 @@ def image_folder(
         loader=_pil_loader(paths),
         templates=(template,),
         skipped=tuple(skipped),
+        item_ids=tuple(p.relative_to(root).as_posix() for p in paths),
     )
 
 
-def _coop_split(root: Path, name: str, split_file: Path, template: str, skip_bad_images: bool) -> ImageDataset:
+def _coop_split(root: Path, name: str, split_file: Path, template: str, skip_bad_images: bool,
+                val_in_pool: bool = True) -> ImageDataset:
     try:
         split = json.loads(split_file.read_text())
         rows = {part: split.get(part, []) for part in ("train", "val", "test")}
     except (OSError, json.JSONDecodeError, AttributeError) as exc:
         raise DatasetError(f"cannot read split file {split_file}: {exc}") from None
+    if not val_in_pool:
+        rows["val"] = []
     entries = rows["train"] + rows["val"] + rows["test"]
     if not entries:
         raise DatasetError(f"split file {split_file} lists no images")
@@ -183,7 +205,7 @@ def _coop_split(root: Path, name: str, split_file: Path, template: str, skip_bad
     n_pool = len(rows["train"]) + len(rows["val"])
     is_test = [i >= n_pool for i in range(len(entries))]
     labels = [int(label) for _, label, _ in entries]
-    kept, kept_labels, skipped = _check_images(paths, labels, skip_bad_images)
+    kept, kept_labels, skipped = _check_images(root, paths, labels, skip_bad_images)
     if skipped:
         keep = {p: t for p, t in zip(paths, is_test)}
         is_test = [keep[p] for p in kept]
@@ -199,4 +221,5 @@ def _coop_split(root: Path, name: str, split_file: Path, template: str, skip_bad
         templates=(template,),
         test_indices=test if len(test) else None,
         skipped=tuple(skipped),
+        item_ids=tuple(p.relative_to(root).as_posix() for p in kept),
     )

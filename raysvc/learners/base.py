@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
+from raysvc.errors import RaysvcBug
 from raysvc.options import NoOptions, Options
 
 if TYPE_CHECKING:
@@ -90,6 +91,24 @@ class Learner(abc.ABC):
         row-indexable stand-in computed where read (:class:`~raysvc.lazyrows.LazyRows`) when the
         whole array would outweigh the pool."""
         return self.predict_proba("pool")
+
+    def class_text_features(self) -> np.ndarray:
+        """(C, D) the class text embeddings the current model scores images with, ``logits =
+        scale * f . T^T``: the t_{r-1} of the class-guided features (Kim et al. 2024, eq. 6).
+        Here the zero-shot prompts' embeddings, which learners without text embeddings (the
+        students) keep, and which a prompt learner uses until its first fit."""
+        return self.experiment.encoded.text_features
+
+    @classmethod
+    def transfers_to_new_classes(cls, options: Options) -> bool:
+        """Whether what it learns applies to class names it was not trained on (base-to-novel)."""
+        return False
+
+    def novel_class_probs(self, rows: np.ndarray, classnames: tuple[str, ...], text_features: np.ndarray) -> np.ndarray:
+        """Class probabilities of the images at dataset indices ``rows`` among classes it was not
+        trained on (``classnames``, zero-shot ``text_features``); only where
+        :meth:`transfers_to_new_classes`."""
+        raise RaysvcBug(f"learner {self.name!r} cannot score classes it was not trained on")
 
     def pool_embeddings(self) -> np.ndarray | None:
         """The learner's own penultimate features of the pool, if it has any."""

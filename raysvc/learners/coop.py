@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from raysvc.chunks import COMPUTE_ROWS
-from raysvc.errors import ConfigError
+from raysvc.errors import ConfigError, RaysvcBug
 from raysvc.lazyrows import LazyRows
 from raysvc.learners import LEARNERS
 from raysvc.learners.base import Learner, TrainRunner
@@ -212,6 +212,7 @@ class CoOpLearner(Learner):
     def __init__(self, experiment, options: CoOpOptions | None = None):
         super().__init__(experiment, options)
         self.class_embeddings: list[np.ndarray] | None = None  # None: zero-shot prompts
+        self.contexts: dict[str, np.ndarray] | None = None  # of this process's last fit (base-to-novel)
 
     def fit(self, positions: np.ndarray, labels: np.ndarray, seed: int, runner: TrainRunner) -> dict[str, Any]:
         exp = self.experiment
@@ -230,6 +231,7 @@ class CoOpLearner(Learner):
         with torch.no_grad():
             self.class_embeddings = [encoder(torch.as_tensor(c, device=device)).cpu().numpy()
                                      for c in result["contexts"].values()]
+        self.contexts = dict(result["contexts"])
         return {"device": result["device"], "steps": result["steps"], "train_seconds": result["train_seconds"]}
 
     def get_state(self) -> dict[str, np.ndarray]:
@@ -240,6 +242,50 @@ class CoOpLearner(Learner):
 
     def predict_proba(self, split: str) -> np.ndarray:
         return self._probs(self.rows(split))
+
+    @classmethod
+    def transfers_to_new_classes(cls, options: CoOpOptions) -> bool:
+        """A unified context goes in front of any class name (CoOp's base-to-novel); class-wise
+        contexts exist only for the classes trained on."""
+        return options.prompt == "unified"
+
+    def novel_class_probs(self, rows: np.ndarray, classnames: tuple[str, ...], text_features: np.ndarray) -> np.ndarray:
+        """The learned unified context in front of ``classnames`` (CoOp's evaluation on new classes;
+        the CB paper's Tab. 3), mixed with their zero-shot cosines by ``prior_weight`` as in training;
+        zero-shot before any fit."""
+        encoded = self.experiment.encoded
+        x = torch.as_tensor(np.asarray(encoded.image_features[rows], dtype=np.float32))
+        prior = torch.tensor(np.asarray(text_features, dtype=np.float32))
+        if self.class_embeddings is None:
+            classes = [prior]
+        elif self.contexts is None:
+            raise RaysvcBug("novel classes need the context of this process's last fit, not a restored state")
+        else:
+            device = training_device(self.options.device)  # where fit left the shared backbone
+            backbone = self.experiment.backbone.load().to(device)
+            encoder = backbone.prompt_encoder(list(classnames), context_length(self.options, backbone))
+            with torch.no_grad():
+                classes = [encoder(torch.as_tensor(self.contexts["unified"], device=device)).cpu()]
+        with torch.no_grad():
+            logits = prompt_logits(x, classes, encoded.logit_scale, prior, self.options.prior_weight)
+        return logits.softmax(-1).numpy()
+
+    def class_text_features(self) -> np.ndarray:
+        """Once fitted, the T with ``prompt_logits = scale * f . T^T``: the mean of the prompt kinds'
+        learned class embeddings (eq. 14 averages their cosines), mixed with the zero-shot ones by
+        ``prior_weight``. With one prompt kind and no prior (``variant=official``) these are the
+        learned prompts' unit-norm class embeddings, as APL @105a662 ``CustomCLIP.forward`` returns
+        them with ``get_text_feature=True`` (``trainers/alvlm.py:309, 320, 340-342``) to CB and
+        CB+SQ once a prompt has been trained (``cb.py:74-75``, ``cbsq.py:74-75``: ``idx != 0``).
+        Before the first fit, the zero-shot prompts' (``cb.py:77``: ``model_inference``)."""
+        if self.class_embeddings is None:
+            return super().class_text_features()
+        learned = np.mean(np.stack(self.class_embeddings), axis=0, dtype=np.float32)
+        weight = self.options.prior_weight
+        if not weight:
+            return learned
+        prior = np.asarray(self.experiment.encoded.text_features, dtype=np.float32)
+        return ((1.0 - weight) * learned + weight * prior).astype(np.float32)
 
     def pool_probs(self):
         """Above :data:`LAZY_POOL` images, probabilities computed where a strategy reads them

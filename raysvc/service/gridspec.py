@@ -16,6 +16,7 @@ A grid file::
       ray_data: {actors: 1, threads: 1, num_gpus: null}
       service: {num_cpus: 0, num_gpus: 0, threads: null, detached: false, name: null}
     max_failures: 2                # Tune retries of a trial whose worker died
+    retry_backoff_seconds: 30      # a retried trial waits this long first, doubling per failure
     checkpoint_seconds: 30         # checkpoint loop state at most this often (0: every round)
     max_concurrent_trials: null
     storage_path: null             # Tune's experiment storage (default: $RAYSVC_STATE_DIR/tune or ./.raysvc/tune)
@@ -65,9 +66,12 @@ class GridSettings(Options):
     features: FeatureSettings = dataclasses.field(default_factory=FeatureSettings,
                                                   metadata={"help": "feature cache, store and encoder service"})
     max_failures: int = option(2, "Tune retries of a trial whose worker died (-1: forever)")
+    retry_backoff_seconds: float = option(
+        30.0, "a trial retried after a failure first waits this long, doubled at each further failure (at most 600 s)")
     checkpoint_seconds: float = option(30.0, "checkpoint a trial's loop state at most this often (0: every round)")
     max_concurrent_trials: int | None = option(None, "at most this many trials at once")
     storage_path: str | None = option(None, "Tune experiment storage")
+    store_probs: bool = option(False, "also store each round's pool probabilities (float16) with every run")
     description: str = option("", "free text")
 
     def check(self):
@@ -77,6 +81,8 @@ class GridSettings(Options):
             raise ConfigError(f"option checkpoint_seconds={self.checkpoint_seconds!r}: must be >= 0")
         if self.max_failures < -1:
             raise ConfigError(f"option max_failures={self.max_failures!r}: must be >= -1")
+        if self.retry_backoff_seconds < 0:
+            raise ConfigError(f"option retry_backoff_seconds={self.retry_backoff_seconds!r}: must be >= 0")
 
     @property
     def service_name(self) -> str:
@@ -201,7 +207,8 @@ def load_grid(source: str | os.PathLike | dict[str, Any], *, features_overrides:
         values["features"] = FeatureSettings.parse(block, "grid features")
     settings = GridSettings.parse(values, "grid")
     dest = _destination(settings)
-    plans = tuple(cell.resolve(dest) for cell in expand_cells(raw.get("fixed"), raw.get("grid")))
+    plans = tuple(cell.resolve(dest, store_probs=settings.store_probs)
+                  for cell in expand_cells(raw.get("fixed"), raw.get("grid")))
     if not plans:
         raise ConfigError("the grid has no cells")
     ids = [plan.run_id for plan in plans]

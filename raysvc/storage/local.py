@@ -36,8 +36,7 @@ class LocalStore(ObjectStore):
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         path = self._path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+            fd, tmp = self._temp_beside(path)
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
@@ -51,6 +50,26 @@ class LocalStore(ObjectStore):
             _fsync_dir(path.parent)
         except OSError as exc:
             raise StorageError(one_line(f"cannot write {key} to {self}: {exc.strerror or exc}")) from None
+
+    def _temp_beside(self, path: Path) -> tuple[int, str]:
+        """A temporary file in ``path``'s folder, made if need be: a concurrent delete may prune
+        the folder (it removes folders it empties) between the two steps, so try again then."""
+        for _ in range(4):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                return tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+            except FileNotFoundError:
+                continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(one_line(f"cannot read {key} in {self}: {exc.strerror or exc}")) from None
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -70,17 +89,25 @@ class LocalStore(ObjectStore):
 
     def list(self, prefix: str) -> list[str]:
         start = self._path(prefix) if prefix.endswith("/") else self._path(prefix).parent
-        if not start.is_dir():
-            return []
-        try:
-            keys = (
-                p.relative_to(self.root).as_posix()
-                for p in start.rglob("*")
-                if p.is_file() and not (p.name.startswith(".") and p.name.endswith(_TMP_SUFFIX))
-            )
-            return sorted(k for k in keys if k.startswith(prefix))
-        except OSError as exc:
-            raise StorageError(one_line(f"cannot list {prefix} in {self}: {exc.strerror or exc}")) from None
+        failures: list[OSError] = []
+
+        def failed(exc: OSError) -> None:
+            # a folder a concurrent delete removed while we walked it holds nothing any more
+            if not isinstance(exc, FileNotFoundError):
+                failures.append(exc)
+
+        keys = []
+        for folder, _, names in os.walk(start, onerror=failed):
+            for name in names:
+                if name.startswith(".") and name.endswith(_TMP_SUFFIX):
+                    continue
+                key = Path(folder, name).relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    keys.append(key)
+        if failures:
+            exc = failures[0]
+            raise StorageError(one_line(f"cannot list {prefix} in {self}: {exc.strerror or exc}"))
+        return sorted(keys)
 
     def check_writable(self) -> None:
         """The root (or, while it does not exist, its nearest existing ancestor) must be a

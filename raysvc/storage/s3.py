@@ -6,12 +6,16 @@ the usual ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKE
 ``AWS_PROFILE``; ``AWS_DEFAULT_REGION`` / ``AWS_REGION`` (default us-east-1);
 ``RAYSVC_S3_RETRY_SECONDS`` (default 60): how long to keep retrying, with exponential
 backoff, while the store is unreachable or answers 5xx, before a StorageError. A retry
-says so on stderr once when it starts and once when the store answers again.
+says so on stderr once when it starts and once when the store answers again. The window
+bounds a whole call, a frozen store included (one that accepts connections and never
+answers): each attempt's connect and read timeouts fit in what is left of it
+(:func:`attempt_timeouts`).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 import threading
@@ -25,16 +29,19 @@ from raysvc.storage.stores import ObjectStore
 
 DEFAULT_RETRY_SECONDS = 60.0
 DEFAULT_REGION = "us-east-1"
+CONNECT_TIMEOUT = 5.0
+# a healthy store answers a put of a 64 MiB feature shard well within this
+READ_TIMEOUT = 120.0
 
 _RETRY_CODES = {
     "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling",
     "ThrottlingException", "XMinioServerNotInitialized", "XMinioStorageFull",
 }  # fmt: skip
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "403"}
-_MISSING = {"NoSuchKey", "404", "NotFound"}
+_MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
 
 
-def client_config(endpoint: str | None, connect_timeout: float = 5, read_timeout: float = 120):
+def client_config(endpoint: str | None, connect_timeout: float = CONNECT_TIMEOUT, read_timeout: float = READ_TIMEOUT):
     """botocore settings for every raysvc S3 client (the runtime's and the local gateway's)."""
     from botocore.config import Config
 
@@ -61,22 +68,37 @@ def _settings() -> tuple:
     return endpoint, region, creds
 
 
-@functools.lru_cache(maxsize=8)
-def _client_for(endpoint, region, creds):
+def attempt_timeouts(window: float, left: float) -> tuple[float, float]:
+    """(connect, read) timeouts in seconds for one attempt of a call whose retry window is
+    ``window`` seconds with ``left`` of them left.
+
+    The read timeout is at most half the window, so a store frozen for a moment is tried
+    again within it, and at most what is left, so a frozen store holds no call much past
+    its window (by under the last attempt's 1 + 1 s); whole seconds, at least 1, so the
+    clients (one per pair, see :func:`s3_client`) stay few.
+    """
+    read = max(1, math.floor(min(READ_TIMEOUT, window / 2, left)))
+    return min(CONNECT_TIMEOUT, read), read
+
+
+@functools.lru_cache(maxsize=32)
+def _client_for(endpoint, region, creds, timeouts):
     import boto3
 
-    return boto3.session.Session(region_name=region).client("s3", endpoint_url=endpoint, config=client_config(endpoint))
+    config = client_config(endpoint, *timeouts)
+    return boto3.session.Session(region_name=region).client("s3", endpoint_url=endpoint, config=config)
 
 
 _CLIENT_LOCK = threading.Lock()
 
 
-def s3_client():
-    """A boto3 client for the environment's settings (one per distinct setting, shared)."""
+def s3_client(timeouts: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT)):
+    """A boto3 client for the environment's settings with these (connect, read) timeouts (one per
+    distinct setting, shared)."""
     endpoint, region, creds = _settings()
     try:
         with _CLIENT_LOCK:  # boto3 session/client creation is not thread-safe
-            return _client_for(endpoint, region, creds)
+            return _client_for(endpoint, region, creds, timeouts)
     except Exception as exc:  # BotoCoreError, ProfileNotFound, a bad URL...
         raise StorageError(one_line(f"cannot set up an S3 client for {endpoint or 'AWS'}: {exc}")) from None
 
@@ -132,8 +154,9 @@ class S3Store(ObjectStore):
     def _key(self, key: str) -> str:
         return self.prefix + key
 
-    def _call(self, what: str, fn: Callable[[Any], Any]) -> Any:
-        """``fn(client)``; transient failures retried with backoff within the retry window."""
+    def _call(self, what: str, fn: Callable[[Any], Any], transient_codes: frozenset[str] = frozenset()) -> Any:
+        """``fn(client)``; transient failures (and errors with ``transient_codes``) retried with
+        backoff within the retry window, each attempt's timeouts within what is left of it."""
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         total = retry_window(self.retry_seconds)
@@ -142,7 +165,7 @@ class S3Store(ObjectStore):
         while True:
             attempts += 1
             try:
-                result = fn(s3_client())
+                result = fn(s3_client(attempt_timeouts(total, started + total - time.monotonic())))
                 if attempts > 1:
                     _notice(f"S3 store at {endpoint_name()} answers again after "
                             f"{time.monotonic() - started:.0f}s ({attempts - 1} failed attempts)")
@@ -157,7 +180,7 @@ class S3Store(ObjectStore):
                 if code in _DENIED:
                     raise StorageError(one_line(
                         f"S3 access denied while trying to {what} {self} at {endpoint_name()}: {exc}")) from None
-                if not _is_transient(exc):
+                if not (_is_transient(exc) or code in transient_codes):
                     raise StorageError(one_line(f"cannot {what} {self}: {exc}")) from None
                 left = started + total - time.monotonic()
                 if left <= 0:
@@ -184,8 +207,24 @@ class S3Store(ObjectStore):
         return self._call("read from", get)
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        # the JuiceFS gateway answers a put NoSuchKey when a concurrent delete removed the
+        # folder it was writing into (it prunes empty folders): that put goes through again
         self._call("write to", lambda c: c.put_object(
-            Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type))
+            Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type),
+            transient_codes=_MISSING)
+
+    def size(self, key: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        def head(client):
+            try:
+                return int(client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+            except ClientError as exc:
+                if error_code(exc) in _MISSING:
+                    return None
+                raise
+
+        return self._call("read from", head)
 
     def delete(self, key: str) -> None:
         # single DeleteObject calls: JuiceFS's DeleteObjects insists on a Content-MD5 header

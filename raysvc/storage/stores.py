@@ -39,3 +39,9 @@ class ObjectStore(abc.ABC):
 
     def exists(self, key: str) -> bool:
         return self.get(key) is not None
+
+    def size(self, key: str) -> int | None:
+        """The object's size in bytes, or None when there is none (stores override this to
+        ask without reading the object)."""
+        data = self.get(key)
+        return None if data is None else len(data)

@@ -132,11 +132,14 @@ def kcenter_candidates(points: np.ndarray, labeled: np.ndarray, budget: int) -> 
 
 
 def kcenter_greedy(
-    points: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random.Generator, normalize: bool = False
+    points: np.ndarray, labeled: np.ndarray, budget: int, rng: np.random.Generator, normalize: bool = False,
+    reverse: bool = False,
 ) -> np.ndarray:
     """Pool indices of ``budget`` unlabeled points, in pick order, each farthest from its
     nearest labeled or already picked point; ties go to the lowest index (``torch.argmax``'s
     first maximum in the official code). ``normalize``: on L2-normalised points.
+    ``reverse``: each the *nearest* to its nearest centre instead (argmin for argmax, the first
+    minimum on ties): ActiveKD's PCoreSet+R.
 
     With nothing labeled the first pick is drawn uniformly with ``rng`` (the official
     coresets need a labeled point: APL's reads ``labeled[0:2]``, ActiveKD's ``torch.cat([])``
@@ -169,8 +172,11 @@ def kcenter_greedy(
         min_d = sq_dist_to(first)
         min_d[first] = -1.0
     while len(picks) < budget:
-        # argmax returns the first maximum on numpy and torch alike: lowest index wins ties
-        j = int(min_d.argmax())
+        if reverse:
+            # the minimum above lowers a picked point's mark again: re-mark every pick
+            min_d[picks] = float("inf")
+        # argmax / argmin return the first extremum on numpy and torch alike: lowest index wins ties
+        j = int(min_d.argmin() if reverse else min_d.argmax())
         picks.append(j)
         be.xp.minimum(min_d, sq_dist_to(j), out=min_d)
         # a duplicate of a centre is at distance 0 and could otherwise be picked twice

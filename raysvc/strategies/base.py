@@ -22,7 +22,7 @@ import numpy as np
 from raysvc.errors import ConfigError, PoolExhaustedError, RaysvcBug
 from raysvc.options import NoOptions, Options, option
 
-POOL_FIELDS = frozenset({"features", "probs", "text_features", "embeddings"})
+POOL_FIELDS = frozenset({"features", "probs", "text_features", "embeddings", "true_labels"})
 
 # A strategy whose paper's text and authors' code disagree takes ``variant``: "official"
 # (the code that produced the published numbers, the default) or "paper" (the text).
@@ -39,11 +39,14 @@ class Pool:
         training), or None.
     labeled: (N,) bool, True for images that already carry a label (oracle or pseudo).
     labels: (N,) int, the known label of labeled images, -1 elsewhere.
-    text_features: (C, D) L2-normalised class text embeddings, or None.
+    text_features: (C, D) class text embeddings of the current model, the ones ``probs`` come
+        from (zero-shot, L2-normalised, before any training), or None.
     embeddings: (N, E) penultimate features of the current model (student learners), or None.
         Set, it marks the ActiveKD setting: ``probs`` are then the student's heads combined.
     round: 1-based index of the round being selected for.
     n_classes: C; taken from ``probs`` (or ``text_features``) when not given.
+    true_labels: (N,) int, every pool image's true label, or None: set only for a strategy
+        whose options say ``oracle=true`` (the label-guided CB*, an upper bound).
 
     Only the fields a strategy ``requires`` need be set.
     """
@@ -56,12 +59,13 @@ class Pool:
     embeddings: np.ndarray | None = None
     round: int = 1
     n_classes: int | None = None
+    true_labels: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.labeled)
         if self.labeled.dtype != bool:
             raise RaysvcBug("pool.labeled must be a boolean mask")
-        for name in ("features", "probs", "labels", "embeddings"):
+        for name in ("features", "probs", "labels", "embeddings", "true_labels"):
             value = getattr(self, name)
             if value is not None and len(value) != n:
                 raise RaysvcBug(f"pool.{name} has {len(value)} rows, expected {n}")
@@ -93,11 +97,18 @@ class Pool:
 
 @dataclasses.dataclass(frozen=True)
 class Selection:
-    """The outcome of one selection: oracle queries and free pseudo-labels."""
+    """The outcome of one selection: oracle queries and free pseudo-labels.
+
+    ``query_scores`` / ``pseudo_scores``: the strategy's score behind each pick where it has
+    one (an entropy, a distance, a pseudo-label's confidence), stored with the run's
+    selections; None where it has none.
+    """
 
     query: np.ndarray
     pseudo: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.int64))
     pseudo_labels: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    query_scores: np.ndarray | None = None
+    pseudo_scores: np.ndarray | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "query", np.asarray(self.query, dtype=np.int64))
@@ -105,6 +116,12 @@ class Selection:
         object.__setattr__(self, "pseudo_labels", np.asarray(self.pseudo_labels, dtype=np.int64))
         if len(self.pseudo) != len(self.pseudo_labels):
             raise ValueError("one pseudo-label per pseudo-labeled index")
+        for name, picks in (("query_scores", self.query), ("pseudo_scores", self.pseudo)):
+            scores = getattr(self, name)
+            if scores is not None:
+                object.__setattr__(self, name, np.asarray(scores, dtype=np.float64))
+                if len(getattr(self, name)) != len(picks):
+                    raise ValueError(f"one {name[:-1].replace('_', ' ')} per pick")
         chosen = np.concatenate([self.query, self.pseudo])
         if len(np.unique(chosen)) != len(chosen):
             raise ValueError("a selection names an index twice")
@@ -153,6 +170,11 @@ class Strategy(abc.ABC):
         if type(self.options) is not self.Options:
             raise TypeError(f"{type(self).__name__} takes {self.Options.__name__}, got {type(self.options).__name__}")
 
+    @property
+    def oracle(self) -> bool:
+        """Whether the options let this strategy read every pool image's true label."""
+        return bool(getattr(self.options, "oracle", False))
+
     def select(self, pool: Pool, budget: int, seed: int) -> Selection:
         """Choose ``budget`` unlabeled images to query (pseudo-labels come on top)."""
         if not isinstance(budget, (int, np.integer)) or budget < 1:
@@ -183,7 +205,7 @@ class Strategy(abc.ABC):
 
 
 class ClusterStrategy(Strategy):
-    """A strategy that clusters the pool (cb, cbsq, typiclust, dropquery).
+    """A strategy that clusters the pool (cb, cbsq, typiclust, dropquery, probcover's ProbCover*).
 
     Its K-means is the method :meth:`kmeans`: a side-by-side check against the authors'
     code overrides it (on an instance or a subclass), since their scikit-learn

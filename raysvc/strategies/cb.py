@@ -25,8 +25,9 @@ from typing import ClassVar
 import numpy as np
 
 from raysvc.chunks import COMPUTE_ROWS
-from raysvc.options import Options, option
-from raysvc.strategies._guided import FeatureKind, FeatureRequires, pool_features
+from raysvc.errors import ConfigError
+from raysvc.options import option
+from raysvc.strategies._guided import FeatureKind, FeatureOptions, FeatureRequires, pool_features
 from raysvc.strategies.base import ClusterStrategy, Pool, Selection, Variant
 from raysvc.strategies.registry import STRATEGIES
 
@@ -100,15 +101,25 @@ class ClusterBalanced(ClusterStrategy):
 
     See the module docstring for the variants.
 
-    ``features``: "guided" (class-guided, as both papers) or "image".
+    ``features``: "guided" (class-guided, as both papers), or the ablations' "image", "text",
+    "label" (CB*, with ``oracle=true``) of Tab. 2 (:mod:`raysvc.strategies._guided`).
     """
 
     @dataclasses.dataclass(frozen=True)
-    class Options(Options):
-        features: FeatureKind = option("guided", "cluster on class-guided (paper) or plain image features")
+    class Options(FeatureOptions):
+        features: FeatureKind = option(
+            "guided", "cluster on class-guided (eq. 7, both papers), image (eq. 5), text (eq. 6 alone) or label "
+                      "(CB*: the true label's text features; needs oracle=true) features")
         variant: Variant = option(
             "official", "official: K = C + n_labeled (C with nothing labeled), unit-norm guided features; "
             "paper: K = round x budget, eq. 7 unnormalised")
+        clusters_per_budget: int | None = option(
+            None, "a fixed K = this x budget in every round (Tab. 6: 1 or 8); none: the variant's K")
+
+        def check(self):
+            super().check()
+            if self.clusters_per_budget is not None and self.clusters_per_budget < 1:
+                raise ConfigError(f"option clusters_per_budget={self.clusters_per_budget!r}: must be >= 1")
 
     name = "cb"
     requires = FeatureRequires("guided")
@@ -116,7 +127,10 @@ class ClusterBalanced(ClusterStrategy):
     official_class_factor: ClassVar[int] = 1
 
     def n_clusters(self, pool: Pool, budget: int) -> int:
-        """K for this round (K-means clips it to the pool size)."""
+        """K for this round (K-means clips it to the pool size): ``clusters_per_budget`` x B when
+        set (the fixed K of the paper's Tab. 6, K = B and K = 8B), else the variant's rule."""
+        if self.options.clusters_per_budget is not None:
+            return self.options.clusters_per_budget * budget
         if self.options.variant == "paper":
             return pool.round * budget
         n_labeled = int(pool.labeled.sum())

@@ -48,6 +48,22 @@ def class_thresholds(
     return tau
 
 
+def selective_querying(picks: np.ndarray, pool: Pool, variant: str = "official", max_pseudo: int | None = None):
+    """The :class:`Selection` of ``picks`` (in pick order) after selective querying (eq. 12, APL
+    cbsq.py:165-175): a pick with ``max_k p(k|x) >= tau[argmax p(.|x)]`` (:func:`class_thresholds`
+    of ``variant``) gets its predicted class as a pseudo-label, at most ``max_pseudo`` of them, the
+    first confident ones in pick order; the others are queried. Nothing labeled: all queried."""
+    if not pool.labeled.any():
+        return Selection(query=picks)
+    tau = class_thresholds(pool.probs, pool.labels, pool.labeled, pool.n_classes, variant)
+    probs = np.asarray(pool.probs[picks], dtype=np.float64)
+    predicted = probs.argmax(axis=1)
+    confident = probs.max(axis=1) >= tau[predicted]
+    cap = len(picks) if max_pseudo is None else max_pseudo
+    pseudo = confident & (np.cumsum(confident) <= cap)
+    return Selection(query=picks[~pseudo], pseudo=picks[pseudo], pseudo_labels=predicted[pseudo])
+
+
 @STRATEGIES.register
 class ClusterBalancedSelectiveQuery(ClusterBalanced):
     """Cluster-balanced picks; confident ones are pseudo-labeled, the others queried.
@@ -64,6 +80,7 @@ class ClusterBalancedSelectiveQuery(ClusterBalanced):
         max_pseudo: int | None = option(None, "at most this many pseudo-labels per round (None: no cap)")
 
         def check(self):
+            super().check()
             if self.max_pseudo is not None and self.max_pseudo < 0:
                 raise ConfigError(f"option max_pseudo={self.max_pseudo!r}: must be >= 0")
 
@@ -72,13 +89,4 @@ class ClusterBalancedSelectiveQuery(ClusterBalanced):
     official_class_factor = 4
 
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
-        picks = self.picks(pool, budget, rng)
-        if not pool.labeled.any():
-            return Selection(query=picks)
-        tau = class_thresholds(pool.probs, pool.labels, pool.labeled, pool.n_classes, self.options.variant)
-        probs = np.asarray(pool.probs[picks], dtype=np.float64)
-        predicted = probs.argmax(axis=1)
-        confident = probs.max(axis=1) >= tau[predicted]
-        cap = budget if self.options.max_pseudo is None else self.options.max_pseudo
-        pseudo = confident & (np.cumsum(confident) <= cap)
-        return Selection(query=picks[~pseudo], pseudo=picks[pseudo], pseudo_labels=predicted[pseudo])
+        return selective_querying(self.picks(pool, budget, rng), pool, self.options.variant, self.options.max_pseudo)

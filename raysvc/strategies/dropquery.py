@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 
 from raysvc.errors import ConfigError
-from raysvc.options import Options, option
+from raysvc.options import option
 from raysvc.strategies._faiss import as_f32
-from raysvc.strategies._guided import FeatureKind, FeatureRequires, pool_features
+from raysvc.strategies._guided import FeatureOptions, FeatureRequires, pool_features
 from raysvc.strategies.base import ClusterStrategy, Pool, Selection
 from raysvc.strategies.cb import cluster_balanced_picks
 from raysvc.strategies.registry import STRATEGIES
@@ -25,7 +25,7 @@ def dropout_flips(
     rng: np.random.Generator,
     rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(N,) how many of ``n_dropouts`` feature dropouts change the zero-shot prediction
+    """(N,) how many of ``n_dropouts`` feature dropouts change the prediction ``argmax f . t_c``
     (of ``features[rows]`` when ``rows`` is given, read chunk by chunk).
 
     Rescaling the kept features by 1 / (1 - rate) would not change an argmax, so it is skipped.
@@ -45,28 +45,30 @@ def dropout_flips(
 
 @STRATEGIES.register
 class DropQuery(ClusterStrategy):
-    """Candidates: unlabeled images whose text-head prediction changes under at least
+    """Candidates: unlabeled images whose prediction by the class text embeddings (the current
+    model's: the learned prompts once trained, zero-shot before) changes under at least
     half of ``n_dropouts`` dropouts of rate ``rate``. K-means (K = budget) on the
-    candidates' ``features`` ("image" or "guided"); query the candidate nearest each
-    centroid (cosine; on unit-norm features the same as Euclidean), larger clusters
+    candidates' ``features`` (image, text, guided or label: :mod:`~raysvc.strategies._guided`);
+    query the candidate nearest each centroid (cosine; on unit-norm features the same as
+    Euclidean), larger clusters
     first should K-means leave one empty (:func:`~raysvc.strategies.cb.cluster_balanced_picks`
     with nothing labeled). Too few candidates: all of them, then random unlabeled images.
     """
 
     @dataclasses.dataclass(frozen=True)
-    class Options(Options):
-        features: FeatureKind = option("image", "cluster the candidates on image or class-guided features")
+    class Options(FeatureOptions):
         n_dropouts: int = option(3, "feature dropouts per image")
         rate: float = option(0.75, "dropout rate")
 
         def check(self):
+            super().check()
             if self.n_dropouts < 1:
                 raise ConfigError(f"option n_dropouts={self.n_dropouts!r}: must be >= 1")
             if not 0 < self.rate < 1:
                 raise ConfigError(f"option rate={self.rate!r}: must be in (0, 1)")
 
     name = "dropquery"
-    requires = FeatureRequires("image", extra={"text_features"})
+    requires = FeatureRequires("image", extra={"features", "text_features"})  # the dropouts read the image features
 
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
         opts = self.options

@@ -1,16 +1,18 @@
-"""ProbCover (Yehuda et al. 2022): greedy maximum coverage of delta-balls."""
+"""ProbCover (Yehuda et al. 2022): greedy maximum coverage of delta-balls; ProbCover* (Kim et al.
+2024, Tab. 11): the ball centres chosen within K-means clusters."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import numpy as np
 
 from raysvc.errors import ConfigError
-from raysvc.options import Options, option
+from raysvc.options import option
 from raysvc.strategies._faiss import EXACT_KNN_MAX, knn_blocks
-from raysvc.strategies._guided import FeatureKind, FeatureRequires, pool_features
-from raysvc.strategies.base import Pool, Selection, Strategy
+from raysvc.strategies._guided import FeatureOptions, FeatureRequires, pool_features
+from raysvc.strategies.base import ClusterStrategy, Pool, Selection
 from raysvc.strategies.registry import STRATEGIES
 
 
@@ -37,11 +39,19 @@ def ball_graph(
 
 
 @STRATEGIES.register
-class ProbCover(Strategy):
+class ProbCover(ClusterStrategy):
     """Repeatedly query the unlabeled image whose delta-ball holds the most uncovered images.
 
     Images in the ball of a labeled image start covered. Ties go at random; once
-    everything is covered the rest of the budget is drawn at random. The default
+    everything is covered the rest of the budget is drawn at random.
+
+    ``centres="kmeans"`` is the CB paper's ProbCover* (Tab. 11, App. D: "ProbCover (K-means) ...
+    employ[s] K-means clustering in the given feature space, selecting samples within each
+    cluster based on ... coverage"): K-means with K = n_labeled + budget (TypiClust's K, the
+    same authors' code; K = budget with nothing labeled, the setting of Tab. 11), then the
+    clusters holding the fewest labeled images, largest first, each give the unlabeled member
+    whose ball holds the most uncovered images (ties at random), round robin until the budget
+    is spent; coverage is updated after every pick as in the greedy. The default
     ``delta`` (L2 distance, 0.6 ~ cosine 0.82) suits unit-norm features; guided
     features are unit-norm too. Above ``EXACT_KNN_MAX`` (50 000) images the neighbour
     search is approximate (inverted file over ~sqrt(2N) K-means cells, each cell searched exactly among its
@@ -49,12 +59,15 @@ class ProbCover(Strategy):
     """
 
     @dataclasses.dataclass(frozen=True)
-    class Options(Options):
-        features: FeatureKind = option("image", "cover image or class-guided features")
+    class Options(FeatureOptions):
         delta: float = option(0.6, "ball radius, L2 distance of unit vectors")
         max_neighbors: int = option(256, "balls hold at most this many nearest images")
+        centres: Literal["greedy", "kmeans"] = option(
+            "greedy", "greedy: the ball covering most of the pool (ProbCover); kmeans: the best-covering "
+                      "member of each K-means cluster in turn (ProbCover*, Tab. 11)")
 
         def check(self):
+            super().check()
             if not 0 < self.delta <= 2:
                 raise ConfigError(f"option delta={self.delta!r}: must be in (0, 2] (L2 distance of unit vectors)")
             if self.max_neighbors < 1:
@@ -66,8 +79,8 @@ class ProbCover(Strategy):
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
         n = len(pool.labeled)
         seed = int(rng.integers(2**31)) if n > EXACT_KNN_MAX else 0  # small pools: rng stream unchanged
-        sources, targets = ball_graph(
-            pool_features(pool, self.options.features), self.options.delta, self.options.max_neighbors, seed=seed)
+        x = pool_features(pool, self.options.features)
+        sources, targets = ball_graph(x, self.options.delta, self.options.max_neighbors, seed=seed)
         ball_order = np.argsort(sources, kind="stable")
         ball_start = np.searchsorted(sources[ball_order], np.arange(n + 1))
         balls_of_order = np.argsort(targets, kind="stable")
@@ -84,17 +97,35 @@ class ProbCover(Strategy):
         degree = np.bincount(sources[~covered[targets]], minlength=n)
         candidate = ~pool.labeled
         picks: list[int] = []
+
+        def take(members: np.ndarray) -> None:
+            """Query the member of ``members`` whose ball holds the most uncovered images (ties at random)."""
+            pick = int(rng.choice(members[degree[members] == degree[members].max()]))
+            newly = ball(pick)
+            newly = newly[~covered[newly]]
+            if len(newly):  # a ProbCover* pick may cover nothing new
+                covered[newly] = True
+                degree[:] -= np.bincount(balls_holding(newly), minlength=n)
+            candidate[pick] = False
+            picks.append(pick)
+
+        if self.options.centres == "kmeans":
+            centroids, assignment, _ = self.kmeans(x, int(pool.labeled.sum()) + budget, seed=int(rng.integers(2**31)))
+            k = len(centroids)
+            sizes = np.bincount(assignment, minlength=k)
+            visit = np.lexsort((rng.permutation(k), -sizes, np.bincount(assignment[pool.labeled], minlength=k)))
+            while len(picks) < budget:
+                for c in visit:
+                    members = np.flatnonzero(candidate & (assignment == c))
+                    if len(members):
+                        take(members)
+                    if len(picks) == budget:
+                        break
+            return Selection(query=np.array(picks))
         while len(picks) < budget:
-            best = degree[candidate].max()
-            if best == 0:
+            if degree[candidate].max() == 0:
                 rest = rng.choice(np.flatnonzero(candidate), size=budget - len(picks), replace=False)
                 picks.extend(int(i) for i in rest)
                 break
-            pick = int(rng.choice(np.flatnonzero(candidate & (degree == best))))
-            newly = ball(pick)
-            newly = newly[~covered[newly]]
-            covered[newly] = True
-            degree -= np.bincount(balls_holding(newly), minlength=n)
-            candidate[pick] = False
-            picks.append(pick)
+            take(np.flatnonzero(candidate))
         return Selection(query=np.array(picks))

@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 
 from raysvc.errors import ConfigError
-from raysvc.options import Options, option
+from raysvc.options import option
 from raysvc.strategies._faiss import knn
-from raysvc.strategies._guided import FeatureKind, FeatureRequires, pool_features
+from raysvc.strategies._guided import FeatureOptions, FeatureRequires, pool_features
 from raysvc.strategies.base import ClusterStrategy, Pool, Selection
 from raysvc.strategies.registry import STRATEGIES
 
@@ -39,13 +39,13 @@ class TypiClust(ClusterStrategy):
     """
 
     @dataclasses.dataclass(frozen=True)
-    class Options(Options):
-        features: FeatureKind = option("image", "cluster on image or class-guided features")
+    class Options(FeatureOptions):
         max_clusters: int = option(500, "at most this many K-means clusters")
         n_neighbors: int = option(20, "neighbours that define typicality")
         min_cluster_size: int = option(5, "clusters of at most this many images are visited last")
 
         def check(self):
+            super().check()
             for name in ("max_clusters", "n_neighbors"):
                 if getattr(self, name) < 1:
                     raise ConfigError(f"option {name}={getattr(self, name)!r}: must be >= 1")
