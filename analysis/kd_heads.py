@@ -13,7 +13,6 @@ KD-trained CE head below the no-distill one.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import numpy as np
 import torch
@@ -21,9 +20,7 @@ import torch
 from raysvc.experiment import assemble, initial_labeled
 from raysvc.feature_settings import FeatureSettings
 from raysvc.featurecache import FeatureCache
-from raysvc.learners import make_learner
-from raysvc.learners.kd import KDOptions, combine_heads, student_outputs, train_student
-from raysvc.learners.students import make_student, normalisation
+from raysvc.learners.kd import KDOptions, StudentSource, combine_heads, train_student
 from raysvc.spec import RunSpec
 
 
@@ -32,26 +29,22 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 def head_accuracies(experiment, labeled: np.ndarray, options: KDOptions, seed: int) -> dict[str, float]:
-    images = make_learner("no-distill", experiment, dataclasses.asdict(options))
-    pool_images, test_images = images.images("pool"), images.images("test")
     teacher_pool = experiment.encoded.zeroshot_logits(experiment.pool)  # what kd-zeroshot distils
     teacher_test = experiment.encoded.zeroshot_probs(experiment.test)
     y = experiment.test_labels
     accuracy = lambda p: float((p.argmax(1) == y).mean())  # noqa: E731
-    mean, std = normalisation(options.student)
     out = {"teacher": accuracy(teacher_test)}
     for teacher in (None, teacher_pool):  # no-distill, then kd-zeroshot
         result = train_student({"options": options, "n_classes": experiment.dataset.n_classes,
-                                "images": pool_images.numpy(), "labeled": labeled,
-                                "labels": experiment.pool_labels[labeled], "teacher_logits": teacher, "seed": seed})
-        student = make_student(options.student, experiment.dataset.n_classes, "random")
-        student.load_state_dict({k: torch.as_tensor(v) for k, v in result["state_dict"].items()})
-        z_ce, z_kd, _ = student_outputs(student, test_images, mean, std)
+                                "images": StudentSource(experiment.dataset, experiment.pool, experiment.test),
+                                "labeled": labeled, "labels": experiment.pool_labels[labeled],
+                                "teacher_logits": teacher, "seed": seed, "epochs": options.epochs_of_fit(0)})
+        z_ce, z_kd = result["test"]["z_ce"], result["test"]["z_kd"]
         p_ce, p_kd = _softmax(z_ce), _softmax(z_kd / options.beta)
         if teacher is None:
             out["no-distill CE head"] = accuracy(p_ce)
             continue
-        a = options.alpha
+        a = options.mixing_alpha("zeroshot")
         out.update({
             "KD: CE head": accuracy(p_ce), "KD: KD head": accuracy(p_kd),
             "KD: heads mixed as probabilities": accuracy(

@@ -152,7 +152,7 @@ def student_cost(epochs: int = 1) -> dict:
 
     spec = RunSpec(dataset="animal-mnist", per_class=50, learner="kd-zeroshot", rounds=1)
     experiment = assemble(spec.resolve(), FeatureCache(progress="off").encode)
-    learner = make_learner("kd-zeroshot", experiment, {"epochs": epochs})
+    learner = make_learner("kd-zeroshot", experiment, {"variant": "pool-epochs", "epochs": epochs})
     positions = np.arange(experiment.dataset.n_classes)
     fit = learner.fit(positions, experiment.pool_labels[positions], seed=0, runner=LocalRunner())
     n = len(experiment.pool)

@@ -20,7 +20,7 @@ import numpy as np
 from raysvc import provenance
 from raysvc.datasets import load_dataset
 from raysvc.experiment import Encode, Experiment, LoadDataset, assemble
-from raysvc.learners import TrainRunner
+from raysvc.learners import LocalRunner, TrainRunner
 from raysvc.loop import LoopState, run_loop
 from raysvc.records import SELECTIONS, selections_table, to_table
 from raysvc.spec import RunPlan
@@ -114,10 +114,12 @@ def execute(
     start = time.perf_counter()
     experiment = assemble(plan, encode, load)
     hooks.started(plan, experiment)
+    runner = runner or LocalRunner()
     state = state or LoopState.start(plan, experiment)
     probs = PoolProbs() if plan.store_probs and plan.dest is not None else None
     try:
         rows = run_loop(plan, experiment, runner, state, hooks.round_done, on_probs=probs)
+        context = {**(context or {}), "training": runner.placement(plan.learner.cls)}  # workers used, and why
         manifest = run_manifest(plan, experiment, time.perf_counter() - start, revision, context)
         if plan.dest is not None:
             files: dict[str, Any] = {SELECTIONS: selections_table(state.selections)}

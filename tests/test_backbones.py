@@ -70,7 +70,7 @@ def test_ctx_init_words_make_the_untrained_prompt_the_zero_shot_prompt(conse):
 
 
 def test_open_clip_random_weights_same_interface():
-    backbone = load_backbone("open_clip:RN50")
+    backbone = load_backbone("open_clip:RN50:random")
     assert backbone.model_id == "open_clip-RN50-random" and backbone.embed_dim == 1024
     pixels = backbone.preprocess(_images(1))
     with torch.no_grad():
@@ -99,6 +99,52 @@ def test_open_clip_weights_from_local_file(tmp_path):
     assert torch.allclose(backbone.model.text_projection, torch.full_like(backbone.model.text_projection, 0.01))
 
 
+def test_open_clip_without_weights_names_the_tags_to_choose_from():
+    """An untrained model must be asked for: ``open_clip:ViT-B-32`` alone is refused, in one line
+    listing its pretrained tags; ``:random`` stays."""
+    import open_clip
+
+    with pytest.raises(ConfigError) as info:
+        BACKBONES.part("open_clip:ViT-B-32")
+    message = str(info.value)
+    assert "\n" not in message and "no weights named" in message and "open_clip:ViT-B-32:random" in message
+    assert all(tag in message for tag in open_clip.list_pretrained_tags_by_model("ViT-B-32"))
+    assert BACKBONES.part("open_clip:ViT-B-32:random").options.weights == "random"
+
+
+def test_custom_text_open_clip_model_encodes_prompts_and_contexts():
+    """EVA-CLIP-style models keep their text transformer at ``model.text`` (CustomTextCLIP; the CB
+    paper's Table 10 uses EVA01-g-14-plus): the prompt encoder reproduces its plain text encoding,
+    with placeholder contexts and with ``ctx_init``'s words."""
+    backbone = load_backbone("open_clip:EVA02-B-16:random")
+    assert type(backbone.model).__name__ == "CustomTextCLIP" and backbone.embed_dim == 512
+    encoder = backbone.prompt_encoder(["cat", "dog"], n_ctx=3)
+    ctx = backbone.model.text.token_embedding(encoder.tokens)[0, 1:4].detach()
+    with torch.no_grad():
+        assert torch.allclose(encoder(ctx), backbone.encode_text(["X X X cat.", "X X X dog."]), atol=1e-4)
+        words = backbone.prompt_encoder(["cat", "dog"], n_ctx=4).word_embeddings("a photo of a")
+        photo = backbone.prompt_encoder(["cat", "dog"], n_ctx=4)(words)
+        assert torch.allclose(photo, backbone.encode_text(["a photo of a cat.", "a photo of a dog."]), atol=1e-4)
+        image = backbone.encode_images(backbone.preprocess(_images(1)))
+    assert image.shape == (1, 512)
+
+
+def test_dino_resnet50_checkpoint_loads_into_the_resnet50_student(tmp_path):
+    """The paper's ImageNet student: DINO's ``dino_resnet50_pretrain.pth`` is a torchvision ResNet-50
+    state dict without the classifier; every one of its tensors lands in the student."""
+    from raysvc._compat import import_torchvision
+    from raysvc.learners.students import make_student
+
+    torchvision = import_torchvision()
+    reference = torchvision.models.resnet50()
+    state = {k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")}
+    torch.save(state, tmp_path / "dino_resnet50_pretrain.pth")
+    student = make_student("resnet50", 10, str(tmp_path / "dino_resnet50_pretrain.pth"))
+    own = student.backbone.state_dict()
+    assert student.feature_dim == 2048 and set(state) <= set(own)
+    assert all(torch.equal(own[k], v) for k, v in state.items())
+
+
 def test_bad_backbones():
     with pytest.raises(UnknownNameError):
         BACKBONES.part("clip-9000")
@@ -106,6 +152,8 @@ def test_bad_backbones():
         BACKBONES.part("open_clip:NoSuchNet")  # refused before anything loads
     with pytest.raises(ConfigError, match="neither a file"):
         load_backbone("open_clip:RN50:/no/such/file.pt")
+    with pytest.raises(ConfigError, match="no weights named"):
+        load_backbone("open_clip:RN50")
     with pytest.raises(ConfigError, match="fixed by the name"):
         BACKBONES.part("conse-lite0", {"variant": "lite2"})
     with pytest.raises(ConfigError, match="top_t"):

@@ -90,6 +90,8 @@ def _shapes(root, classes, n=3):
     (["--backbone-opt", "top_t=0"], "option top_t=0: must be in 1..1000"),
     (["--test-fraction", "1.5"], "option test_fraction=1.5: must be in (0, 1)"),
     (["--rounds", "many"], "argument --rounds: invalid int value: 'many'"),
+    (["--backbone", "open_clip:ViT-B-32"], "no weights named: append one of ViT-B-32's pretrained tags (openai"),
+    (["--learner", "kd-zeroshot", "--epochs", "5"], "option epochs: variant='official' does not read it"),
 ])
 def test_bad_options_are_refused_before_any_work_and_nothing_is_written(capsys, tmp_path, args, message):
     cache = tmp_path / "cache"

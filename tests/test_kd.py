@@ -169,7 +169,7 @@ def test_fewshot_teacher_improves_on_zeroshot(experiment):
 def test_two_rounds_end_to_end(experiment, learner):
     """ActiveKD's protocol: a 1-shot start (round 0), then B = number of classes per round."""
     config = RunSpec(dataset="animal-mnist", strategy="random", learner=learner, rounds=2, per_class=PER_CLASS,
-                       initial_per_class=1, learner_params={"epochs": 1, "clap_repeat": 50})
+                       initial_per_class=1, learner_params={"repeat": 1, "clap_repeat": 50})
     plan = config.resolve()
     # the plan's own experiment (its k-shot start), on the module's features
     rows = run_loop(plan, assemble(plan, lambda dataset, backbone: experiment.encoded))
@@ -193,7 +193,7 @@ def test_state_round_trip_and_student_badge(experiment):
     from raysvc.strategies import Pool, make_strategy
     from raysvc.strategies.badge import cosine_farthest_first, gradient_factor
 
-    params = {"epochs": 1, "batch_size": 32}
+    params = {"repeat": 1, "batch_size": 32}
     learner = make_learner("kd-zeroshot", experiment, params)
     assert np.allclose(learner.predict_proba("pool"), experiment.encoded.zeroshot_probs(experiment.pool))
     assert learner.pool_embeddings() is None
@@ -219,18 +219,24 @@ def test_state_round_trip_and_student_badge(experiment):
     assert picks.tolist() == expected.tolist()
 
 
-def test_student_schedule_is_epochs_of_pool_sized_batches():
-    """raysvc's schedule, not ActiveKD's (separate labeled and unlabeled batches of 64 for
-    ceil(200 |L| / 64) steps): epochs x ceil(pool / batch_size) steps, the loss of each logged."""
-    from raysvc.learners.kd import train_student
+def test_pool_epochs_schedule_is_epochs_of_pool_sized_batches():
+    """raysvc's earlier schedule (variant pool-epochs): epochs x ceil(pool / batch_size) steps of one
+    mixed batch, the loss of each logged (its own shard's on a worker group of one: all of it)."""
+    from raysvc.datasets.base import array_dataset
+    from raysvc.learners.kd import StudentSource, train_student
 
     rng = np.random.default_rng(0)
-    options = KDOptions(epochs=2, batch_size=4, image_size=32, student_weights="random")
-    images = rng.integers(0, 255, (10, 3, 32, 32), dtype=np.uint8)
-    out = train_student({"options": options, "n_classes": 3, "images": images, "labeled": np.array([0, 1, 2]),
-                         "labels": np.array([0, 1, 2]), "teacher_logits": rng.standard_normal((10, 3)), "seed": 0})
-    assert out["losses"].shape == (2 * math.ceil(10 / 4), 3)
+    dataset = array_dataset("noise", rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8), np.arange(12) % 3,
+                            ("a", "b", "c"))
+    options = KDOptions(variant="pool-epochs", epochs=2, batch_size=4, image_size=32, student_weights="random")
+    out = train_student({"options": options, "n_classes": 3, "images": StudentSource(dataset, np.arange(10),
+                                                                                     np.arange(10, 12)),
+                         "labeled": np.array([0, 1, 2]), "labels": np.array([0, 1, 2]),
+                         "teacher_logits": rng.standard_normal((10, 3)), "seed": 0, "epochs": 2})
+    assert out["steps"] == 2 * math.ceil(10 / 4) and out["losses"].shape == (out["steps"], 3)
+    assert out["images"] == [out["steps"] * 4] and out["workers"] == 1
     assert np.allclose(out["losses"][:, 0], 0.5 * out["losses"][:, 1] + 0.5 * out["losses"][:, 2], atol=1e-5)
+    assert out["pool"]["h"].shape == (10, out["pool"]["h"].shape[1]) and out["test"]["z_ce"].shape == (2, 3)
 
 
 def test_unknown_student_name(experiment):
@@ -267,10 +273,10 @@ def test_kd_heads_analysis_reports_what_the_learner_predicts(experiment):
     from analysis.kd_heads import head_accuracies
     from raysvc.learners.base import LocalRunner
 
-    config = KDOptions(epochs=1)
+    config = KDOptions(repeat=1)
     labeled = np.arange(0, len(experiment.pool), 4)
     heads = head_accuracies(experiment, labeled, config, seed=7)
-    learner = make_learner("kd-zeroshot", experiment, {"epochs": 1})
+    learner = make_learner("kd-zeroshot", experiment, {"repeat": 1})
     learner.fit(labeled, experiment.pool_labels[labeled], seed=7, runner=LocalRunner())
     predicted = (learner.predict_proba("test").argmax(1) == experiment.test_labels).mean()
     assert heads["KD: heads mixed as probabilities"] == pytest.approx(predicted)

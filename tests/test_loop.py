@@ -50,11 +50,13 @@ def test_coop_fits_labeled_set_better_than_zero_shot(small_experiment, prompt):
     labeled = np.arange(40)
     features = exp.encoded.image_features[exp.pool[labeled]]
     labels = exp.pool_labels[labeled]
-    contexts = train_coop({
+    result = train_coop({
         "backbone": exp.backbone, "classnames": list(exp.dataset.classnames),
         "features": features, "labels": labels, "seed": 0, "text_features": exp.encoded.text_features,
         "options": CoOpOptions(variant="official", prompt=prompt, epochs=40, batch_size=64, warmup_epochs=0),
     })
+    contexts = result["contexts"]
+    assert result["steps"] == 40 and result["device"] == "cpu"
     shapes = {k: v.shape for k, v in contexts.items()}
     expected = {"unified": (16, 384), "classwise": (10, 16, 384)}
     assert shapes == ({k: expected[k] for k in expected} if prompt == "both" else {prompt: expected[prompt]})

@@ -14,7 +14,7 @@ from raysvc.datasets import DATASETS, load_dataset
 from raysvc.learners import LEARNERS, LocalRunner, make_learner
 
 # a member of every family, so a family is exercised too (random weights: no hub access)
-FAMILY_MEMBERS = {"open_clip:<model>[:<pretrained tag|checkpoint path|random>]": "open_clip:RN50"}
+FAMILY_MEMBERS = {"open_clip:<model>:<pretrained tag|checkpoint path|random>": "open_clip:RN50:random"}
 
 
 def _backbone_names() -> list[str]:
@@ -66,7 +66,7 @@ def tiny_experiment(tmp_path_factory):
 @pytest.mark.parametrize("name", [e.name for e in LEARNERS.entries()])
 def test_every_learner_starts_at_the_prior_fits_predicts_and_restores(tiny_experiment, name):
     exp = tiny_experiment
-    quick = {"epochs": 1} if name == "coop" else {"epochs": 1, "image_size": 32, "clap_repeat": 5}
+    quick = {"epochs": 1} if name == "coop" else {"repeat": 1, "image_size": 32, "clap_repeat": 5}
     learner = make_learner(name, exp, quick)
     np.testing.assert_allclose(learner.predict_proba("test"), exp.encoded.zeroshot_probs(exp.test), atol=1e-5)
     positions = np.arange(exp.dataset.n_classes)

@@ -1,7 +1,8 @@
 """VLM backbones by name: ``conse-lite0`` (the embedded default), ``conse-lite1``,
-``conse-lite2``, and the family ``open_clip:<model>[:<weights>]`` where weights is a
-pretrained tag, a checkpoint file or ``random`` (the default; tests use it, real runs on
-clusters use a tag). Each backbone module registers itself in :data:`BACKBONES`.
+``conse-lite2``, and the family ``open_clip:<model>:<weights>`` where weights is a
+pretrained tag, a checkpoint file or ``random`` (tests use it, real runs on clusters use a
+tag); a name without weights is refused with the model's tags. Each backbone module
+registers itself in :data:`BACKBONES`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""open_clip models: any architecture, weights by pretrained tag, local file or random."""
+"""open_clip models: any architecture, custom-text ones included; weights by pretrained tag,
+local file or ``random``, always named."""
 
 from __future__ import annotations
 
@@ -19,37 +20,76 @@ from raysvc.errors import ConfigError
 from raysvc.options import Options, option
 
 
+def text_tower(model: nn.Module) -> nn.Module:
+    """The module holding a CLIP-style text transformer: the model itself (``CLIP``: its
+    ``token_embedding``, ``transformer``, ...), or ``model.text`` (``CustomTextCLIP``: EVA-CLIP,
+    SigLIP, MobileCLIP, ...). A Hugging Face text tower has no token embedding to put context
+    vectors into: ConfigError."""
+    tower = getattr(model, "text", model)
+    if not hasattr(tower, "token_embedding") or getattr(tower, "cls_emb", None) is not None:
+        raise ConfigError(f"CoOp needs a CLIP-style text transformer; this open_clip model's text tower is "
+                          f"{type(tower).__name__}")
+    return tower
+
+
+def _pool_settings(model: nn.Module, tower: nn.Module) -> tuple[str, int | None]:
+    """(pool type, end-of-text id) of the text tower: ``CLIP`` keeps them as ``text_pool_type``
+    and ``text_eos_id``, ``TextTransformer`` as ``pool_type`` and ``eos_id``."""
+    if tower is model:
+        return getattr(model, "text_pool_type", "argmax"), getattr(model, "text_eos_id", None)
+    return tower.pool_type, getattr(tower, "eos_id", None)
+
+
 class CLIPPromptEncoder(PromptEncoder):
-    """CoOp's text side: "X X .. X <class name>." with the X embeddings learnable."""
+    """CoOp's text side: "X X .. X <class name>." with the X embeddings learnable, through the
+    text transformer of a CLIP or custom-text open_clip model (:func:`text_tower`), pooled as
+    the model pools (open_clip ``TextTransformer.forward`` / ``CLIP.encode_text``)."""
 
     def __init__(self, model, tokenizer, classnames: Sequence[str], n_ctx: int):
         super().__init__()
         self.model = model
+        self.tower = text_tower(model)
+        self.pool_type, self.eos_id = _pool_settings(model, self.tower)
         self.tokenizer = tokenizer
         self.n_ctx = n_ctx
         self.n_classes = len(classnames)
-        self.token_dim = model.token_embedding.weight.shape[1]
+        self.token_dim = self.tower.token_embedding.weight.shape[1]
         tokens = tokenizer([" ".join(["X"] * n_ctx) + f" {name}." for name in classnames])
+        placeholder = self._content(tokenizer(["X"])[0])
+        if len(placeholder) != 1:
+            raise ConfigError("CoOp's placeholder 'X' is not one token for this open_clip tokenizer")
+        # where the context goes: the first placeholder (after a start token where the tokenizer has one)
+        self.start = int((tokens[0] == placeholder[0]).nonzero()[0])
         self.register_buffer("tokens", tokens, persistent=False)
 
+    def _content(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens`` without the tokenizer's special tokens (those of an empty text) and padding."""
+        special = set(self.tokenizer([""])[0].tolist()) | {0}
+        return tokens[[t not in special for t in tokens.tolist()]]
+
     def encode(self, ctx: torch.Tensor, classes: slice) -> torch.Tensor:
-        model = self.model
-        cast = model.transformer.get_cast_dtype()
+        from open_clip.transformer import text_global_pool
+
+        tower = self.tower
+        cast = tower.transformer.get_cast_dtype()
         tokens = self.tokens[classes]
-        words = model.token_embedding(tokens).to(cast)
-        x = torch.cat([words[:, :1], ctx.to(cast), words[:, 1 + self.n_ctx :]], dim=1)
-        x = x + model.positional_embedding.to(cast)
-        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
-        # the end-of-text token has the largest id in CLIP's vocabulary
-        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
-        projection = model.text_projection
-        x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
+        words = tower.token_embedding(tokens).to(cast)
+        x = torch.cat([words[:, : self.start], ctx.to(cast), words[:, self.start + self.n_ctx :]], dim=1)
+        attn_mask = tower.attn_mask
+        if getattr(tower, "use_pad_mask", False):
+            pad = tower._build_additive_mask(tokens, x.shape[1], x.dtype)
+            attn_mask = pad if attn_mask is None else attn_mask[: x.shape[1], : x.shape[1]].unsqueeze(0) + pad
+        x = x + tower.positional_embedding[: x.shape[1]].to(cast)
+        x = tower.ln_final(tower.transformer(x, attn_mask=attn_mask))
+        x = text_global_pool(x, tokens, self.pool_type, eos_token_id=self.eos_id)
+        projection = tower.text_projection
+        if projection is not None:
+            x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
         return F.normalize(x, dim=-1)
 
     def word_embeddings(self, words: str) -> torch.Tensor:
-        tokens = self.tokenizer([words])[0]
-        end = int(tokens.argmax())  # the end-of-text token has the largest id
-        return self.model.token_embedding(tokens[1:end].to(self.tokens.device)).detach()
+        tokens = self._content(self.tokenizer([words])[0])
+        return self.tower.token_embedding(tokens.to(self.tokens.device)).detach()
 
 
 def _apply(transform, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -64,12 +104,20 @@ def _weights_id(weights: str) -> str:
     return weights
 
 
-def _pretrained(model: str, weights: str) -> str | None:
-    """open_clip's ``pretrained`` argument for ``weights``; ConfigError when it names nothing."""
+def _pretrained(model: str, weights: str | None) -> str | None:
+    """open_clip's ``pretrained`` argument for ``weights``; ConfigError when it names nothing
+    (no weights at all included: an untrained model must be asked for as ``random``)."""
     import open_clip
 
     if model not in open_clip.list_models():
         raise ConfigError(f"unknown open_clip model {model!r}; see open_clip.list_models()")
+    if weights is None:
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        choose = f"one of {model}'s pretrained tags ({', '.join(tags)})" if tags else "a checkpoint file " \
+                 f"(open_clip has no pretrained tag for {model})"
+        raise ConfigError(f"no weights named: append {choose}, e.g. "
+                          f"open_clip:{model}:{tags[0] if tags else '/path/to/checkpoint.pt'}, or "
+                          f"open_clip:{model}:random for an untrained model")
     if weights == "random":
         return None
     path = Path(weights).expanduser()
@@ -82,14 +130,16 @@ def _pretrained(model: str, weights: str) -> str | None:
 
 @BACKBONES.register
 class OpenCLIPBackbone(Backbone):
-    """Any open_clip model; weights by pretrained tag (needs the hub), checkpoint file or random."""
+    """Any open_clip model, custom-text ones (EVA-CLIP) included; weights by pretrained tag
+    (needs the hub), checkpoint file or ``random``, named: none is an error."""
 
-    name = "open_clip:<model>[:<pretrained tag|checkpoint path|random>]"
+    name = "open_clip:<model>:<pretrained tag|checkpoint path|random>"
     fixed = ("model", "weights")
 
     @classmethod
     def from_name(cls, name: str) -> dict[str, str] | None:
-        """``open_clip:<model>[:<weights>]``."""
+        """``open_clip:<model>:<weights>`` (``open_clip:<model>`` too, which the options then refuse
+        with the model's tags)."""
         if not name.startswith("open_clip:"):
             return None
         model, sep, weights = name.removeprefix("open_clip:").partition(":")
@@ -98,7 +148,7 @@ class OpenCLIPBackbone(Backbone):
     @dataclasses.dataclass(frozen=True)
     class Options(Options):
         model: str = option("", "open_clip architecture (set by the name)")
-        weights: str = option("random", "pretrained tag, checkpoint path or 'random' (set by the name)")
+        weights: str | None = option(None, "pretrained tag, checkpoint path or 'random' (set by the name)")
 
         def check(self):
             from raysvc._compat import import_torchvision
@@ -115,8 +165,8 @@ class OpenCLIPBackbone(Backbone):
         self.model = model.eval()
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.model_id = f"open_clip-{model_name}-{_weights_id(weights)}"
-        self.embed_dim = self.model.text_projection.shape[1] if not isinstance(
-            self.model.text_projection, nn.Linear) else self.model.text_projection.out_features
+        with torch.no_grad():  # the text tower's own output width, whatever its projection
+            self.embed_dim = int(self.model.encode_text(self.tokenizer(["x"])).shape[-1])
         self.logit_scale = float(self.model.logit_scale.detach().exp())
         self.image_size = self.model.visual.image_size[0] if isinstance(
             self.model.visual.image_size, (tuple, list)) else int(self.model.visual.image_size)

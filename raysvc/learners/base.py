@@ -26,8 +26,13 @@ class TrainRunner(Protocol):
     """Where a learner's training function runs (:class:`LocalRunner`, or Ray Train's
     :class:`~raysvc.service.train.RayTrainRunner`)."""
 
-    def run(self, fn: TrainFn, payload: dict[str, Any]) -> dict[str, Any]:
-        """Run ``fn(payload)`` somewhere and return its result."""
+    def run(self, fn: TrainFn, payload: dict[str, Any], data_parallel: bool = False) -> dict[str, Any]:
+        """Run ``fn(payload)`` somewhere and return its result. ``data_parallel``: ``fn`` shares
+        its work over a worker group (each worker a shard of every batch); otherwise it runs on
+        one worker, however many the runner has."""
+
+    def placement(self, learner: type[Learner]) -> dict[str, Any]:
+        """Where this runner trains ``learner``'s rounds, for the run's manifest."""
 
     def close(self) -> None:
         """Release what the runner holds (actors, workers); the run is over."""
@@ -36,8 +41,11 @@ class TrainRunner(Protocol):
 class LocalRunner:
     """Train in the calling process."""
 
-    def run(self, fn: TrainFn, payload: dict[str, Any]) -> dict[str, Any]:
+    def run(self, fn: TrainFn, payload: dict[str, Any], data_parallel: bool = False) -> dict[str, Any]:
         return fn(payload)
+
+    def placement(self, learner: type[Learner]) -> dict[str, Any]:
+        return {"runner": "local", "workers": 1}
 
     def close(self) -> None:
         pass
@@ -51,6 +59,11 @@ class Learner(abc.ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type[Options]] = NoOptions
+    # whether its training function shares a round over a Ray Train worker group
+    data_parallel: ClassVar[bool] = False
+    # what of its training runs on one worker or device whatever the runner has, and why
+    # (the manifest says so when more workers were asked for)
+    one_worker: ClassVar[str] = ""
 
     def __init__(self, experiment: Experiment, options: Options | None = None):
         self.experiment = experiment

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Any, Literal
 
 import numpy as np
@@ -30,6 +31,7 @@ from raysvc.errors import ConfigError, RaysvcBug
 from raysvc.lazyrows import LazyRows
 from raysvc.learners import LEARNERS
 from raysvc.learners.base import Learner, TrainRunner
+from raysvc.learners.devices import Device, training_device
 from raysvc.options import Options, option
 
 PromptKind = Literal["unified", "classwise", "both"]
@@ -64,6 +66,8 @@ class CoOpOptions(Options):
     kg_weight: float | None = option(None, "KgCoOp: weight of mean_c ||w_c - zero-shot w_c||^2 in the loss")
     prior_weight: float | None = option(None, "share of the zero-shot cosines in the logits (0: CoOp's)")
     warmup_epochs: int | None = option(None, "epochs at lr 1e-5 before the cosine schedule")
+    device: Device = option("auto", "auto: the Ray Train worker's device, else CUDA when torch sees one, else the "
+                                    "CPU; cpu; cuda (refused without one)")
 
     def __post_init__(self):
         for name, value in VARIANTS[self.variant].items() if self.variant in VARIANTS else ():
@@ -147,27 +151,33 @@ def prompt_logits(image_features: torch.Tensor, class_embeddings: list[torch.Ten
 
 
 def train_coop(payload: dict[str, Any]) -> dict[str, Any]:
-    """Learn the context vectors; pure function of the payload (runs on any worker).
+    """Learn the context vectors on the device ``options.device`` names; pure function of the
+    payload (runs on any worker). Returns ``contexts`` (each prompt kind's, a numpy array),
+    ``steps``, ``device`` and ``train_seconds`` (the optimisation alone).
 
     payload: options (CoOpOptions), backbone (BackboneRef), classnames, features (the
     labeled images' embeddings), labels, text_features (the zero-shot class embeddings), seed.
     """
     options: CoOpOptions = payload["options"]
-    backbone = payload["backbone"].load()
+    device = training_device(options.device)
+    # the process's shared backbone moves to the device: later prompts of this process encode there too
+    backbone = payload["backbone"].load().to(device)
     encoder = backbone.prompt_encoder(payload["classnames"], context_length(options, backbone))
+    # the draws come from a CPU generator, so a seed gives the same context on every device
     generator = torch.Generator().manual_seed(payload["seed"])
-    contexts = {kind: torch.nn.Parameter(ctx)
+    contexts = {kind: torch.nn.Parameter(ctx.to(device))
                 for kind, ctx in initial_contexts(options, encoder, len(payload["classnames"]), generator).items()}
     # copies: the arrays may arrive as read-only views of Ray's object store
-    features = torch.tensor(np.asarray(payload["features"], dtype=np.float32))
-    labels = torch.as_tensor(payload["labels"], dtype=torch.long)
-    prior = torch.tensor(np.asarray(payload["text_features"], dtype=np.float32))
+    features = torch.tensor(np.asarray(payload["features"], dtype=np.float32), device=device)
+    labels = torch.as_tensor(np.asarray(payload["labels"]), dtype=torch.long, device=device)
+    prior = torch.tensor(np.asarray(payload["text_features"], dtype=np.float32), device=device)
     optimizer = torch.optim.SGD(contexts.values(), lr=options.lr, momentum=options.momentum,
                                 weight_decay=options.weight_decay)
     steps_per_epoch = math.ceil(len(labels) / options.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(options, steps_per_epoch))
+    start_time = time.perf_counter()
     for _ in range(options.epochs):
-        order = torch.randperm(len(labels), generator=generator)
+        order = torch.randperm(len(labels), generator=generator).to(device)
         for start in range(0, len(labels), options.batch_size):
             batch = order[start : start + options.batch_size]
             classes = [encoder(c) for c in contexts.values()]
@@ -179,7 +189,9 @@ def train_coop(payload: dict[str, Any]) -> dict[str, Any]:
             loss.backward()
             optimizer.step()
             schedule.step()
-    return {kind: c.detach().numpy() for kind, c in contexts.items()}
+    result = {kind: c.detach().cpu().numpy() for kind, c in contexts.items()}  # waits for the device
+    return {"contexts": result, "steps": options.epochs * steps_per_epoch, "device": str(device),
+            "train_seconds": time.perf_counter() - start_time}
 
 
 def kgcoop_penalty(classes: list[torch.Tensor], prior: torch.Tensor) -> torch.Tensor:
@@ -195,6 +207,7 @@ class CoOpLearner(Learner):
 
     name = "coop"
     Options = CoOpOptions
+    one_worker = "CoOp's context vectors train on one worker: its labeled set is small"
 
     def __init__(self, experiment, options: CoOpOptions | None = None):
         super().__init__(experiment, options)
@@ -203,7 +216,7 @@ class CoOpLearner(Learner):
 
     def fit(self, positions: np.ndarray, labels: np.ndarray, seed: int, runner: TrainRunner) -> dict[str, Any]:
         exp = self.experiment
-        contexts = runner.run(train_coop, {
+        result = runner.run(train_coop, {
             "backbone": exp.backbone,
             "classnames": list(exp.dataset.classnames),
             "features": np.asarray(exp.encoded.image_features[exp.pool[positions]], dtype=np.float32),
@@ -211,13 +224,15 @@ class CoOpLearner(Learner):
             "text_features": np.asarray(exp.encoded.text_features, dtype=np.float32),
             "options": self.options,
             "seed": seed,
-        })
-        backbone = exp.backbone.load()
+        }, data_parallel=self.data_parallel)
+        device = training_device(self.options.device)
+        backbone = exp.backbone.load().to(device)
         encoder = backbone.prompt_encoder(exp.dataset.classnames, context_length(self.options, backbone))
         with torch.no_grad():
-            self.class_embeddings = [encoder(torch.as_tensor(c)).numpy() for c in contexts.values()]
-        self.contexts = dict(contexts)
-        return {}
+            self.class_embeddings = [encoder(torch.as_tensor(c, device=device)).cpu().numpy()
+                                     for c in result["contexts"].values()]
+        self.contexts = dict(result["contexts"])
+        return {"device": result["device"], "steps": result["steps"], "train_seconds": result["train_seconds"]}
 
     def get_state(self) -> dict[str, np.ndarray]:
         return {} if self.class_embeddings is None else {f"class_embeddings_{i}": t for i, t in enumerate(self.class_embeddings)}
@@ -246,10 +261,11 @@ class CoOpLearner(Learner):
         elif self.contexts is None:
             raise RaysvcBug("novel classes need the context of this process's last fit, not a restored state")
         else:
-            backbone = self.experiment.backbone.load()
+            device = training_device(self.options.device)  # where fit left the shared backbone
+            backbone = self.experiment.backbone.load().to(device)
             encoder = backbone.prompt_encoder(list(classnames), context_length(self.options, backbone))
             with torch.no_grad():
-                classes = [encoder(torch.as_tensor(self.contexts["unified"]))]
+                classes = [encoder(torch.as_tensor(self.contexts["unified"], device=device)).cpu()]
         with torch.no_grad():
             logits = prompt_logits(x, classes, encoded.logit_scale, prior, self.options.prior_weight)
         return logits.softmax(-1).numpy()
@@ -283,12 +299,15 @@ class CoOpLearner(Learner):
         encoded = self.experiment.encoded
         if self.class_embeddings is None:
             return encoded.zeroshot_probs(rows)
-        classes = [torch.as_tensor(t) for t in self.class_embeddings]
-        prior = torch.tensor(np.asarray(encoded.text_features, dtype=np.float32))  # a copy: may be read-only
+        device = training_device(self.options.device)
+        classes = [torch.as_tensor(t, device=device) for t in self.class_embeddings]
+        # a copy: may be read-only
+        prior = torch.tensor(np.asarray(encoded.text_features, dtype=np.float32), device=device)
         out = np.empty((len(rows), len(classes[0])), dtype=np.float32)
         with torch.no_grad():  # float32 row chunks: the store may hold float16
             for start in range(0, len(rows), chunk):
-                x = torch.as_tensor(np.asarray(encoded.image_features[rows[start : start + chunk]], dtype=np.float32))
+                x = torch.as_tensor(np.asarray(encoded.image_features[rows[start : start + chunk]], dtype=np.float32),
+                                    device=device)
                 logits = prompt_logits(x, classes, encoded.logit_scale, prior, self.options.prior_weight)
-                out[start : start + len(x)] = logits.softmax(-1).numpy()
+                out[start : start + len(x)] = logits.softmax(-1).cpu().numpy()
         return out

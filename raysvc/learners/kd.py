@@ -12,20 +12,22 @@ Three frameworks, registered as learners:
 Training is dual-head optimisation (DHO, Kang et al. 2025): a shared feature extractor,
 a CE head trained with cross-entropy on the labeled images and a KD head trained with
 ``T^2 KL(softmax(t / T) || softmax(z_kd / T))`` towards the teacher's logits t, with the
-loss of the official code (:func:`dho_loss`). Each batch holds ``labeled_fraction``
-labeled images (without repeats inside a batch) and unlabeled pool images for the rest;
-one epoch is ceil(pool / batch_size) steps for every framework, so ``no-distill`` takes
-as many optimisation steps, on its labeled share of each batch only. Inference mixes the
-heads' probabilities: p = alpha * softmax(z_ce) + (1 - alpha) * softmax(z_kd / beta)
+loss of the official code (:func:`dho_loss`); ``no-distill`` takes the same steps on the
+labeled rows alone. Which rows each step reads and its learning rate are the
+``variant``'s schedule (:mod:`raysvc.learners.schedules`): ``official`` (the default,
+erjui/PCoreSet ``train_active_others.py``), ``imagenet`` (``train_active_imgnet.py``, with a
+per-round ``epochs`` list) or ``pool-epochs`` (raysvc's earlier schedule). Inference mixes
+the heads' probabilities: p = alpha * softmax(z_ce) + (1 - alpha) * softmax(z_kd / beta)
 (:func:`combine_heads`); ``no-distill`` predicts with its CE head alone. ``alpha`` weighs
-the CE head, as in DHO; ActiveKD's alpha weighs the KD head (alpha_ActiveKD = 1 - alpha),
-and at the default 0.5 (beta 1) the two agree.
+the CE head, as in DHO; the ten-dataset code's alpha weighs the KD head (alpha_ActiveKD =
+1 - alpha), and at its 0.5 (beta 1) the two agree.
 
-Where raysvc departs from erjui/PCoreSet @075a76a ``train_active_others.py`` (the
-schedule, not the loss): the official student sees separate labeled and unlabeled
-batches of 64 each, ``ceil(200 |L| / 64)`` steps per round, AdamW (weight decay 0.01)
-with linear warmup and decay; raysvc's schedule is ``epochs``, ``batch_size``,
-``labeled_fraction``, ``lr``, ``weight_decay`` below (cosine decay).
+Where the student trains (:func:`train_student`): on the device ``device`` names
+(:mod:`raysvc.learners.devices`), data-parallel over a Ray Train worker group (DDP, each
+worker a shard of every global batch), reading the pool's images from the dataset in
+DataLoader workers batch by batch (:class:`~raysvc.learners.students.StudentImages`), the
+teacher's logits travelling with their rows; pool and test inference likewise, sharded
+over the workers. Nothing decodes the whole pool into one array.
 
 Before the first fit every framework predicts the zero-shot prior, so the first
 selection is informed by it.
@@ -34,61 +36,156 @@ selection is informed by it.
 from __future__ import annotations
 
 import dataclasses
-import math
+import multiprocessing
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
+from raysvc.chunks import COMPUTE_ROWS
 from raysvc.errors import ConfigError
 from raysvc.learners import LEARNERS
 from raysvc.learners.base import Learner, TrainRunner
-from raysvc.learners.students import Student, decode_images, make_student, normalisation, to_input
+from raysvc.learners.devices import Device, Workers, autocast, training_device, worker_group
+from raysvc.learners.schedules import (
+    Schedule,
+    imagenet_schedule,
+    linear_warmup_decay,
+    official_schedule,
+    pool_epochs_schedule,
+    shard,
+)
+from raysvc.learners.students import (
+    CONVOLUTIONAL,
+    DualHeadStudent,
+    Student,
+    StudentImages,
+    make_student,
+    normalisation,
+    to_input,
+)
 from raysvc.options import Options, option
+
+Variant = Literal["official", "imagenet", "pool-epochs"]
+# what each variant fills in for the options left unset (None); see KDOptions
+VARIANTS: dict[str, dict[str, Any]] = {
+    "official": {"repeat": 200, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.01, "crop": True, "beta": 1.0},
+    "imagenet": {"epochs": (20, 20, 20, 20, 20, 20, 20, 50), "batch_size": 256, "lr": 1e-3, "weight_decay": 0.01,
+                 "crop": True, "beta": 0.5},
+    "pool-epochs": {"epochs": 5, "batch_size": 64, "labeled_fraction": 0.5, "lr": 1e-3, "weight_decay": 1e-4,
+                    "crop": False, "beta": 1.0},
+}
+# the options only some variants read; setting one for another variant is refused
+_ONLY = {"repeat": ("official",), "epochs": ("imagenet", "pool-epochs"), "labeled_fraction": ("pool-epochs",)}
+# alpha (on the CE head) when unset: train_active_others.py:378-393 mixes 0.5 / 0.5;
+# train_active_imgnet.py:160-165, 325-330 takes 0.4, and 0.2 with the CLAP teacher
+_ALPHA = {"official": 0.5, "pool-epochs": 0.5, "imagenet": 0.4}
+_ALPHA_IMAGENET_FEWSHOT = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
 class KDOptions(Options):
-    """Student training options of the ActiveKD learners (``learner_params``)."""
+    """Student training options of the ActiveKD learners (``learner_params``). ``variant``
+    fills in every schedule option left unset (None):
 
+    * ``official`` (default): erjui/PCoreSet @075a76a ``train_active_others.py:169-303``:
+      separate labeled (drawn with replacement) and unlabeled batches of 64, ``200 x
+      ceil(|L| / 64)`` steps, AdamW (lr 1e-3, weight decay 0.01), linear warm-up over 10 %
+      then linear decay; random resized crops (scale 0.5-1) and flips.
+    * ``imagenet``: ``train_active_imgnet.py``: epochs over the unlabeled images (20 per round,
+      50 in the eighth), labeled and unlabeled global batches of 256 in one forward pass,
+      AdamW (lr 1e-3, weight decay 0.01), cosine decay; alpha 0.4 (0.2 for kd-fewshot), beta 0.5.
+    * ``pool-epochs``: raysvc's earlier schedule: 5 epochs of ceil(pool / 64) mixed batches of
+      64, half labeled, AdamW (lr 1e-3, weight decay 1e-4), cosine decay, flips only.
+    """
+
+    variant: Variant = option("official", "fills in the schedule options left unset (see above)")
     student: Student = option("efficientnet-lite0", "the student network (see raysvc.learners.students)")
-    student_weights: str | None = option(None, "None: the student's default weights; 'random'; a state-dict file")
-    image_size: int = option(64, "the student's input side (small images are upsampled)")
-    epochs: int = option(5, "epochs per round; an epoch is ceil(pool / batch_size) steps")
-    lr: float = option(1e-3, "AdamW learning rate (cosine schedule)")
-    weight_decay: float = option(1e-4, "AdamW weight decay")
-    batch_size: int = option(64, "minibatch size")
-    labeled_fraction: float = option(0.5, "share of each batch drawn from the labeled images")
+    student_weights: str | None = option(None, "None: the student's default weights; 'random'; a timm tag; "
+                                               "a state-dict file (the DINO ResNet-50's for resnet50)")
+    image_size: int = option(64, "the student's input side (the official code's 224 on GPUs)")
+    epochs: int | tuple[int, ...] | None = option(
+        None, "imagenet, pool-epochs: epochs per round, or a list (the i-th fit of a run takes the i-th entry, "
+              "later ones the last)")
+    repeat: int | None = option(None, "official: draws per padded labeled image per round (200)")
+    lr: float | None = option(None, "AdamW learning rate")
+    weight_decay: float | None = option(None, "AdamW weight decay")
+    batch_size: int | None = option(None, "official, imagenet: labeled and unlabeled rows per step, each; "
+                                          "pool-epochs: rows of the mixed batch (global over all workers)")
+    labeled_fraction: float | None = option(None, "pool-epochs: share of each batch drawn from the labeled images")
+    crop: bool | None = option(None, "random resized crops (scale 0.5-1) before the flips")
+    flip: bool = option(True, "random horizontal flips")
     temperature: float = option(2.0, "distillation temperature T")
-    alpha: float = option(0.5, "weight of the CE head when the heads are mixed at inference (DHO's alpha; "
-                                 "ActiveKD's alpha sits on the KD head: alpha_ActiveKD = 1 - alpha)")
-    beta: float = option(1.0, "temperature of the KD head at inference")
+    alpha: float | None = option(None, "weight of the CE head when the heads are mixed at inference (DHO's alpha; "
+                                       "ActiveKD's alpha sits on the KD head: alpha_ActiveKD = 1 - alpha); "
+                                       "None: the variant's")
+    beta: float | None = option(None, "temperature of the KD head at inference")
     ce_weight: float = option(0.5, "weight of the CE loss (official 0.5)")
     kd_weight: float = option(0.5, "weight of the KD loss, the labeled and unlabeled parts' KL summed (official 0.5)")
-    flip: bool = option(True, "random horizontal flips")
     clap_lr: float = option(0.01, "kd-fewshot: SGD learning rate of the CLAP teacher (official 0.01)")
     clap_repeat: int = option(300, "kd-fewshot: CLAP samples per labeled image per round, in batches of "
                                    "batch_size (official 300: floor(300 n / 64) steps)")
     inference_batch_size: int = option(256, "batch size of student inference")
+    device: Device = option("auto", "auto: the Ray Train worker's device, else CUDA when torch sees one, else "
+                                    "the CPU; cpu; cuda (refused without one)")
+    decode_workers: int | None = option(None, "DataLoader processes decoding images per training worker "
+                                              "(None: 0 on the CPU, 4 on a GPU)")
+
+    def __post_init__(self):
+        for name, variants in _ONLY.items():
+            if getattr(self, name) is not None and self.variant not in variants:
+                hint = "; the official round is repeat x ceil(|L| / batch_size) steps" if name == "epochs" else ""
+                raise ConfigError(f"option {name}: variant={self.variant!r} does not read it "
+                                  f"(only {' and '.join(variants)}){hint}")
+        for name, value in VARIANTS.get(self.variant, {}).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        super().__post_init__()
 
     def check(self):
-        for field in ("image_size", "epochs", "batch_size", "clap_repeat", "inference_batch_size"):
+        for field in ("image_size", "batch_size", "clap_repeat", "inference_batch_size"):
             if getattr(self, field) < 1:
                 raise ConfigError(f"option {field}={getattr(self, field)!r}: must be >= 1")
         if self.image_size < 32:
             raise ConfigError(f"option image_size={self.image_size!r}: must be >= 32")
+        if self.repeat is not None and self.repeat < 1:
+            raise ConfigError(f"option repeat={self.repeat!r}: must be >= 1")
+        epochs = (self.epochs,) if isinstance(self.epochs, int) else self.epochs
+        if epochs is not None and (not epochs or min(epochs) < 1):
+            raise ConfigError(f"option epochs={self.epochs!r}: must be >= 1 (or a non-empty list of such)")
         for field in ("lr", "temperature", "beta", "clap_lr"):
             if not getattr(self, field) > 0:
                 raise ConfigError(f"option {field}={getattr(self, field)!r}: must be positive")
         for field in ("weight_decay", "ce_weight", "kd_weight"):
             if not getattr(self, field) >= 0:
                 raise ConfigError(f"option {field}={getattr(self, field)!r}: must be >= 0")
-        if not 0.0 <= self.alpha <= 1.0:
+        if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"option alpha={self.alpha!r}: must be in [0, 1]")
-        if not 0.0 < self.labeled_fraction <= 1.0:
+        if self.labeled_fraction is not None and not 0.0 < self.labeled_fraction <= 1.0:
             raise ConfigError(f"option labeled_fraction={self.labeled_fraction!r}: must be in (0, 1]")
+        if self.decode_workers is not None and self.decode_workers < 0:
+            raise ConfigError(f"option decode_workers={self.decode_workers!r}: must be >= 0")
+
+    def epochs_of_fit(self, fit: int) -> int:
+        """The epochs of a run's ``fit``-th training (0 first): the list's entry, its last past the
+        end; 0 for the official variant, whose round length is ``repeat``'s."""
+        if self.epochs is None:
+            return 0
+        if isinstance(self.epochs, int):
+            return self.epochs
+        return self.epochs[min(fit, len(self.epochs) - 1)]
+
+    def mixing_alpha(self, teacher_kind: str) -> float:
+        """alpha as given, else the variant's (the imagenet code takes 0.2 with the CLAP teacher)."""
+        if self.alpha is not None:
+            return self.alpha
+        if self.variant == "imagenet" and teacher_kind == "fewshot":
+            return _ALPHA_IMAGENET_FEWSHOT
+        return _ALPHA[self.variant]
 
 
 # --- losses ---------------------------------------------------------------------------
@@ -162,18 +259,6 @@ def clap_logits(features: torch.Tensor, prototypes: torch.Tensor, scale: float) 
     return scale * F.normalize(features, dim=-1) @ F.normalize(prototypes, dim=-1).T
 
 
-def linear_warmup_decay(total_steps: int):
-    """``transformers.get_linear_schedule_with_warmup`` with 10% warmup, as a LambdaLR factor."""
-    warmup = 0.1 * total_steps
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return step / max(1.0, warmup)
-        return max(0.0, (total_steps - step) / max(1.0, total_steps - warmup))
-
-    return factor
-
-
 def clap_steps(n_labeled: int, repeat: int = 300, batch_size: int = 64) -> int:
     """CLAP's optimisation steps for ``n_labeled`` images: ``floor(repeat n / batch_size)``, one
     effective epoch (``max(1, 300 // 300)``) of a ``drop_last`` loader (clap_others.py:193-214)."""
@@ -200,9 +285,10 @@ def fit_clap(
     repeat: int = 300,
     batch_size: int = 64,
     seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """CLAP class prototypes (C, D) fitted on labeled embeddings, as erjui/PCoreSet @075a76a
-    ``clap_others.py:72-321`` (``train_clap_teacher``).
+    """CLAP class prototypes (C, D) fitted on labeled embeddings on ``device``, as erjui/PCoreSet
+    @075a76a ``clap_others.py:72-321`` (``train_clap_teacher``).
 
     The prototypes P start at, and are held near, ``text_raw``: the per-class mean of the
     *unnormalised* text embeddings (``clip_weights_before_norm``). loss = CE(scale cos(f, P))
@@ -215,99 +301,244 @@ def fit_clap(
     re-encodes randomly cropped and flipped images every step; this fits the cached
     embeddings of the images as they are.
     """
+    device = torch.device(device)
     # copies: the arrays may be read-only views of Ray's object store
-    anchor = torch.tensor(np.asarray(text_raw, dtype=np.float32))
-    x = F.normalize(torch.tensor(np.asarray(features, dtype=np.float32)), dim=-1)
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    anchor = torch.tensor(np.asarray(text_raw, dtype=np.float32), device=device)
+    x = F.normalize(torch.tensor(np.asarray(features, dtype=np.float32), device=device), dim=-1)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
     with torch.no_grad():
-        zs = clap_logits(x, anchor, logit_scale).softmax(-1).numpy()
-    lam = torch.as_tensor(clap_penalty_weights(zs, np.asarray(labels), len(anchor)), dtype=torch.float32)
+        zs = clap_logits(x, anchor, logit_scale).softmax(-1).cpu().numpy()
+    lam = torch.as_tensor(clap_penalty_weights(zs, np.asarray(labels), len(anchor)), dtype=torch.float32,
+                          device=device)
     prototypes = torch.nn.Parameter(anchor.clone())
     steps = clap_steps(len(y), repeat, batch_size)
     optimizer = torch.optim.SGD([prototypes], lr=lr, momentum=0.9)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(steps))
-    batches = np.random.default_rng(seed).integers(len(y), size=(steps, batch_size))
+    batches = torch.as_tensor(np.random.default_rng(seed).integers(len(y), size=(steps, batch_size)), device=device)
     for rows in batches:
-        rows = torch.as_tensor(rows)
         loss, _, _ = clap_loss(prototypes, x[rows], y[rows], anchor, lam, logit_scale)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
-    return prototypes.detach().numpy()
+    return prototypes.detach().cpu().numpy()
 
 
 # --- the training function (pure; runs on any worker) -----------------------------------
 
 
-def _cycle(positions: np.ndarray, rng: np.random.Generator):
-    while True:
-        yield from rng.permutation(positions)
+@dataclasses.dataclass(frozen=True)
+class StudentSource:
+    """What identifies the images a student reads: the dataset (whose ``load`` decodes one
+    image from its file or packaged array) and the dataset indices of the pool and test
+    rows. Small where the dataset is (paths, or the packaged arrays it already holds):
+    this, not pixels, is what a training payload carries."""
+
+    dataset: Any  # raysvc.datasets.ImageDataset
+    pool: np.ndarray
+    test: np.ndarray
+
+
+class RoundRows(Dataset):
+    """One round's training rows: item ``(pool position, augmentation seed, labeled)`` ->
+    (pixels, label (0 where unlabeled), the teacher's logits of that row (zeros without a
+    teacher), labeled): the teacher's logits travel with their rows."""
+
+    def __init__(self, images: StudentImages, source: StudentSource, label_of: np.ndarray,
+                 teacher: np.ndarray | None, n_classes: int):
+        self.images, self.source, self.label_of, self.teacher = images, source, label_of, teacher
+        self.n_classes = n_classes
+
+    def __getitem__(self, item: tuple[int, int, int]):
+        position, seed, labeled = item
+        # a copy: the logits may be a read-only view of Ray's object store
+        logits = (np.zeros(self.n_classes, np.float32) if self.teacher is None
+                  else np.array(self.teacher[position], dtype=np.float32))
+        pixels = self.images[(int(self.source.pool[position]), seed)]
+        return pixels, max(0, int(self.label_of[position])), logits, bool(labeled)
+
+
+class TwoBatches(nn.Module):
+    """The student's forward pass over one step's labeled and unlabeled rows: one stacked
+    batch, or two passes (two BatchNorm batches, as train_active_others.py:281-282). One
+    module, so a DDP wrapper sees one forward per step."""
+
+    def __init__(self, student: nn.Module, stacked: bool):
+        super().__init__()
+        self.student, self.stacked = student, stacked
+
+    def forward(self, x: torch.Tensor, n_labeled: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.stacked or n_labeled in (0, len(x)):
+            z_ce, z_kd, _ = self.student(x)
+            return z_ce, z_kd
+        parts = [self.student(x[:n_labeled]), self.student(x[n_labeled:])]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def round_schedule(options: KDOptions, labeled: np.ndarray, n_pool: int, distil: bool, epochs: int,
+                   rng: np.random.Generator) -> Schedule:
+    """The variant's schedule for one round over the pool positions ``labeled`` (the rest
+    unlabeled; all of the pool when nothing is left)."""
+    unlabeled = np.setdiff1d(np.arange(n_pool), labeled)
+    if len(unlabeled) == 0:
+        unlabeled = np.arange(n_pool)
+    if options.variant == "official":
+        return official_schedule(labeled, unlabeled, repeat=options.repeat, batch_size=options.batch_size,
+                                 distil=distil, rng=rng)
+    if options.variant == "imagenet":
+        return imagenet_schedule(labeled, unlabeled, epochs=epochs, batch_size=options.batch_size, distil=distil,
+                                 rng=rng)
+    return pool_epochs_schedule(labeled, unlabeled, n_pool=n_pool, epochs=epochs, batch_size=options.batch_size,
+                                labeled_fraction=options.labeled_fraction, distil=distil, rng=rng)
+
+
+def _loader(dataset: Dataset, batches, workers: int, device: torch.device) -> DataLoader:
+    """A DataLoader over explicit batches of items, decoding in ``workers`` forked processes
+    (0: in this one) and handing batches over in order."""
+    context = "fork" if workers and "fork" in multiprocessing.get_all_start_methods() else None
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
+                      multiprocessing_context=context)
+
+
+def _local_batches(schedule: Schedule, workers: Workers, rng: np.random.Generator):
+    """This worker's share of every global batch of ``schedule``, as items ``(pool position,
+    augmentation seed, labeled)``, labeled rows first. The seeds are drawn per global batch
+    from ``rng`` (the same on every worker), so a row's pixels do not depend on the worker."""
+    for labeled, unlabeled in schedule.batches():
+        seeds = rng.integers(2**31, size=len(labeled) + len(unlabeled))
+        parts = [shard(np.stack([rows, part_seeds, np.full(len(rows), flag)], 1), workers)
+                 for rows, part_seeds, flag in ((labeled, seeds[: len(labeled)], 1),
+                                                (unlabeled, seeds[len(labeled) :], 0))]
+        yield [tuple(map(int, row)) for row in np.concatenate(parts)]
 
 
 def train_student(payload: dict[str, Any]) -> dict[str, Any]:
-    """Train a dual-head student; returns its state dict as numpy arrays.
+    """Train a dual-head student for one round, then run it over pool and test.
 
-    payload: options (KDOptions), n_classes, images ((N, 3, S, S) uint8 of the
-    whole pool), labeled (pool positions), labels, teacher_logits ((N, C) or None), seed.
+    payload: options (KDOptions), n_classes, images (:class:`StudentSource`), labeled (pool
+    positions), labels, teacher_logits ((N_pool, C) or None), seed, epochs (this round's,
+    for the variants that read them).
+
+    On a Ray Train worker group of N > 1 the student is wrapped for DDP
+    (``ray.train.torch.prepare_model``) and each worker trains on its shard of every global
+    batch of the schedule (the same for every worker: same seed), so a run on N workers takes
+    the same steps over the same global batches as on one; then each worker runs inference
+    over its share of pool and test and every worker gathers the whole. Returns numpy arrays:
+    ``pool`` (z_ce, z_kd, h) and ``test`` (z_ce, z_kd) outputs, ``losses`` (steps, 3) of this
+    worker's shards (total, ce, kd), ``images`` trained per worker, ``steps``, ``device``,
+    ``workers`` and the seconds of training and inference.
     """
     options: KDOptions = payload["options"]
-    images = torch.as_tensor(payload["images"])
+    workers = worker_group()
+    device = training_device(options.device)
+    source: StudentSource = payload["images"]
+    n_classes, seed = int(payload["n_classes"]), int(payload["seed"])
     labeled = np.asarray(payload["labeled"], dtype=np.int64)
-    label_of = np.full(len(images), -1, dtype=np.int64)
-    label_of[labeled] = np.asarray(payload["labels"], dtype=np.int64)
     teacher = payload.get("teacher_logits")
-    if teacher is not None:
-        teacher = torch.as_tensor(np.asarray(teacher), dtype=torch.float32)
-    seed = int(payload["seed"])
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    student = make_student(options.student, int(payload["n_classes"]), options.student_weights)
-    mean, std = normalisation(options.student)
+    label_of = np.full(len(source.pool), -1, dtype=np.int64)
+    label_of[labeled] = np.asarray(payload["labels"], dtype=np.int64)
+    decode_workers = options.decode_workers if options.decode_workers is not None else (
+        4 if device.type == "cuda" else 0)
 
-    n_lab = max(1, min(len(labeled), round(options.batch_size * options.labeled_fraction)))
-    n_unl = 0 if teacher is None else options.batch_size - n_lab
-    unlabeled = np.setdiff1d(np.arange(len(images)), labeled)
-    if len(unlabeled) == 0:
-        unlabeled = np.arange(len(images))
-    steps = options.epochs * math.ceil(len(images) / options.batch_size)
+    torch.manual_seed(seed)  # the same initial heads on every worker
+    rng = np.random.default_rng(seed)
+    schedule = round_schedule(options, labeled, len(source.pool), teacher is not None, int(payload["epochs"]), rng)
+    student = make_student(options.student, n_classes, options.student_weights).to(device)
+    channels_last = device.type == "cuda" and options.student in CONVOLUTIONAL
+    if channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    model: nn.Module = TwoBatches(student, schedule.stacked)
+    if workers.distributed:
+        import ray.train.torch
+
+        model = ray.train.torch.prepare_model(model, move_to_device=device, parallel_strategy="ddp")
+    mean, std = normalisation(options.student)
     optimizer = torch.optim.AdamW(student.parameters(), lr=options.lr, weight_decay=options.weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    lab_iter, unl_iter = _cycle(labeled, rng), _cycle(unlabeled, rng)
-    student.train()
-    losses = np.zeros((steps, 3), dtype=np.float32)
-    for step in range(steps):
-        rows = np.fromiter((next(lab_iter) for _ in range(n_lab)), np.int64, n_lab)
-        if n_unl:
-            rows = np.concatenate([rows, np.fromiter((next(unl_iter) for _ in range(n_unl)), np.int64, n_unl)])
-        pixels = images[rows]
-        if options.flip:
-            flip = torch.as_tensor(rng.random(len(rows)) < 0.5)
-            pixels = torch.where(flip.view(-1, 1, 1, 1), pixels.flip(-1), pixels)
-        z_ce, z_kd, _ = student(to_input(pixels, mean, std))
-        mask = torch.zeros(len(rows), dtype=torch.bool)
-        mask[:n_lab] = True
-        labels = torch.as_tensor(np.maximum(label_of[rows], 0))
-        if teacher is None:  # no-distill: plain cross-entropy
-            loss, ce, kd = dho_loss(z_ce, z_kd, labels, mask, None, options.temperature, 1.0, 0.0)
-        else:
-            loss, ce, kd = dho_loss(z_ce, z_kd, labels, mask, teacher[rows], options.temperature, options.ce_weight,
-                                    options.kd_weight)
-        optimizer.zero_grad()
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_factor)
+    images = StudentImages(source.dataset, options.image_size, flip=options.flip, crop=options.crop)
+    rows = RoundRows(images, source, label_of, teacher, n_classes)
+    batches = _local_batches(schedule, workers, np.random.default_rng([seed, 1]))
+    ce_weight, kd_weight = (1.0, 0.0) if teacher is None else (options.ce_weight, options.kd_weight)
+
+    start = time.perf_counter()
+    losses = torch.zeros((schedule.steps, 3), device=device)
+    seen = 0
+    model.train()
+    for step, (pixels, labels, logits, mask) in enumerate(_loader(rows, batches, decode_workers, device)):
+        x = to_input(pixels.to(device, non_blocking=True), mean, std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            z_ce, z_kd = model(x, int(mask.sum()))
+        labels, mask = labels.to(device), mask.to(device)
+        loss, ce, kd = dho_loss(z_ce.float(), z_kd.float(), labels, mask,
+                                None if teacher is None else logits.to(device), options.temperature, ce_weight,
+                                kd_weight)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        schedule.step()
-        losses[step] = (loss.item(), ce.item(), kd.item())
-    state = {k: v.detach().cpu().numpy().copy() for k, v in student.state_dict().items()}
-    return {"state_dict": state, "losses": losses}
+        lr_schedule.step()
+        losses[step] = torch.stack([loss, ce, kd]).detach()
+        seen += len(x)
+    train_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    infer = dict(batch_size=options.inference_batch_size, device=device, decode_workers=decode_workers,
+                 channels_last=channels_last)
+    pool = student_outputs(student, images, _share(source.pool, workers), **infer)
+    test = student_outputs(student, images, _share(source.test, workers), **infer)
+    seen_by = [seen]
+    if workers.distributed:
+        pool, test, seen_by = _gather(pool), _gather(test), _gather_counts(seen)
+    return {
+        "pool": dict(zip(("z_ce", "z_kd", "h"), pool)), "test": dict(zip(("z_ce", "z_kd"), test[:2])),
+        "losses": losses.cpu().numpy(), "steps": schedule.steps, "images": seen_by, "device": str(device),
+        "workers": workers.size, "train_seconds": train_seconds, "inference_seconds": time.perf_counter() - start,
+    }
+
+
+def _share(indices: np.ndarray, workers: Workers) -> np.ndarray:
+    """This worker's contiguous share of the dataset indices to run inference on."""
+    return np.array_split(indices, workers.size)[workers.rank]
+
+
+def _gather(parts: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """Every worker's arrays, concatenated in rank order (the shares of :func:`_share`)."""
+    import torch.distributed as dist
+
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, parts)
+    return tuple(np.concatenate([p[k] for p in every]) for k in range(len(parts)))
+
+
+def _gather_counts(count: int) -> list[int]:
+    import torch.distributed as dist
+
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, count)
+    return [int(c) for c in every]
 
 
 @torch.no_grad()
-def student_outputs(student: torch.nn.Module, images: torch.Tensor, mean, std, batch_size: int = 256):
-    """(z_ce, z_kd, h) numpy arrays over uint8 ``images`` in eval mode."""
+def student_outputs(student: DualHeadStudent, images: StudentImages, indices: np.ndarray, batch_size: int = 256,
+                    device: torch.device = torch.device("cpu"), decode_workers: int = 0,
+                    channels_last: bool = False) -> tuple[np.ndarray, ...]:
+    """(z_ce, z_kd, h) float32 numpy arrays of the images at dataset ``indices`` (evaluation
+    transform, eval mode), decoded batch by batch on ``decode_workers`` processes."""
     student.eval()
-    outs = [student(to_input(images[i : i + batch_size], mean, std)) for i in range(0, len(images), batch_size)]
-    return tuple(torch.cat([o[k] for o in outs]).numpy() for k in range(3))
+    mean, std = normalisation(student.name)
+    items = ([(int(i), -1) for i in indices[s : s + batch_size]] for s in range(0, len(indices), batch_size))
+    outs: list[list[torch.Tensor]] = [[], [], []]
+    for pixels in _loader(images, items, decode_workers, device):
+        x = to_input(pixels.to(device, non_blocking=True), mean, std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            z = student(x)
+        for k in range(3):
+            outs[k].append(z[k].float().cpu())
+    dims = (student.ce_head.out_features, student.kd_head.out_features, student.feature_dim)
+    return tuple(torch.cat(o).numpy() if o else np.zeros((0, d), np.float32) for o, d in zip(outs, dims))
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -318,12 +549,15 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 # --- the learner ----------------------------------------------------------------------
 
-_STATE_KEYS = ("pool_probs", "test_probs", "pool_embeddings", "teacher_test_probs")
+_STATE_KEYS = ("pool_probs", "test_probs", "pool_embeddings", "teacher_test_probs", "fits")
+
+
 class KDLearner(Learner):
     """A student distilled from the VLM teacher (``teacher_kind``: none, zeroshot or fewshot)."""
 
     teacher_kind: ClassVar[str]
     Options = KDOptions
+    data_parallel = True
 
     def __init__(self, experiment, options: KDOptions | None = None):
         super().__init__(experiment, options)
@@ -335,74 +569,76 @@ class KDLearner(Learner):
                 f"{experiment.dataset.name!r} has {n_classes}"
             )
         self._zeroshot = {s: encoded.zeroshot_probs(self.rows(s)) for s in ("pool", "test")}
-        self._images: dict[str, torch.Tensor] = {}
         self._state: dict[str, np.ndarray] = {}
 
-    # pixels, decoded once per learner
-    def images(self, split: str) -> torch.Tensor:
-        if split not in self._images:
-            ds = self.experiment.dataset
-            self._images[split] = decode_images([ds.load(i) for i in self.rows(split)], self.options.image_size)
-        return self._images[split]
+    def source(self) -> StudentSource:
+        """What the training function reads the pool's and the test's images from."""
+        return StudentSource(self.experiment.dataset, self.experiment.pool, self.experiment.test)
 
     def teacher_logits(self, positions: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, np.ndarray] | None:
         """This round's teacher logits on pool and test (None: no teacher): the zero-shot
-        ``scale * cos(f, t)``, or CLAP's ``scale * cos(f, P)`` (train_active_others.py:534-541)."""
+        ``scale * cos(f, t)``, or CLAP's ``scale * cos(f, P)`` (train_active_others.py:534-541),
+        CLAP fitted and applied on the learner's device."""
         if self.teacher_kind == "none":
             return None
         encoded = self.experiment.encoded
         if self.teacher_kind == "zeroshot":
             return {split: encoded.zeroshot_logits(self.rows(split)) for split in ("pool", "test")}
+        device = training_device(self.options.device)
         feats = encoded.image_features
         opts = self.options
         protos = torch.as_tensor(fit_clap(
             feats[self.experiment.pool[positions]], labels, encoded.text_raw, encoded.logit_scale,
-            lr=opts.clap_lr, repeat=opts.clap_repeat, batch_size=opts.batch_size, seed=seed))
+            lr=opts.clap_lr, repeat=opts.clap_repeat, batch_size=opts.batch_size, seed=seed, device=device),
+            device=device)
         out = {}
-        for split in ("pool", "test"):
-            split_feats = torch.as_tensor(np.asarray(feats[self.rows(split)], dtype=np.float32))
-            out[split] = clap_logits(split_feats, protos, encoded.logit_scale).numpy()
+        with torch.no_grad():
+            for split in ("pool", "test"):
+                rows = self.rows(split)
+                logits = np.empty((len(rows), len(protos)), dtype=np.float32)
+                for s in range(0, len(rows), COMPUTE_ROWS):
+                    x = torch.as_tensor(np.asarray(feats[rows[s : s + COMPUTE_ROWS]], dtype=np.float32),
+                                        device=device)
+                    logits[s : s + len(x)] = clap_logits(x, protos, encoded.logit_scale).cpu().numpy()
+                out[split] = logits
         return out
 
     def fit(self, positions: np.ndarray, labels: np.ndarray, seed: int, runner: TrainRunner) -> dict[str, Any]:
         positions, labels = np.asarray(positions, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+        fits = int(self._state.get("fits", 0))
         start = time.perf_counter()
         teacher = self.teacher_logits(positions, labels, seed)
         teacher_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        pool_images, test_images = self.images("pool"), self.images("test")
-        decode_seconds = time.perf_counter() - start
-        start = time.perf_counter()
         result = runner.run(train_student, {
             "options": self.options,
             "n_classes": self.experiment.dataset.n_classes,
-            "images": pool_images.numpy(),
+            "images": self.source(),
             "labeled": positions,
             "labels": labels,
             "teacher_logits": None if teacher is None else teacher["pool"],
             "seed": int(seed),
-        })
-        train_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        student = make_student(self.options.student, self.experiment.dataset.n_classes, "random")
-        student.load_state_dict({k: torch.as_tensor(v) for k, v in result["state_dict"].items()})
-        mean, std = normalisation(self.options.student)
-        bs = self.options.inference_batch_size
-        z_ce, z_kd, h = student_outputs(student, pool_images, mean, std, bs)
-        t_ce, t_kd, _ = student_outputs(student, test_images, mean, std, bs)
-        state = {"pool_embeddings": h.astype(np.float32)}
+            "epochs": self.options.epochs_of_fit(fits),
+        }, data_parallel=self.data_parallel)
+        round_seconds = time.perf_counter() - start
+        pool, test = result["pool"], result["test"]
+        state = {"pool_embeddings": pool["h"].astype(np.float32, copy=False), "fits": np.array(fits + 1)}
         if teacher is None:
-            state["pool_probs"] = _softmax(z_ce).astype(np.float32)
-            state["test_probs"] = _softmax(t_ce).astype(np.float32)
+            state["pool_probs"] = _softmax(pool["z_ce"]).astype(np.float32)
+            state["test_probs"] = _softmax(test["z_ce"]).astype(np.float32)
         else:
-            a, b = self.options.alpha, self.options.beta
-            state["pool_probs"] = combine_heads(torch.as_tensor(z_ce), torch.as_tensor(z_kd), a, b).numpy()
-            state["test_probs"] = combine_heads(torch.as_tensor(t_ce), torch.as_tensor(t_kd), a, b).numpy()
+            a, b = self.options.mixing_alpha(self.teacher_kind), self.options.beta
+            state["pool_probs"] = combine_heads(torch.as_tensor(pool["z_ce"]), torch.as_tensor(pool["z_kd"]), a,
+                                                b).numpy()
+            state["test_probs"] = combine_heads(torch.as_tensor(test["z_ce"]), torch.as_tensor(test["z_kd"]), a,
+                                                b).numpy()
             state["teacher_test_probs"] = _softmax(teacher["test"]).astype(np.float32)
         self._state = state
         return {
-            "teacher_seconds": teacher_seconds, "decode_seconds": decode_seconds, "train_seconds": train_seconds,
-            "inference_seconds": time.perf_counter() - start, "losses": result.get("losses"),
+            "teacher_seconds": teacher_seconds, "round_seconds": round_seconds,
+            "train_seconds": result["train_seconds"], "inference_seconds": result["inference_seconds"],
+            "losses": result["losses"], "steps": result["steps"], "images": result["images"],
+            "device": result["device"], "workers": result["workers"],
         }
 
     def predict_proba(self, split: str) -> np.ndarray:
@@ -455,3 +691,4 @@ class FewShotKDLearner(KDLearner):
 
     name = "kd-fewshot"
     teacher_kind = "fewshot"
+    one_worker = "the CLAP teacher fits on one device in the run's process: its labeled set is small"

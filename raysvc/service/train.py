@@ -4,7 +4,9 @@
 ``ray.train.torch.TorchTrainer``: ``run(fn, payload)`` puts the payload into the object
 store once, starts a worker group per the :class:`~raysvc.service.scaling.RayTrainOptions`
 (fractional GPUs allowed, e.g. ``{"GPU": 0.25}``), runs
-``fn(payload)`` on every worker and returns rank 0's result.
+``fn(payload)`` on every worker and returns rank 0's result. A function that does not
+share its work (``data_parallel=False``: CoOp's) gets a group of one worker, whatever
+``num_workers`` says; :meth:`RayTrainRunner.placement` tells the manifest.
 
 How the result comes back (the robust way): rank 0 hands it to a small result-sink actor
 that the runner owns (``num_cpus=0``, created once per runner and reused), keyed by a
@@ -15,8 +17,9 @@ with a unique name under a private temporary ``storage_path`` that is removed af
 so Ray Train's resume-by-name never picks up an earlier call's state.
 
 ``fn`` must be a pure, importable function (a learner's module-level training function);
-with ``num_workers > 1`` each worker runs it (a function may use
-``torch.distributed`` / ``ray.train.torch`` to share the work) and rank 0's result is kept.
+with ``num_workers > 1`` and ``data_parallel`` each worker runs it, sharing the work through
+``torch.distributed`` / ``ray.train.torch`` (:func:`raysvc.learners.kd.train_student`), and
+rank 0's result is kept.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 import ray
 
 from raysvc.errors import RaysvcBug
-from raysvc.learners.base import LocalRunner, TrainFn, TrainRunner
+from raysvc.learners.base import Learner, LocalRunner, TrainFn, TrainRunner
 from raysvc.service.scaling import RayTrainOptions, Train
 
 
@@ -68,10 +71,11 @@ class RayTrainRunner:
         self.storage_path = storage_path
         self._sink = None
 
-    def scaling_config(self):
+    def scaling_config(self, data_parallel: bool = True):
         from ray.train import ScalingConfig
 
-        kwargs: dict[str, Any] = {"num_workers": self.options.num_workers, "use_gpu": self.options.gpu}
+        workers = self.options.num_workers if data_parallel else 1
+        kwargs: dict[str, Any] = {"num_workers": workers, "use_gpu": self.options.gpu}
         if self.options.resources_per_worker:
             kwargs["resources_per_worker"] = dict(self.options.resources_per_worker)
         return ScalingConfig(**kwargs)
@@ -81,7 +85,15 @@ class RayTrainRunner:
             self._sink = _ResultSink.remote()
         return self._sink
 
-    def run(self, fn: TrainFn, payload: dict[str, Any]) -> dict[str, Any]:
+    def placement(self, learner: type[Learner]) -> dict[str, Any]:
+        asked = self.options.num_workers
+        out: dict[str, Any] = {"runner": "ray-train", "workers_asked": asked,
+                               "workers": asked if learner.data_parallel else 1}
+        if asked > 1 and learner.one_worker:
+            out["one_worker"] = learner.one_worker
+        return out
+
+    def run(self, fn: TrainFn, payload: dict[str, Any], data_parallel: bool = False) -> dict[str, Any]:
         from ray.train import FailureConfig, RunConfig
         from ray.train.torch import TorchTrainer
 
@@ -92,7 +104,7 @@ class RayTrainRunner:
             trainer = TorchTrainer(
                 _train_worker,
                 train_loop_config={"fn": fn, "payload": ray.put(payload), "sink": sink, "call_id": call_id},
-                scaling_config=self.scaling_config(),
+                scaling_config=self.scaling_config(data_parallel),
                 run_config=RunConfig(
                     name=f"raysvc-train-{call_id}",
                     storage_path=storage,
