@@ -54,7 +54,8 @@ def rows_for(dataset, strategy, seed, accs, budget=None, n_classes=None, queried
         learner="coop", backbone="b1", student="", teacher="", seed=seed, budget=budget, pool_size=500,
         n_classes=n_classes, schema_version=SCHEMA_VERSION, round=r, n_labeled=budget * r, n_queried=q,
         n_pseudo=budget * r - q, pseudo_acc=NAN if budget * r == q else 1.0, test_acc=acc, zeroshot_acc=0.3,
-        teacher_acc=NAN, select_seconds=1.0, train_seconds=2.0, encode_seconds=0.0,
+        teacher_acc=NAN, select_seconds=1.0, train_seconds=2.0, encode_seconds=0.0, test_acc_base=NAN,
+        test_acc_novel=NAN, test_acc_hm=NAN,
     ) for r, (acc, q) in enumerate(zip(accs, queried), start=1)]  # fmt: skip
 
 
