@@ -425,11 +425,36 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("files", nargs="+", help="study files (cb-fig3, ...) or 'all'")
     run.add_argument("--size", default="smoke", help="the files' size (default smoke)")
     run.add_argument("--out", required=True, help="results destination")
+    report = sub.add_parser("report", help="every study's section (raysvc report SOURCE --study NAME for each)")
+    report.add_argument("source", help="results destination holding the studies' runs")
+    report.add_argument("--size", default=None, help="the size whose runs to read (default: every size)")
+    report.add_argument("--out", required=True, help="folder for study-NAME.md and studies.md")
     args = parser.parse_args(argv)
-    files = study_files() if args.files == ["all"] else args.files
-    for file in files:
-        run_study(file, args.size, args.out, print_fn=lambda line: print(line, flush=True))
-    return 0
+    if args.command == "run":
+        files = study_files() if args.files == ["all"] else args.files
+        for file in files:
+            run_study(file, args.size, args.out, print_fn=lambda line: print(line, flush=True))
+        return 0
+    return write_all_sections(args.source, args.out, args.size)
+
+
+def write_all_sections(source, out, size: str | None) -> int:
+    """``OUT/studies.md``: every study's section, or one line naming a study without runs; 0
+    when every study has a section."""
+    from analysis.load import load_results
+
+    loaded = load_results(source)
+    parts, missing = [], []
+    for name in STUDIES:
+        try:
+            parts.append(study_section(name, source, out, size=size, records=loaded))
+        except AnalysisError as exc:
+            missing.append(name)
+            parts.append(f"## {name}\n\n{exc}\n")
+    Path(out, "studies.md").write_text("\n".join(parts))
+    print(f"wrote {Path(out, 'studies.md')}: {len(STUDIES) - len(missing)} of {len(STUDIES)} study sections"
+          + (f"; no runs for {', '.join(missing)}" if missing else ""))
+    return 1 if missing else 0
 
 
 if __name__ == "__main__":
