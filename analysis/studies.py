@@ -121,8 +121,6 @@ FIG5 = (("CB", "cb"), ("CB+SQ", "cbsq"), ("CoreSet", "coreset"), ("CoreSet+SQ", 
 ONE_SHOT = dict(strategy="random", initial_per_class=1)
 CB_STAR = dict(strategy="cb", strategy__features="label")
 BUDGET = tuple(_a(f"{pct}%", round=pct * 8 // 100) for pct in (25, 50, 75, 100))
-TABLE1_PAPER_ROWS = tuple(_a(f"{m}{suffix}", _paper_only=True) for m in ("MaPLe", "PromptSRC", "ProMetaR")
-                          for suffix in ("", " + CB", " + CB*"))
 CB_TABLE11 = (_a("Random", strategy="random"),
               *(_a(f"{kind}: {label}", strategy=name, strategy__features=feat, **extra)
                 for kind, feat in (("Image", "image"), ("Class-guided", "guided"))
@@ -160,7 +158,7 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
     Study("cb-fig15", "cb-fig15", "CB paper, Fig. 15: class-guided clustering across rounds (ARI)",
           analysis="cb-fig15"),
     Study("cb-table1", "cb-table1", "CB paper, Table 1: the initial round's sets as training sets, test accuracy (%)",
-          (*TABLE1_PAPER_ROWS, _a("CoOp 1-shot", round=0, **ONE_SHOT), _a("CoOp + CB", strategy="cb",
+          (_a("CoOp 1-shot", round=0, **ONE_SHOT), _a("CoOp + CB", strategy="cb",
            strategy__features="guided"), _a("CoOp + CB*", **CB_STAR)), "datasets", round=1,
           paper_table="cb-table1", note=RAYSVC_COOP),
     Study("cb-table2", "cb-table2", "CB paper, Table 2: CB's feature space in the initial round, test accuracy (%)",
@@ -254,8 +252,7 @@ def run_options(manifest: dict) -> dict:
 
 
 def _matches(options: dict, match: dict) -> bool:
-    return all(k != "_paper_only" and options.get(k, None) == v for k, v in match.items()) \
-        and not match.get("_paper_only")
+    return all(options.get(k, None) == v for k, v in match.items())
 
 
 def study_frame(records: pd.DataFrame, manifests: dict[str, dict]) -> pd.DataFrame:
@@ -287,8 +284,11 @@ def _cell(df: pd.DataFrame, study: Study, row: Axis, col: Axis, dataset: str | N
     if part.duplicated(["dataset_label", "seed"]).any():
         raise AnalysisError(f"study {study.name}: cell ({row.label}, {col.label}) holds two runs of one dataset and "
                             "seed; its axes do not tell them apart")
-    per_seed = part.pivot(index="seed", columns="dataset_label", values=metric).dropna()
-    values = per_seed.mean(axis=1).to_numpy(dtype=float)  # the average over datasets, seed by seed
+    # the average over every dataset of the study's runs, seed by seed: a seed lacking one has none
+    # (an average over fewer datasets is not comparable)
+    datasets = [dataset] if dataset is not None else sorted(df["dataset_label"].unique())
+    per_seed = part.pivot(index="seed", columns="dataset_label", values=metric).reindex(columns=datasets).dropna()
+    values = per_seed.mean(axis=1).to_numpy(dtype=float)
     if len(values) == 0:
         return math.nan, math.nan, 0
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan, len(values)
@@ -327,16 +327,18 @@ def study_table(study: Study, df: pd.DataFrame, paper: pd.DataFrame | None = Non
                for r in paper.itertuples()}
     columns = _columns(study, df, paper)
     with_paper = {col.label for col, _ in columns if any(c == col.label for _, c in printed)}
-    rows = list(study.rows) + [Axis(label) for label in dict.fromkeys(paper["row"])
-                               if label not in {r.label for r in study.rows}]
+    ran = {r.label for r in study.rows}
+    # rows only the paper has (Table 1's MaPLe, PromptSRC, ProMetaR) come after raysvc's, never matched to runs
+    rows = [(r, True) for r in study.rows] + [(Axis(label), False) for label in dict.fromkeys(paper["row"])
+                                              if label not in ran]
     header = ["", *(h for col, _ in columns for h in ([col.label, f"{col.label} (paper)"] if col.label in with_paper
                                                       else [col.label]))]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     missing = []
-    for row in rows:
+    for row, runs in rows:
         cells = [row.label]
         for col, dataset in columns:
-            mean, std, _ = _cell(df, study, row, col, dataset)
+            mean, std, _ = _cell(df, study, row, col, dataset) if runs else (math.nan, math.nan, 0)
             metric = col.metric or row.metric or study.metric
             cells.append(_fmt(mean, std, _percent_metric(metric)))
             if math.isnan(mean):
