@@ -7,7 +7,7 @@ export RAY_AUTH_MODE ?= disabled
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup data test demo bench clean-cache
+.PHONY: setup data test demo studies bench clean-cache
 
 setup: $(STAMP)
 
@@ -39,11 +39,20 @@ demo: $(STAMP) $(EMOJI)
 	. ./.ray-local.env && status=0; \
 	$(VENV)/bin/ray job submit --working-dir . -- python -m jobs.grid jobs/configs/demo.yaml --out s3://raysvc/demo \
 	  && $(PY) -m jobs.report s3://raysvc/demo --out reports/demo \
+	  && $(PY) -m jobs.demo_selections s3://raysvc/demo \
 	  && $(VENV)/bin/raysvc runs s3://raysvc/demo || status=$$?; \
 	cluster/stop_local.sh; \
 	[ $$status -eq 0 ] && echo "demo runs: s3://raysvc/demo (kept in .s3/); report: reports/demo/report.md;" \
 	  "to browse: cluster/start_local.sh && . ./.ray-local.env && $(VENV)/bin/raysvc runs s3://raysvc/demo"; \
 	exit $$status
+
+# every study file's smoke size (jobs/configs/studies), one run after another in this process,
+# then every study's report section (docs/studies.md); runs already under STUDIES_OUT are kept
+STUDIES_OUT ?= reports/studies
+STUDY_FILES ?= all
+studies: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m analysis.studies run $(STUDY_FILES) --size smoke --out $(STUDIES_OUT)/runs
+	OMP_NUM_THREADS=1 $(PY) -m analysis.studies report $(STUDIES_OUT)/runs --size smoke --out $(STUDIES_OUT)
 
 bench: $(STAMP)
 	$(PY) -m bench.selection

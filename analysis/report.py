@@ -396,6 +396,11 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--analysis", action="append", default=None, choices=tuple(ANALYSES), metavar="NAME",
                         help="also run this paper-figure analysis on the reported runs and append its section to "
                              f"report.md (repeatable): {', '.join(ANALYSES)}")
+    parser.add_argument("--study", metavar="NAME",
+                        help="instead: one table or figure of a paper laid out as the paper does, its printed numbers "
+                             "beside (analysis.studies; docs/studies.md), written to OUT/study-NAME.md")
+    parser.add_argument("--study-size", metavar="SIZE", default=None,
+                        help="with --study: the study file's size whose runs to read (default: every size)")
     return parser
 
 
@@ -430,6 +435,11 @@ def run_report(args: argparse.Namespace) -> int:
 
     RaysvcError (empty source, schema mismatch, storage failure) propagates for the CLI to print.
     """
+    if getattr(args, "study", None):
+        from analysis.studies import study_section
+
+        print(study_section(args.study, args.source, args.out, size=args.study_size), end="")
+        return 0
     filters = {k: getattr(args, k, None) for k in FILTER_KEYS}
     report = build_report(
         args.source, args.out, metric=getattr(args, "metric", "test_acc"), at_round=getattr(args, "at_round", None),

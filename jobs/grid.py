@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage-path", help="Tune experiment storage (default $RAYSVC_STATE_DIR/tune or "
                                                "./.raysvc/tune; s3:// on multi-node clusters)")
     parser.add_argument("--name", help="experiment name (default: the file's name:)")
+    parser.add_argument("--size", help="one of the file's sizes: (a study's smoke size); default: the file as written")
+    parser.add_argument("--data-root", help="override the file's data_root: (the folder of the image datasets)")
     parser.add_argument("--train", choices=["local", "ray-train"], help="override the file's train:")
     parser.add_argument("--cells-per-trial", type=int, help="override the file's cells_per_trial:")
     parser.add_argument("--max-failures", type=int, help="override the file's max_failures:")
@@ -47,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     from raysvc.service.gridspec import load_grid
 
     features = {k: v for k, v in (("cache_dir", args.cache), ("store", args.feature_store)) if v is not None}
-    grid = load_grid(args.config, out=args.out, storage_path=args.storage_path, name=args.name, train=args.train,
-                     cells_per_trial=args.cells_per_trial, max_failures=args.max_failures,
+    grid = load_grid(args.config, size=args.size, data_root=args.data_root, out=args.out,
+                     storage_path=args.storage_path, name=args.name, train=args.train, cells_per_trial=args.cells_per_trial, max_failures=args.max_failures,
                      features_overrides=features)
     grid.check_writable()  # before Ray starts: a bad destination costs nothing
     init_ray(args)

@@ -28,6 +28,16 @@ A grid file::
       strategy: [random, entropy]
       seed: [0, 1]
       learner_params.epochs: [5, 10]   # dotted keys reach into *_params
+      data:                        # a case axis (any name that is no run option): a list of
+        - {dataset: "{data_root}/dtd", split_file: "{data_root}/dtd/split_zhou_DescribableTextures.json"}
+        - {dataset: "{data_root}/eurosat", split_file: "{data_root}/eurosat/split_zhou_EuroSAT.json"}
+                                   # mappings, each setting several options of a cell together
+    data_root: /data/coop          # replaces "{data_root}" in the cells' strings (--data-root)
+    sizes:                         # named sizes: ``load_grid(..., size="smoke")`` (``--size``)
+      smoke:                       # applies these on top of the file: settings replaced, fixed
+        fixed: {rounds: 2}         # keys merged, grid axes replaced (an axis set to null is removed)
+        grid: {data: null, dataset: [emoji, mnist-5k], seed: [0, 1]}
+    study: {...}                   # what analysis.studies reads (the paper's table); not a setting
 
 Cells are the cartesian product of the axes (in file order, so consecutive cells share
 a dataset) over ``fixed``; each is a :class:`~raysvc.spec.RunSpec` resolved into its
@@ -73,6 +83,7 @@ class GridSettings(Options):
     storage_path: str | None = option(None, "Tune experiment storage")
     store_probs: bool = option(False, "also store each round's pool probabilities (float16) with every run")
     description: str = option("", "free text")
+    data_root: str | None = option(None, 'replaces "{data_root}" in the strings of fixed: and grid:')
 
     def check(self):
         if self.cells_per_trial < 1:
@@ -137,8 +148,23 @@ def _set_dotted(target: dict[str, Any], key: str, value: Any) -> None:
     target[head] = {**target.get(head, {}), rest: value}
 
 
+def _is_case_axis(key: str, value: Any) -> bool:
+    """A case axis: a name that is no run option, holding a list of mappings of run options."""
+    head = key.partition(".")[0]
+    return head not in _RUN_FIELDS and isinstance(value, list) and all(isinstance(v, dict) for v in value)
+
+
+def _set_case(target: dict[str, Any], axis: str, case: dict[str, Any]) -> None:
+    for key, value in case.items():
+        if _is_case_axis(key, [value]):
+            raise ConfigError(f"grid axis {axis!r}: a case sets run options, not {key!r}")
+        _set_dotted(target, key, copy.deepcopy(value))
+
+
 def expand_cells(fixed: dict[str, Any] | None, axes: dict[str, Any] | None) -> tuple[RunSpec, ...]:
-    """The cartesian product of ``axes`` (lists; scalars are fixed) over ``fixed``, as RunSpecs."""
+    """The cartesian product of ``axes`` (lists; scalars are fixed) over ``fixed``, as RunSpecs.
+    A case axis (:func:`_is_case_axis`) contributes one choice per mapping, each setting
+    all of its options at once (a dataset with its split file; a strategy with its options)."""
     for what, block in (("fixed", fixed), ("grid", axes)):
         if block is not None and not isinstance(block, dict):
             raise ConfigError(f"grid file: {what} must be a mapping of run options")
@@ -158,43 +184,95 @@ def expand_cells(fixed: dict[str, Any] | None, axes: dict[str, Any] | None) -> t
     for combo in itertools.product(*choices):
         cell = copy.deepcopy(base)
         for key, value in zip(names, combo):
-            _set_dotted(cell, key, copy.deepcopy(value))
+            if _is_case_axis(key, [value]):
+                _set_case(cell, key, value)
+            else:
+                _set_dotted(cell, key, copy.deepcopy(value))
         cells.append(RunSpec.from_dict(cell))
     return tuple(cells)
 
 
+def apply_size(raw: dict[str, Any], size: str) -> dict[str, Any]:
+    """``raw`` with its ``sizes[size]`` applied: settings replaced, ``fixed`` keys merged, ``grid``
+    axes replaced (an axis set to null removed); ``sizes`` itself dropped."""
+    sizes = raw.get("sizes") or {}
+    if not isinstance(sizes, dict) or size not in sizes:
+        named = ", ".join(sorted(sizes)) if isinstance(sizes, dict) and sizes else "none"
+        raise ConfigError(f"the grid has no size {size!r}; its sizes: {named}")
+    change = sizes[size] or {}
+    if not isinstance(change, dict):
+        raise ConfigError(f"grid size {size!r} must be a mapping")
+    out = {k: copy.deepcopy(v) for k, v in raw.items() if k != "sizes"}
+    for key, value in change.items():
+        if key in ("fixed", "grid"):
+            if not isinstance(value, dict):
+                raise ConfigError(f"grid size {size!r}: {key} must be a mapping")
+            block = {**(out.get(key) or {}), **copy.deepcopy(value)}
+            out[key] = {k: v for k, v in block.items() if v is not None}
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _with_data_root(block: Any, root: str | None) -> Any:
+    """``block`` with ``{data_root}`` replaced in every string (a one-line error when no root is set)."""
+    if isinstance(block, dict):
+        return {k: _with_data_root(v, root) for k, v in block.items()}
+    if isinstance(block, list):
+        return [_with_data_root(v, root) for v in block]
+    if isinstance(block, str) and "{data_root}" in block:
+        if root is None:
+            raise ConfigError(f"grid value {block!r} names {{data_root}}: set data_root: in the file or pass "
+                              "--data-root")
+        return block.replace("{data_root}", root.rstrip("/"))
+    return block
+
+
 _SETTINGS = {f.name for f in dataclasses.fields(GridSettings)}
+_RUN_FIELDS = {f.name for f in dataclasses.fields(RunSpec)}
+_NOT_SETTINGS = {"fixed", "grid", "sizes", "study"}
 _BLOCKS = {"resources": Resources, "ray_train": RayTrainOptions}
 
 
+def read_grid_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A grid file's YAML as a mapping (one-line errors for an unreadable or invalid file)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read grid file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"grid file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("a grid file must be a mapping")
+    return raw
+
+
 def load_grid(source: str | os.PathLike | dict[str, Any], *, features_overrides: dict[str, Any] | None = None,
-              **overrides: Any) -> Grid:
-    """A validated :class:`Grid` from a YAML file or a dict; ``overrides`` (not None) replace
-    top-level keys, ``features_overrides`` keys of the ``features:`` block. Every cell is
-    resolved into its plan, its destination opened (not yet contacted)."""
+              size: str | None = None, **overrides: Any) -> Grid:
+    """A validated :class:`Grid` from a YAML file or a dict; ``size`` applies one of its
+    ``sizes:`` (:func:`apply_size`), ``overrides`` (not None) then replace top-level keys,
+    ``features_overrides`` keys of the ``features:`` block. Every cell is resolved into its
+    plan, its destination opened (not yet contacted)."""
     if isinstance(source, dict):
         raw = copy.deepcopy(source)
         default_name = "grid"
     else:
-        import yaml
-
-        path = Path(source)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"cannot read grid file {path}: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"grid file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
-        default_name = path.stem
+        raw = read_grid_file(source)
+        default_name = Path(source).stem
     if not isinstance(raw, dict):
         raise ConfigError("a grid file must be a mapping")
+    if size is not None:
+        raw = apply_size(raw, size)
     raw.update({k: v for k, v in overrides.items() if v is not None})
     if features_overrides:
         raw["features"] = {**(raw.get("features") or {}), **features_overrides}
-    unknown = sorted(set(raw) - _SETTINGS - {"fixed", "grid"})
+    unknown = sorted(set(raw) - _SETTINGS - _NOT_SETTINGS)
     if unknown:
         raise ConfigError(f"unknown grid option(s): {', '.join(unknown)}; options: "
-                          f"{', '.join(sorted(_SETTINGS | {'fixed', 'grid'}))}")
+                          f"{', '.join(sorted(_SETTINGS | _NOT_SETTINGS))}")
     values = {k: v for k, v in raw.items() if k in _SETTINGS}
     values.setdefault("name", default_name)
     for key, kind in _BLOCKS.items():
@@ -208,7 +286,8 @@ def load_grid(source: str | os.PathLike | dict[str, Any], *, features_overrides:
     settings = GridSettings.parse(values, "grid")
     dest = _destination(settings)
     plans = tuple(cell.resolve(dest, store_probs=settings.store_probs)
-                  for cell in expand_cells(raw.get("fixed"), raw.get("grid")))
+                  for cell in expand_cells(_with_data_root(raw.get("fixed"), settings.data_root),
+                                           _with_data_root(raw.get("grid"), settings.data_root)))
     if not plans:
         raise ConfigError("the grid has no cells")
     ids = [plan.run_id for plan in plans]
