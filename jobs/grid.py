@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
 
     features = {k: v for k, v in (("cache_dir", args.cache), ("store", args.feature_store)) if v is not None}
     grid = load_grid(args.config, size=args.size, data_root=args.data_root, out=args.out,
-                     storage_path=args.storage_path, name=args.name, train=args.train, cells_per_trial=args.cells_per_trial, max_failures=args.max_failures,
+                     storage_path=args.storage_path, name=args.name, train=args.train,
+                     cells_per_trial=args.cells_per_trial, max_failures=args.max_failures,
                      features_overrides=features)
     grid.check_writable()  # before Ray starts: a bad destination costs nothing
     init_ray(args)
