@@ -124,8 +124,17 @@ def active_centroids(distances: np.ndarray, centres: np.ndarray, tau: float) -> 
 
 
 # ------------------------------------------------------------------ figures
-def _alpha(run: StoredRun) -> float:
-    return float(run.option("learner", "alpha", DEFAULT_ALPHA))
+def prediction_alpha(run: StoredRun) -> float:
+    """The CE head's weight the run's student predicted with: its ``alpha``, else its schedule
+    variant's (:meth:`raysvc.learners.kd.KDOptions.mixing_alpha`); :data:`DEFAULT_ALPHA` for a
+    learner without a KD head."""
+    from raysvc.registry import LEARNERS
+
+    learner = LEARNERS.part(run.config["learner"], run.config.get("learner_params") or {})
+    teacher = getattr(learner.cls, "teacher_kind", "none")
+    if teacher == "none" or not hasattr(learner.options, "mixing_alpha"):
+        return DEFAULT_ALPHA
+    return float(learner.options.mixing_alpha(teacher))
 
 
 def _first_trained_round(run: StoredRun) -> int:
@@ -192,7 +201,7 @@ def teacher_bias(source, out: Path, *, run_ids: Sequence[str] | None = None) -> 
                                    "true": int(true_counts[k])})
         for run in group:
             round_ = _first_trained_round(run)
-            d = distance_to_propagated(run.probs(round_), clusters, truth, centroids, _alpha(run))
+            d = distance_to_propagated(run.probs(round_), clusters, truth, centroids, prediction_alpha(run))
             ids = clusters * c + truth
             for tau in TAUS:
                 distance_rows.append({
@@ -256,7 +265,7 @@ def bias_propagation(source, out: Path, *, run_ids: Sequence[str] | None = None)
         c = teacher.shape[1]
         centroids, clusters = teacher_clusters(teacher, c)
         for run in group:
-            alpha = _alpha(run)
+            alpha = prediction_alpha(run)
             for round_ in run.probs_rounds:
                 student = run.probs(round_)
                 d = distance_to_propagated(student, clusters, truth, centroids, alpha)

@@ -17,9 +17,11 @@ from analysis.kd_figures import (
     knn_loss,
     mean_min_distance,
     normalised_entropy,
+    prediction_alpha,
     propagated_centroids,
 )
 from analysis.sections import ANALYSES, Section, section
+from analysis.stored import StoredRun
 from raysvc import storage
 from raysvc.cli import main as raysvc
 from raysvc.errors import AnalysisError
@@ -92,6 +94,19 @@ def test_a_section_writes_its_tables_and_shows_its_figures(tmp_path):
     made = section(tmp_path, "T", "text", [tmp_path / "a.png"], {"t": pd.DataFrame({"x": [1]})})
     assert isinstance(made, Section) and (tmp_path / "t.csv").read_text().splitlines() == ["x", "1"]
     assert made.to_markdown(tmp_path) == "## T\n\ntext\n\n![a](a.png)\n"
+
+
+@pytest.mark.parametrize(("learner", "params", "alpha"), [
+    ("kd-zeroshot", {}, 0.5),                                   # official: train_active_others.py 0.5 / 0.5
+    ("kd-zeroshot", {"variant": "imagenet", "epochs": 1}, 0.4),  # train_active_imgnet.py
+    ("kd-fewshot", {"variant": "imagenet", "epochs": 1}, 0.2),   # ... with the CLAP teacher
+    ("kd-zeroshot", {"alpha": 0.7}, 0.7),                       # as given
+    ("no-distill", {}, 0.5),                                    # no KD head: DEFAULT_ALPHA
+])
+def test_the_propagation_alpha_is_the_one_the_run_predicted_with(learner, params, alpha):
+    manifest = {"config": {"learner": learner, "learner_params": params}}
+    run = StoredRun("nowhere", storage.Run("r", None, manifest))
+    assert prediction_alpha(run) == alpha
 
 
 # ------------------------------------------------------------------ from real runs
