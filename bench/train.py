@@ -55,15 +55,21 @@ from bench import command, host, write_results
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _runner(workers: str):
-    """``local``: in this process; else a Ray Train runner with that many 1-CPU workers."""
+def _train(workers: str, fn, payload: dict, data_parallel: bool) -> dict:
+    """``fn(payload)`` on a runner made for this call and closed after it: ``local``, in this
+    process; else a Ray Train runner with that many 1-CPU workers."""
     from raysvc.learners import LocalRunner
     from raysvc.service.scaling import RayTrainOptions
     from raysvc.service.train import RayTrainRunner
 
     if workers == "local":
-        return LocalRunner()
-    return RayTrainRunner(RayTrainOptions(num_workers=int(workers), resources_per_worker={"CPU": 1}))
+        runner = LocalRunner()
+    else:
+        runner = RayTrainRunner(RayTrainOptions(num_workers=int(workers), resources_per_worker={"CPU": 1}))
+    try:
+        return runner.run(fn, payload, data_parallel=data_parallel)
+    finally:
+        runner.close()
 
 
 def _init_ray(workers: list[str]) -> None:
@@ -137,12 +143,8 @@ def coop_part(args) -> list[str]:
             payload = {"backbone": backbone, "classnames": [f"class {i}" for i in range(100)], "features": features,
                        "labels": np.arange(n) % 100, "text_features": text, "seed": 0,
                        "options": CoOpOptions(variant="official", epochs=1, warmup_epochs=0, device=device)}
-            runner = _runner(workers)
-            try:
-                torch.set_num_threads(args.threads)
-                out = runner.run(train_coop, payload, data_parallel=False)
-            finally:
-                runner.close()
+            torch.set_num_threads(args.threads)
+            out = _train(workers, train_coop, payload, data_parallel=False)
             _record(args, "coop", device, out["steps"] / out["train_seconds"])
             lines.append(f"| {out['device']} | {workers} | {out['steps']} | {out['train_seconds']:.1f} "
                          f"| {out['steps'] / out['train_seconds']:.3f} | {_load():.1f} |")
@@ -191,12 +193,8 @@ def student_part(args) -> list[str]:
                 payload = {"options": options, "n_classes": dataset.n_classes,
                            "images": StudentSource(dataset, pool, test), "labeled": labeled,
                            "labels": dataset.labels[pool[labeled]], "teacher_logits": teacher, "seed": 0, "epochs": 0}
-                runner = _runner(workers)
-                try:
-                    torch.set_num_threads(args.threads)
-                    out = runner.run(train_student, payload, data_parallel=True)
-                finally:
-                    runner.close()
+                torch.set_num_threads(args.threads)
+                out = _train(workers, train_student, payload, data_parallel=True)
                 images = sum(out["images"])
                 _record(args, "student", device, images / out["train_seconds"])
                 lines.append(f"| {out['device']} | {workers} | {out['steps']} | {images} "
@@ -234,11 +232,7 @@ def accuracy_part(args) -> list[str]:
     accs: dict[str, list[float]] = {}
     for workers in [w for w in args.workers if w != "local"]:
         for seed in args.seeds:
-            runner = _runner(workers)
-            try:
-                out = runner.run(train_student, {**payload, "seed": seed}, data_parallel=True)
-            finally:
-                runner.close()
+            out = _train(workers, train_student, {**payload, "seed": seed}, data_parallel=True)
             probs = combine_heads(torch.as_tensor(out["test"]["z_ce"]), torch.as_tensor(out["test"]["z_kd"]),
                                   options.mixing_alpha("zeroshot"), options.beta)
             acc = float((probs.argmax(1).numpy() == exp.test_labels).mean())
