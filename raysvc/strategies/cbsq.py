@@ -48,6 +48,15 @@ def class_thresholds(
     return tau
 
 
+# the option of every strategy that queries selectively (cbsq, sq:<strategy>)
+MAX_PSEUDO_HELP = "at most this many pseudo-labels per round (None: no cap)"
+
+
+def check_max_pseudo(max_pseudo: int | None) -> None:
+    if max_pseudo is not None and max_pseudo < 0:
+        raise ConfigError(f"option max_pseudo={max_pseudo!r}: must be >= 0")
+
+
 def selective_querying(picks: np.ndarray, pool: Pool, variant: str = "official", max_pseudo: int | None = None):
     """The :class:`Selection` of ``picks`` (in pick order) after selective querying (eq. 12, APL
     cbsq.py:165-175): a pick with ``max_k p(k|x) >= tau[argmax p(.|x)]`` (:func:`class_thresholds`
@@ -77,12 +86,11 @@ class ClusterBalancedSelectiveQuery(ClusterBalanced):
         variant: Variant = option(
             "official", "official: tau_c = mean max-probability, K = 4C + n_labeled (C with nothing labeled), "
             "unit-norm guided features; paper: tau_c = mean p(c|x) (eq. 11), K = round x budget, eq. 7 unnormalised")
-        max_pseudo: int | None = option(None, "at most this many pseudo-labels per round (None: no cap)")
+        max_pseudo: int | None = option(None, MAX_PSEUDO_HELP)
 
         def check(self):
             super().check()
-            if self.max_pseudo is not None and self.max_pseudo < 0:
-                raise ConfigError(f"option max_pseudo={self.max_pseudo!r}: must be >= 0")
+            check_max_pseudo(self.max_pseudo)
 
     name = "cbsq"
     requires = FeatureRequires("guided", extra={"probs"})

@@ -26,7 +26,7 @@ from raysvc.errors import ConfigError
 from raysvc.options import Options, option
 from raysvc.registry import Part
 from raysvc.strategies.base import Pool, Selection, Strategy, Variant
-from raysvc.strategies.cbsq import ClusterBalancedSelectiveQuery, selective_querying
+from raysvc.strategies.cbsq import MAX_PSEUDO_HELP, ClusterBalancedSelectiveQuery, check_max_pseudo, selective_querying
 from raysvc.strategies.registry import STRATEGIES
 
 PREFIX = "sq:"
@@ -59,7 +59,7 @@ class SelectiveQuerying(Strategy):
         variant: Variant = option(
             "official", "official: tau_c = mean max-probability (APL cbsq.py:104-108); "
                         "paper: tau_c = mean p(c|x) (eq. 11)")
-        max_pseudo: int | None = option(None, "at most this many pseudo-labels per round (None: no cap)")
+        max_pseudo: int | None = option(None, MAX_PSEUDO_HELP)
 
         def __post_init__(self):
             super().__post_init__()
@@ -67,8 +67,7 @@ class SelectiveQuerying(Strategy):
             object.__setattr__(self, "base_part", STRATEGIES.part(self.base, self.base_options))
 
         def check(self):
-            if self.max_pseudo is not None and self.max_pseudo < 0:
-                raise ConfigError(f"option max_pseudo={self.max_pseudo!r}: must be >= 0")
+            check_max_pseudo(self.max_pseudo)
 
     @classmethod
     def from_name(cls, name: str) -> dict[str, str] | None:
