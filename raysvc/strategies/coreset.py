@@ -41,7 +41,7 @@ class CoreSet(Strategy):
         if cold is not None:
             return Selection(query=cold)
         if self.options.features != "image":
-            return Selection(query=kcenter_greedy(pool_features(pool, self.options.features), pool.labeled, budget,
-                                                  rng, normalize=True))
-        points = pool.embeddings if pool.embeddings is not None else pool.features
+            points = pool_features(pool, self.options.features)
+        else:  # a student's penultimate features where it has them (ActiveKD)
+            points = pool.embeddings if pool.embeddings is not None else pool.features
         return Selection(query=kcenter_greedy(points, pool.labeled, budget, rng, normalize=True))
