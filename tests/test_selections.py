@@ -85,6 +85,7 @@ def test_stored_probabilities_are_each_selections_pool_probabilities(stored):
     out, _ = stored
     (run_id,) = [r for r in storage.list_runs(out) if "-cbsq-" in r]
     run = storage.read_run(out, run_id)
+    picks = load_selections(out).query("run_id == @run_id")
     assert run.manifest["probs_rounds"] == [1, 2, 3]
     pool_size, n_classes = run.table["pool_size"][0].as_py(), run.table["n_classes"][0].as_py()
     import io
@@ -94,6 +95,10 @@ def test_stored_probabilities_are_each_selections_pool_probabilities(stored):
         probs = np.load(io.BytesIO(raw))
         assert probs.dtype == np.float16 and probs.shape == (pool_size, n_classes)
         np.testing.assert_allclose(probs.astype(np.float32).sum(1), 1.0, atol=1e-2)
+        # a pseudo-label's stored score is its confidence, the max of what the selection saw
+        pseudo = picks[(picks["round"] == round_) & (picks["kind"] == "pseudo")]
+        np.testing.assert_allclose(pseudo["score"], probs[pseudo["position"]].astype(np.float32).max(1), atol=1e-3)
+    assert (picks["kind"] == "pseudo").any() and picks.loc[picks["kind"] == "query", "score"].isna().all()
     other = storage.read_run(out, next(r for r in storage.list_runs(out) if "-random-" in r))
     assert storage.read_run_file(out, other, "probs-r001-s000.npy") is None  # only with --store-probs
 

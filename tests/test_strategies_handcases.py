@@ -114,6 +114,7 @@ def test_cbsq_h2_official_threshold_is_the_mean_max_probability(fixed_clustering
     sel = make_strategy("cbsq", features="image").select(cbsq_case(), 3, seed=0)
     assert (sel.pseudo - 2).tolist() == [1] and sel.pseudo_labels.tolist() == [0]
     assert (sel.query - 2).tolist() == [4, 6]
+    assert sel.pseudo_scores.tolist() == [0.85] and sel.query_scores is None  # the confidence; CB has no score
 
 
 def test_cbsq_h2_paper_threshold_is_the_mean_true_class_probability(fixed_clustering):
@@ -133,7 +134,12 @@ def test_cbsq_caps_pseudo_labels_in_pick_order(fixed_clustering):
 def test_entropy_h3():
     p = np.array([[1, 0, 0], [0.5, 0.5, 0], [1 / 3, 1 / 3, 1 / 3], [0.8, 0.1, 0.1]], dtype=np.float32)
     pool = Pool(None, p, np.zeros(4, bool), np.full(4, -1))
-    assert make_strategy("entropy", cold_start="prior").select(pool, 3, seed=0).query.tolist() == [2, 1, 3]
+    sel = make_strategy("entropy", cold_start="prior").select(pool, 3, seed=0)
+    assert sel.query.tolist() == [2, 1, 3]
+    # each pick's score is its entropy: ln 3, ln 2, -(.8 ln .8 + 2 x .1 ln .1)
+    np.testing.assert_allclose(sel.query_scores, [np.log(3), np.log(2), -(0.8 * np.log(0.8) + 0.2 * np.log(0.1))],
+                               rtol=1e-6)
+    assert sel.pseudo_scores is None
 
 
 @pytest.mark.parametrize("name", ["entropy", "coreset", "badge", "pcb"])
@@ -279,6 +285,10 @@ def test_selective_querying_on_entropys_picks(variant, pseudo):
     sel = make_strategy("sq:entropy", variant=variant).select(pool, 3, seed=0)
     assert sel.pseudo.tolist() == pseudo and sel.pseudo_labels.tolist() == [0] * len(pseudo)
     assert sel.query.tolist() == [i for i in base.tolist() if i not in pseudo]
+    # a pseudo-label's score is its confidence max_k p(k|x); a query keeps entropy's score
+    np.testing.assert_allclose(sel.pseudo_scores, pool.probs[pseudo].max(1), rtol=1e-6)
+    p = pool.probs[sel.query].astype(np.float64)
+    np.testing.assert_allclose(sel.query_scores, -(p * np.log(p)).sum(1), rtol=1e-6)
 
 
 def test_selective_querying_keeps_the_base_strategys_own_options_and_draws():

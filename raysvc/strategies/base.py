@@ -100,8 +100,8 @@ class Selection:
     """The outcome of one selection: oracle queries and free pseudo-labels.
 
     ``query_scores`` / ``pseudo_scores``: the strategy's score behind each pick where it has
-    one (an entropy, a distance, a pseudo-label's confidence), stored with the run's
-    selections; None where it has none.
+    one (entropy's entropy, a pseudo-label's confidence ``max_k p(k|x)``), stored with the
+    run's selections; None where it has none.
     """
 
     query: np.ndarray

@@ -57,20 +57,26 @@ def check_max_pseudo(max_pseudo: int | None) -> None:
         raise ConfigError(f"option max_pseudo={max_pseudo!r}: must be >= 0")
 
 
-def selective_querying(picks: np.ndarray, pool: Pool, variant: str = "official", max_pseudo: int | None = None):
+def selective_querying(picks: np.ndarray, pool: Pool, variant: str = "official", max_pseudo: int | None = None,
+                       scores: np.ndarray | None = None) -> Selection:
     """The :class:`Selection` of ``picks`` (in pick order) after selective querying (eq. 12, APL
     cbsq.py:165-175): a pick with ``max_k p(k|x) >= tau[argmax p(.|x)]`` (:func:`class_thresholds`
     of ``variant``) gets its predicted class as a pseudo-label, at most ``max_pseudo`` of them, the
-    first confident ones in pick order; the others are queried. Nothing labeled: all queried."""
+    first confident ones in pick order; the others are queried. Nothing labeled: all queried.
+    A pseudo-label's score is that confidence ``max_k p(k|x)``; a query keeps its pick's entry of
+    ``scores`` (the base strategy's, where it has them)."""
     if not pool.labeled.any():
-        return Selection(query=picks)
+        return Selection(query=picks, query_scores=scores)
     tau = class_thresholds(pool.probs, pool.labels, pool.labeled, pool.n_classes, variant)
     probs = np.asarray(pool.probs[picks], dtype=np.float64)
     predicted = probs.argmax(axis=1)
-    confident = probs.max(axis=1) >= tau[predicted]
+    confidence = probs.max(axis=1)
+    confident = confidence >= tau[predicted]
     cap = len(picks) if max_pseudo is None else max_pseudo
     pseudo = confident & (np.cumsum(confident) <= cap)
-    return Selection(query=picks[~pseudo], pseudo=picks[pseudo], pseudo_labels=predicted[pseudo])
+    return Selection(query=picks[~pseudo], pseudo=picks[pseudo], pseudo_labels=predicted[pseudo],
+                     query_scores=None if scores is None else np.asarray(scores)[~pseudo],
+                     pseudo_scores=confidence[pseudo])
 
 
 @STRATEGIES.register

@@ -46,4 +46,4 @@ class Entropy(Strategy):
         # stable sort on a random permutation breaks ties at random, not by index
         order = rng.permutation(len(candidates))
         top = order[np.argsort(-scores[order], kind="stable")[:budget]]
-        return Selection(query=candidates[top])
+        return Selection(query=candidates[top], query_scores=scores[top])

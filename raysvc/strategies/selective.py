@@ -91,5 +91,6 @@ class SelectiveQuerying(Strategy):
         return self.base.oracle
 
     def _select(self, pool: Pool, budget: int, rng: np.random.Generator) -> Selection:
-        picks = self.base._select(pool, budget, rng).query
-        return selective_querying(picks, pool, self.options.variant, self.options.max_pseudo)
+        picks = self.base._select(pool, budget, rng)
+        return selective_querying(picks.query, pool, self.options.variant, self.options.max_pseudo,
+                                  scores=picks.query_scores)
