@@ -152,7 +152,7 @@ class FeatureCache:
         if entry is not None:
             source = "cache"
             if self.remote is not None:
-                self._publish(key, entry.features)
+                self._publish(key, entry)
         elif self.remote is None:
             source, seconds, report, entry = self._encode_into(key, dataset, backbone, ref)
         elif (entry := self._fetch(key)) is not None:
@@ -163,12 +163,12 @@ class FeatureCache:
             try:
                 if lease.claim():
                     source, seconds, report, entry = self._encode_into(key, dataset, backbone, ref)
-                    self._put_remote(key, entry.features)
+                    self._put_remote(key, entry)
                 elif (entry := self._fetch(key)) is not None:
                     source = "store"
                 else:  # the entry appeared, yet did not verify (its manifest is gone): encode it here after all
                     source, seconds, report, entry = self._encode_into(key, dataset, backbone, ref)
-                    self._put_remote(key, entry.features)
+                    self._put_remote(key, entry)
             finally:
                 lease.release()
         prompts = dataset.prompts()
@@ -217,14 +217,16 @@ class FeatureCache:
             discard_entry(self.remote, key, bad)
             return None
 
-    def _put_remote(self, key: str, features: np.ndarray) -> None:
-        write_entry(self.remote, key, features, self.rows_per_shard)
+    def _put_remote(self, key: str, entry: LocalEntry) -> None:
+        """The verified local entry goes up with the hash it was verified by: its rows are
+        hashed once, shard by shard, as they are put."""
+        write_entry(self.remote, key, entry.features, self.rows_per_shard, sha256=entry.sha256)
 
-    def _publish(self, key: str, features: np.ndarray) -> None:
+    def _publish(self, key: str, entry: LocalEntry) -> None:
         """A local entry the shared store lacks (encoded before the store was set) goes up,
         so other nodes need not encode it."""
         if not has_entry(self.remote, key):
-            self._put_remote(key, features)
+            self._put_remote(key, entry)
 
     def _open_local(self, key: str) -> LocalEntry | None:
         """The local entry, mapped, when it verifies (see the module docstring); None when there is

@@ -144,9 +144,12 @@ def entry_location(store: ObjectStore, key: str) -> str:
     return f"{str(store).rstrip('/')}/{key}"
 
 
-def write_entry(store: ObjectStore, key: str, features: np.ndarray, rows_per_shard: int = ROWS_PER_SHARD) -> bool:
+def write_entry(store: ObjectStore, key: str, features: np.ndarray, rows_per_shard: int = ROWS_PER_SHARD,
+                sha256: str | None = None) -> bool:
     """Write ``features`` as the entry ``key``: shards first, the manifest (with every shard's
-    hash and the whole's) last, hashing each shard's bytes as they are put.
+    hash and the whole's) last, hashing each shard's bytes as they are put. ``sha256``: the
+    whole's :class:`FeatureDigest` when the caller has it (it hashed these rows writing its
+    local copy), so the rows are not hashed a second time for it.
 
     Returns False (and writes nothing) when a manifest is there already: another node
     finished first (a bad entry's manifest is removed by :func:`discard_entry` before this).
@@ -157,11 +160,12 @@ def write_entry(store: ObjectStore, key: str, features: np.ndarray, rows_per_sha
         raise ValueError(f"features must be (N, D), got shape {features.shape}")
     if has_entry(store, key):
         return False
-    whole = FeatureDigest(features.shape, features.dtype)
+    whole = FeatureDigest(features.shape, features.dtype) if sha256 is None else None
     shards = []
     for index, start in enumerate(range(0, max(len(features), 1), rows_per_shard)):
         rows = np.ascontiguousarray(features[start : start + rows_per_shard])
-        whole.update(rows)
+        if whole is not None:
+            whole.update(rows)
         buffer = io.BytesIO()
         np.save(buffer, rows, allow_pickle=False)
         data = buffer.getvalue()
@@ -169,7 +173,7 @@ def write_entry(store: ObjectStore, key: str, features: np.ndarray, rows_per_sha
         shards.append({"name": shard_name(index), "rows": len(rows), "sha256": hashlib.sha256(data).hexdigest()})
     manifest = {
         "format": FORMAT, "key": key, "shape": list(features.shape), "dtype": str(features.dtype),
-        "rows_per_shard": rows_per_shard, "sha256": whole.hexdigest(), "shards": shards,
+        "rows_per_shard": rows_per_shard, "sha256": sha256 or whole.hexdigest(), "shards": shards,
     }
     store.put(f"{key}/{MANIFEST}", json.dumps(manifest, indent=1).encode(), content_type="application/json")
     return True
