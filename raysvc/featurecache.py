@@ -68,7 +68,7 @@ from raysvc.datasets import ImageDataset
 from raysvc.encoded import EncodedDataset, encode_class_prompts, text_key
 from raysvc.errors import RaysvcBug, one_line
 from raysvc.feature_settings import FeatureSettings
-from raysvc.progress import ProgressLines
+from raysvc.progress import ProgressLines, notice
 from raysvc.storage.features import (
     ROWS_PER_SHARD,
     BadEntry,
@@ -213,7 +213,7 @@ class FeatureCache:
             return self._write(key, manifest.shape, manifest.dtype, read_rows(self.remote, manifest),
                                verified_sha256=manifest.sha256)
         except BadEntry as bad:
-            _notice(f"{bad}: treated as absent and replaced")
+            notice(f"{bad}: treated as absent and replaced")
             discard_entry(self.remote, key, bad)
             return None
 
@@ -240,7 +240,7 @@ class FeatureCache:
         except OSError as exc:
             problem, entry = f"cannot be read ({exc.strerror or exc})", None
         if problem is not None:
-            _notice(f"feature cache file {path} {problem}: treated as absent and replaced")
+            notice(f"feature cache file {path} {problem}: treated as absent and replaced")
         return entry
 
     def _verify(self, key: str, fh: BinaryIO) -> tuple[str | None, LocalEntry | None]:
@@ -365,10 +365,6 @@ def _file_status(status: os.stat_result) -> dict[str, int]:
     a replacement the inode, and no user can set ctime back."""
     return {"inode": status.st_ino, "size": status.st_size, "mtime_ns": status.st_mtime_ns,
             "ctime_ns": status.st_ctime_ns}
-
-
-def _notice(text: str) -> None:
-    print(f"raysvc: {text}", file=sys.stderr, flush=True)
 
 
 def _ray_connected() -> bool:

@@ -1,9 +1,10 @@
 """What a run prints as it goes, in one place: encoding progress, the run's start, each
-round, and the table of rounds at the end."""
+round, the table of rounds at the end, and one-line notices of what it repaired or retried."""
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 # seconds between two progress lines of a long encoding pass
@@ -11,6 +12,12 @@ PROGRESS_SECONDS = 15.0
 
 ROUND_COLUMNS = ("round", "n_labeled", "n_queried", "n_pseudo", "pseudo_acc", "test_acc", "zeroshot_acc",
                  "teacher_acc", "select_seconds", "train_seconds")
+
+
+def notice(text: str) -> None:
+    """One line on stderr: something the run noticed and dealt with (a bad feature entry
+    replaced, a store call retried, a lost write race), so the run goes on."""
+    print(f"raysvc: {text}", file=sys.stderr, flush=True)
 
 
 class ProgressLines:

@@ -33,7 +33,6 @@ import io
 import json
 import os
 import re
-import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -44,6 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysvc.errors import CorruptRunError, StorageError, one_line
+from raysvc.progress import notice
 from raysvc.records import SCHEMA, SCHEMA_VERSION
 from raysvc.storage.destinations import open_store
 from raysvc.storage.stores import ObjectStore
@@ -124,10 +124,6 @@ def _parquet(table: pa.Table) -> bytes:
     return buffer.getvalue()
 
 
-def _notice(text: str) -> None:
-    print(f"raysvc: {text}", file=sys.stderr, flush=True)
-
-
 def write_run(dest: Dest, run_id: str, records: pa.Table, manifest: dict, *,
               files: Mapping[str, pa.Table | bytes | Path] | None = None, retry_seconds: float | None = None) -> dict:
     """Store one run's rows (and ``files``: other tables, bytes or local files of the run, by
@@ -175,7 +171,7 @@ def write_run(dest: Dest, run_id: str, records: pa.Table, manifest: dict, *,
     if _published_attempt(store, run_id) != attempt:
         _remove_attempt(store, run_id, attempt)
         winner = _read_manifest(store, run_id)
-        _notice(f"run {run_id}: another writer stored it at the same moment; its copy is kept, this one's removed")
+        notice(f"run {run_id}: another writer stored it at the same moment; its copy is kept, this one's removed")
         return winner if isinstance(winner, dict) else full
     _remove_replaced(store, run_id, replaced, keep=attempt)
     return full

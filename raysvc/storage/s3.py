@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import sys
 import threading
 import time
 import uuid
@@ -25,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from raysvc.errors import StorageError, one_line
+from raysvc.progress import notice
 from raysvc.storage.stores import ObjectStore
 
 DEFAULT_RETRY_SECONDS = 60.0
@@ -136,10 +136,6 @@ def retry_window(value: float | None) -> float:
     return DEFAULT_RETRY_SECONDS
 
 
-def _notice(text: str) -> None:
-    print(f"raysvc: {text}", file=sys.stderr, flush=True)
-
-
 class S3Store(ObjectStore):
     """Objects under ``s3://bucket/prefix/``; a put is one PutObject (atomic in S3)."""
 
@@ -167,8 +163,8 @@ class S3Store(ObjectStore):
             try:
                 result = fn(s3_client(attempt_timeouts(total, started + total - time.monotonic())))
                 if attempts > 1:
-                    _notice(f"S3 store at {endpoint_name()} answers again after "
-                            f"{time.monotonic() - started:.0f}s ({attempts - 1} failed attempts)")
+                    notice(f"S3 store at {endpoint_name()} answers again after "
+                           f"{time.monotonic() - started:.0f}s ({attempts - 1} failed attempts)")
                 return result
             except (BotoCoreError, ClientError, OSError) as exc:
                 if isinstance(exc, NoCredentialsError):
@@ -188,8 +184,8 @@ class S3Store(ObjectStore):
                         f"cannot {what} {self}: S3 store at {endpoint_name()} still unavailable after "
                         f"{total:g}s ({attempts} attempts): {exc}")) from None
                 if attempts == 1:
-                    _notice(f"S3 store at {endpoint_name()} unavailable ({one_line(exc, 120)}); "
-                            f"retrying for up to {total:g}s")
+                    notice(f"S3 store at {endpoint_name()} unavailable ({one_line(exc, 120)}); "
+                           f"retrying for up to {total:g}s")
                 time.sleep(min(delay, left))
                 delay = min(delay * 2, 5.0)
 
