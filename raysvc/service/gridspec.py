@@ -262,8 +262,6 @@ def load_grid(source: str | os.PathLike | dict[str, Any], *, features_overrides:
     else:
         raw = read_grid_file(source)
         default_name = Path(source).stem
-    if not isinstance(raw, dict):
-        raise ConfigError("a grid file must be a mapping")
     if size is not None:
         raw = apply_size(raw, size)
     raw.update({k: v for k, v in overrides.items() if v is not None})
