@@ -92,7 +92,7 @@ def _client_for(endpoint, region, creds, timeouts):
 _CLIENT_LOCK = threading.Lock()
 
 
-def s3_client(timeouts: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT)):
+def s3_client(timeouts: tuple[float, float]):
     """A boto3 client for the environment's settings with these (connect, read) timeouts (one per
     distinct setting, shared)."""
     endpoint, region, creds = _settings()
