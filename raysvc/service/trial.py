@@ -122,8 +122,9 @@ class TrialProgress:
 
     def failed(self) -> bytes:
         """The latest checkpoint with one more failure counted."""
+        self.failures += 1
         state = pickle.loads(self._latest)
-        state["failures"] = self.failures = state.get("failures", 0) + 1
+        state["failures"] = self.failures
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -182,7 +183,8 @@ def grid_trainable(config: dict[str, Any]) -> None:
                     progress.checkpoint())
     except Exception:
         try:
-            _report({"failures": progress.failures + 1}, progress.failed())
+            checkpoint = progress.failed()
+            _report({"failures": progress.failures}, checkpoint)
         except Exception:  # Tune's storage may be what failed: the retry then waits less
             pass
         raise
