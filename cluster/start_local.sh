@@ -100,17 +100,18 @@ fi
 mkdir -p "$S3_ROOT"
 mapfile -t keys < <("$PY" - "$CREDENTIALS" <<'EOF'
 import configparser, os, secrets, sys
-from raysvc.local.s3gateway import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, S3Gateway
+from raysvc.local.s3gateway import DEFAULT_SECRET_KEY, S3Gateway
 path = sys.argv[1]
 explicit = os.environ.get("RAYSVC_S3_SECRET_KEY")
 saved = configparser.ConfigParser()
 if not explicit and saved.read(path) and saved.has_option("default", "aws_secret_access_key"):
     print(saved["default"]["aws_access_key_id"], saved["default"]["aws_secret_access_key"], sep="\n")
     sys.exit()
-access = os.environ.get("RAYSVC_S3_ACCESS_KEY") or DEFAULT_ACCESS_KEY
+gateway = S3Gateway(os.path.dirname(path))
+access = gateway.access_key  # RAYSVC_S3_ACCESS_KEY or the default, as the gateway reads it
 if explicit:
     secret = explicit
-elif S3Gateway(os.path.dirname(path)).is_running():
+elif gateway.is_running():
     secret = DEFAULT_SECRET_KEY  # started before this file existed: with the default keys
 else:
     secret = secrets.token_urlsafe(24)
