@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -465,9 +466,7 @@ def train_student(payload: dict[str, Any]) -> dict[str, Any]:
     seen = 0
     model.train()
     for step, (pixels, labels, logits, mask) in enumerate(_loader(rows, batches, decode_workers, device)):
-        x = to_input(pixels.to(device, non_blocking=True), mean, std)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = student_input(pixels, device, mean, std, channels_last)
         with autocast(device):
             z_ce, z_kd = model(x, int(mask.sum()))
         labels, mask = labels.to(device), mask.to(device)
@@ -483,15 +482,15 @@ def train_student(payload: dict[str, Any]) -> dict[str, Any]:
     train_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    infer = dict(batch_size=options.inference_batch_size, device=device, decode_workers=decode_workers,
-                 channels_last=channels_last)
+    infer = dict(mean=mean, std=std, batch_size=options.inference_batch_size, device=device,
+                 decode_workers=decode_workers, channels_last=channels_last)
     pool = student_outputs(student, images, _share(source.pool, workers), **infer)
-    test = student_outputs(student, images, _share(source.test, workers), **infer)
+    test = student_outputs(student, images, _share(source.test, workers), **infer)[:2]  # no test embeddings
     seen_by = [seen]
     if workers.distributed:
         pool, test, seen_by = _gather(pool), _gather(test), _gather_counts(seen)
     return {
-        "pool": dict(zip(("z_ce", "z_kd", "h"), pool)), "test": dict(zip(("z_ce", "z_kd"), test[:2])),
+        "pool": dict(zip(("z_ce", "z_kd", "h"), pool)), "test": dict(zip(("z_ce", "z_kd"), test)),
         "losses": losses.cpu().numpy(), "steps": schedule.steps, "images": seen_by, "device": str(device),
         "workers": workers.size, "train_seconds": train_seconds, "inference_seconds": time.perf_counter() - start,
     }
@@ -519,20 +518,25 @@ def _gather_counts(count: int) -> list[int]:
     return [int(c) for c in every]
 
 
+def student_input(pixels: torch.Tensor, device: torch.device, mean: Sequence[float], std: Sequence[float],
+                  channels_last: bool) -> torch.Tensor:
+    """Decoded pixels as the student's normalised input on ``device``, channels-last where it helps."""
+    x = to_input(pixels.to(device, non_blocking=True), mean, std)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 @torch.no_grad()
-def student_outputs(student: DualHeadStudent, images: StudentImages, indices: np.ndarray, batch_size: int = 256,
-                    device: torch.device = torch.device("cpu"), decode_workers: int = 0,
-                    channels_last: bool = False) -> tuple[np.ndarray, ...]:
+def student_outputs(student: DualHeadStudent, images: StudentImages, indices: np.ndarray, mean: Sequence[float],
+                    std: Sequence[float], batch_size: int = 256, device: torch.device = torch.device("cpu"),
+                    decode_workers: int = 0, channels_last: bool = False) -> tuple[np.ndarray, ...]:
     """(z_ce, z_kd, h) float32 numpy arrays of the images at dataset ``indices`` (evaluation
-    transform, eval mode), decoded batch by batch on ``decode_workers`` processes."""
+    transform, eval mode, the student's input normalisation ``mean``/``std``), decoded batch by
+    batch on ``decode_workers`` processes."""
     student.eval()
-    mean, std = normalisation(student.name)
     items = ([(int(i), -1) for i in indices[s : s + batch_size]] for s in range(0, len(indices), batch_size))
     outs: list[list[torch.Tensor]] = [[], [], []]
     for pixels in _loader(images, items, decode_workers, device):
-        x = to_input(pixels.to(device, non_blocking=True), mean, std)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = student_input(pixels, device, mean, std, channels_last)
         with autocast(device):
             z = student(x)
         for k in range(3):

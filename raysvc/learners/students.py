@@ -143,12 +143,10 @@ def make_feature_extractor(name: str, weights: str | None = None) -> tuple[nn.Mo
 
 
 class DualHeadStudent(nn.Module):
-    """Shared feature extractor, a CE head and a KD head; forward gives (z_ce, z_kd, h).
-    ``name``: the student's registry name (its input normalisation)."""
+    """Shared feature extractor, a CE head and a KD head; forward gives (z_ce, z_kd, h)."""
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, n_classes: int, name: str):
+    def __init__(self, backbone: nn.Module, feature_dim: int, n_classes: int):
         super().__init__()
-        self.name = name
         self.backbone = backbone
         self.feature_dim = feature_dim
         self.ce_head = nn.Linear(feature_dim, n_classes)
@@ -164,7 +162,7 @@ def make_student(name: str, n_classes: int, weights: str | None = None) -> DualH
     if n_classes < 2:
         raise ConfigError(f"a student needs at least 2 classes, got {n_classes}")
     backbone, dim = make_feature_extractor(name, weights)
-    return DualHeadStudent(backbone, dim, n_classes, name)
+    return DualHeadStudent(backbone, dim, n_classes)
 
 
 class StudentImages(Dataset):
