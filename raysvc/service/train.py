@@ -71,11 +71,14 @@ class RayTrainRunner:
         self.storage_path = storage_path
         self._sink = None
 
+    def workers(self, data_parallel: bool) -> int:
+        """The workers a training function gets: those asked for when it shares its work, else one."""
+        return self.options.num_workers if data_parallel else 1
+
     def scaling_config(self, data_parallel: bool = True):
         from ray.train import ScalingConfig
 
-        workers = self.options.num_workers if data_parallel else 1
-        kwargs: dict[str, Any] = {"num_workers": workers, "use_gpu": self.options.gpu}
+        kwargs: dict[str, Any] = {"num_workers": self.workers(data_parallel), "use_gpu": self.options.gpu}
         if self.options.resources_per_worker:
             kwargs["resources_per_worker"] = dict(self.options.resources_per_worker)
         return ScalingConfig(**kwargs)
@@ -88,7 +91,7 @@ class RayTrainRunner:
     def placement(self, learner: type[Learner]) -> dict[str, Any]:
         asked = self.options.num_workers
         out: dict[str, Any] = {"runner": "ray-train", "workers_asked": asked,
-                               "workers": asked if learner.data_parallel else 1}
+                               "workers": self.workers(learner.data_parallel)}
         if asked > 1 and learner.one_worker:
             out["one_worker"] = learner.one_worker
         return out
