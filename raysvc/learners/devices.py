@@ -71,9 +71,9 @@ def training_device(requested: Device = "auto") -> torch.device:
     return torch.device("cuda") if cuda else torch.device("cpu")
 
 
-def autocast(device: torch.device, enabled: bool = True):
+def autocast(device: torch.device):
     """bf16 automatic mixed precision on CUDA (the student's forward pass); a no-op elsewhere,
     where bf16 matmuls are slower than float32 on most CPUs."""
-    if enabled and device.type == "cuda":
+    if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()

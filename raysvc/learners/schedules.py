@@ -28,11 +28,11 @@ Batch = tuple[np.ndarray, np.ndarray]
 WARMUP = 0.1
 
 
-def linear_warmup_decay(total_steps: int, warmup_share: float = WARMUP) -> Callable[[int], float]:
+def linear_warmup_decay(total_steps: int) -> Callable[[int], float]:
     """``transformers.get_linear_schedule_with_warmup(num_warmup_steps=0.1 * total)`` as a
     LambdaLR factor: step / warmup below the (fractional) warm-up, then a linear decay to 0.
     Step 0's factor is 0: the official first update has learning rate 0."""
-    warmup = warmup_share * total_steps
+    warmup = WARMUP * total_steps
 
     def factor(step: int) -> float:
         if step < warmup:
