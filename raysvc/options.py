@@ -85,6 +85,13 @@ class Options:
     def check(self) -> None:
         """Range and consistency checks; raise ConfigError naming the option."""
 
+    def fill_unset(self, defaults: Mapping[str, Any]) -> None:
+        """Set every option still None to its value in ``defaults`` (a variant's settings); for a
+        ``__post_init__``, before the values are validated."""
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+
     @classmethod
     def parse(cls: type[T], values: Mapping[str, Any] | None, owner: str) -> T:
         """Options from a plain mapping (a CLI ``KEY=VALUE`` list, a YAML block); unknown keys are

@@ -70,9 +70,7 @@ class CoOpOptions(Options):
                                     "CPU; cpu; cuda (refused without one)")
 
     def __post_init__(self):
-        for name, value in VARIANTS[self.variant].items() if self.variant in VARIANTS else ():
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, value)
+        self.fill_unset(VARIANTS.get(self.variant, {}))
         super().__post_init__()
 
     def check(self):

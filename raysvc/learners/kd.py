@@ -142,9 +142,7 @@ class KDOptions(Options):
                 hint = "; the official round is repeat x ceil(|L| / batch_size) steps" if name == "epochs" else ""
                 raise ConfigError(f"option {name}: variant={self.variant!r} does not read it "
                                   f"(only {' and '.join(variants)}){hint}")
-        for name, value in VARIANTS.get(self.variant, {}).items():
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, value)
+        self.fill_unset(VARIANTS.get(self.variant, {}))
         super().__post_init__()
 
     def check(self):
