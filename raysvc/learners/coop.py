@@ -31,7 +31,7 @@ from raysvc.errors import ConfigError, RaysvcBug
 from raysvc.lazyrows import LazyRows
 from raysvc.learners import LEARNERS
 from raysvc.learners.base import Learner, TrainRunner
-from raysvc.learners.devices import Device, training_device
+from raysvc.learners.devices import DEVICE_HELP, Device, training_device
 from raysvc.options import Options, option
 
 PromptKind = Literal["unified", "classwise", "both"]
@@ -66,8 +66,7 @@ class CoOpOptions(Options):
     kg_weight: float | None = option(None, "KgCoOp: weight of mean_c ||w_c - zero-shot w_c||^2 in the loss")
     prior_weight: float | None = option(None, "share of the zero-shot cosines in the logits (0: CoOp's)")
     warmup_epochs: int | None = option(None, "epochs at lr 1e-5 before the cosine schedule")
-    device: Device = option("auto", "auto: the Ray Train worker's device, else CUDA when torch sees one, else the "
-                                    "CPU; cpu; cuda (refused without one)")
+    device: Device = option("auto", DEVICE_HELP)
 
     def __post_init__(self):
         self.fill_unset(VARIANTS.get(self.variant, {}))

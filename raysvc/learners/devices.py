@@ -19,6 +19,9 @@ import torch
 from raysvc.errors import ConfigError
 
 Device = Literal["auto", "cpu", "cuda"]
+# the help of every learner's ``device`` option
+DEVICE_HELP = ("auto: the Ray Train worker's device, else CUDA when torch sees one, else the CPU; cpu; "
+               "cuda (refused without one)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,7 +51,7 @@ from raysvc.chunks import COMPUTE_ROWS
 from raysvc.errors import ConfigError
 from raysvc.learners import LEARNERS
 from raysvc.learners.base import Learner, TrainRunner
-from raysvc.learners.devices import Device, Workers, autocast, training_device, worker_group
+from raysvc.learners.devices import DEVICE_HELP, Device, Workers, autocast, training_device, worker_group
 from raysvc.learners.schedules import (
     Schedule,
     imagenet_schedule,
@@ -131,8 +131,7 @@ class KDOptions(Options):
     clap_repeat: int = option(300, "kd-fewshot: CLAP samples per labeled image per round, in batches of "
                                    "batch_size (official 300: floor(300 n / 64) steps)")
     inference_batch_size: int = option(256, "batch size of student inference")
-    device: Device = option("auto", "auto: the Ray Train worker's device, else CUDA when torch sees one, else "
-                                    "the CPU; cpu; cuda (refused without one)")
+    device: Device = option("auto", DEVICE_HELP)
     decode_workers: int | None = option(None, "DataLoader processes decoding images per training worker "
                                               "(None: 0 on the CPU, 4 on a GPU)")
 
