@@ -222,14 +222,18 @@ class CoOpLearner(Learner):
             "options": self.options,
             "seed": seed,
         }, data_parallel=self.data_parallel)
-        device = training_device(self.options.device)
-        backbone = exp.backbone.load().to(device)
-        encoder = backbone.prompt_encoder(exp.dataset.classnames, context_length(self.options, backbone))
-        with torch.no_grad():
-            self.class_embeddings = [encoder(torch.as_tensor(c, device=device)).cpu().numpy()
-                                     for c in result["contexts"].values()]
+        self.class_embeddings = self._class_embeddings(exp.dataset.classnames, result["contexts"].values())
         self.contexts = dict(result["contexts"])
         return {"device": result["device"], "steps": result["steps"], "train_seconds": result["train_seconds"]}
+
+    def _class_embeddings(self, classnames, contexts) -> list[np.ndarray]:
+        """Each learned context before ``classnames``, through the prompt encoder on the device
+        the options name (where training left this process's shared backbone)."""
+        device = training_device(self.options.device)
+        backbone = self.experiment.backbone.load().to(device)
+        encoder = backbone.prompt_encoder(list(classnames), context_length(self.options, backbone))
+        with torch.no_grad():
+            return [encoder(torch.as_tensor(c, device=device)).cpu().numpy() for c in contexts]
 
     def get_state(self) -> dict[str, np.ndarray]:
         return {} if self.class_embeddings is None else {f"class_embeddings_{i}": t for i, t in enumerate(self.class_embeddings)}
@@ -258,11 +262,7 @@ class CoOpLearner(Learner):
         elif self.contexts is None:
             raise RaysvcBug("novel classes need the context of this process's last fit, not a restored state")
         else:
-            device = training_device(self.options.device)  # where fit left the shared backbone
-            backbone = self.experiment.backbone.load().to(device)
-            encoder = backbone.prompt_encoder(list(classnames), context_length(self.options, backbone))
-            with torch.no_grad():
-                classes = [encoder(torch.as_tensor(self.contexts["unified"], device=device)).cpu()]
+            classes = [torch.as_tensor(t) for t in self._class_embeddings(classnames, [self.contexts["unified"]])]
         with torch.no_grad():
             logits = prompt_logits(x, classes, encoded.logit_scale, prior, self.options.prior_weight)
         return logits.softmax(-1).numpy()
