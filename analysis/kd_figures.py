@@ -269,8 +269,7 @@ def bias_propagation(source, out: Path, *, run_ids: Sequence[str] | None = None)
             for round_ in run.probs_rounds:
                 student = run.probs(round_)
                 d = distance_to_propagated(student, clusters, truth, centroids, alpha)
-                student_clusters = KMeans(n_clusters=min(c, len(student)), n_init=10,
-                                          random_state=0).fit_predict(np.asarray(student, np.float64))
+                _, student_clusters = teacher_clusters(student, c)  # the same K-means, on the student's predictions
                 rows.append({"dataset": dataset, "label": names[run.run_id], "run_id": run.run_id, "round": round_,
                              "mean_distance": float(d.mean()), "knn_loss": knn_loss(student, centroids, alpha),
                              "cluster_purity": cluster_purity(student_clusters, clusters),
