@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from analysis.sections import save_figure
 from analysis.tables import (
     AVERAGE,
     METRIC_LABELS,
@@ -180,10 +181,7 @@ def _finish(fig: Figure, axes: list, out_path, colours: dict, seeds: _Seeds | No
         ncols = max(1, min(4, len(order), int(fig.get_figwidth() * 72 // width)))
         fig.legend(entries, shown, loc="outside lower center", ncols=ncols, fontsize="small", title=title or None,
                    title_fontsize="small")
-    path = Path(out_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, Path(out_path))
 
 
 def _configs(sel: pd.DataFrame) -> tuple[list[str], dict[str, pd.DataFrame], dict]:
