@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.tables import AVERAGE
 from raysvc.entry import Parser, entry_point
 from raysvc.errors import AnalysisError, ConfigError, RaysvcError
 
@@ -226,7 +227,6 @@ PAPER_DATASETS = {
     "food-101": "Food101", "sun397": "SUN397", "ucf101": "UCF101", "imagenet": "ImageNet", "isic": "ISIC",
     "kaokore": "KaoKore",
 }
-AVERAGE = "Average"
 
 
 def dataset_label(dataset: str) -> str:
@@ -356,13 +356,9 @@ def paper_numbers(table: str | None) -> pd.DataFrame:
 
 
 def _analysis_section(name: str, source, out: Path, run_ids: Sequence[str]) -> str:
-    """The section an analysis of :mod:`analysis.sections` writes, or one line saying it is not there."""
-    try:
-        from analysis.sections import ANALYSES
-    except ImportError:
-        return f"The analysis {name} is not available in this checkout (no analysis.sections)."
-    if name not in ANALYSES:
-        return f"The analysis {name} is not available in this checkout (analysis.sections has no {name})."
+    """The section the analysis ``name`` of :mod:`analysis.sections` writes."""
+    from analysis.sections import ANALYSES
+
     section = ANALYSES[name](source, out, run_ids=list(run_ids))
     return f"### {section.title}\n\n{section.markdown}"
 

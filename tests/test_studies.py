@@ -107,3 +107,11 @@ def test_paper_rows_and_columns_are_the_layouts():
         assert set(paper["row"]) <= rows or study.name == "cb-table1", study.name  # Table 1: learners raysvc lacks
         if not isinstance(study.columns, str):
             assert set(paper["column"]) <= {c.label for c in study.columns}, study.name
+
+
+def test_every_studys_analysis_is_one_of_the_analyses():
+    """A study's report section runs its analysis by name (analysis.sections.ANALYSES)."""
+    from analysis.sections import ANALYSES
+
+    named = {s.analysis for s in STUDIES.values() if s.analysis}
+    assert named and named <= set(ANALYSES), named - set(ANALYSES)
