@@ -407,9 +407,9 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 def append_analyses(report: Report, source, names) -> list[Section]:
     """Run the analyses ``names`` on the report's runs into its folder and append their sections to report.md."""
     sections = [ANALYSES[name](source, report.out_dir, run_ids=report.run_ids) for name in names]
-    path = report.out_dir / "report.md"
-    text = path.read_text(encoding="utf-8").rstrip("\n") + "\n\n"
-    path.write_text(text + "\n".join(s.to_markdown(report.out_dir) for s in sections), encoding="utf-8")
+    text = report.markdown.rstrip("\n") + "\n\n"  # what build_report wrote to report.md
+    (report.out_dir / "report.md").write_text(text + "\n".join(s.to_markdown(report.out_dir) for s in sections),
+                                              encoding="utf-8")
     return sections
 
 
