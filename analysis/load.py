@@ -312,18 +312,20 @@ def load_runs(source, *, retry_seconds: float | None = None) -> pd.DataFrame:
     return load_results(source, retry_seconds=retry_seconds).records
 
 
-def load_selections(source, run_ids: Sequence[str] | None = None, *,
+def load_selections(source, run_ids: Sequence[str] | None = None, *, runs: Sequence[storage.Run] | None = None,
                     retry_seconds: float | None = None) -> pd.DataFrame:
-    """What each round of the runs under ``source`` (or just ``run_ids``) selected: one row per
-    selected image, ``run_id`` and the columns of :data:`raysvc.records.SELECTION_SCHEMA`, sorted
-    by run, round, kind (queries first) and position. Runs stored before selections were
-    (record schema 1) add no row. A selections file that does not match its manifest's
-    checksum is a :class:`BadRunError` naming the run."""
+    """What each round of the runs under ``source`` (or just ``run_ids``, or the ``runs`` a caller
+    has read already) selected: one row per selected image, ``run_id`` and the columns of
+    :data:`raysvc.records.SELECTION_SCHEMA`, sorted by run, round, kind (queries first) and
+    position. Runs stored before selections were (record schema 1) add no row. A selections
+    file that does not match its manifest's checksum is a :class:`BadRunError` naming the run."""
     import pyarrow.parquet as pq
 
     name = os.fspath(source)
     frames, bad = [], []
-    for run in storage.read_runs(source, None if run_ids is None else list(run_ids), retry_seconds=retry_seconds):
+    if runs is None:
+        runs = storage.read_runs(source, None if run_ids is None else list(run_ids), retry_seconds=retry_seconds)
+    for run in runs:
         try:
             raw = storage.read_run_file(source, run, SELECTIONS, retry_seconds=retry_seconds)
         except CorruptRunError as exc:

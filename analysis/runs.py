@@ -109,7 +109,7 @@ def format_run(source, run_id: str, limit: int = 50) -> str:
     first = rows[0]
     lines = [f"run {run_id}: {first['dataset']}, {first['strategy']}, {first['learner']}, {first['backbone']}, "
              f"seed {first['seed']}, budget {first['budget']}, pool {first['pool_size']}", "", format_rounds(rows)]
-    selections = load_selections(source, [run_id])
+    selections = load_selections(source, runs=[run])
     if selections.empty:
         lines += ["", "(no selections stored: the run was written before raysvc stored them)"]
         return "\n".join(lines)

@@ -60,7 +60,7 @@ class StoredRun:
     def selections(self) -> pd.DataFrame:
         from analysis.load import load_selections
 
-        picks = load_selections(self.source, [self.run_id])
+        picks = load_selections(self.source, runs=[self.run])
         if picks.empty:
             raise AnalysisError(f"run {self.run_id!r} stored no selections (written before raysvc stored them): "
                                 "rerun it")
