@@ -477,10 +477,10 @@ def _at_rounds(sel: pd.DataFrame, at_round: int | None) -> tuple[pd.DataFrame, d
     return sel[[r == wanted[d] for d, r in zip(sel["dataset"], sel["round"])]], wanted
 
 
-def _rounds_text(at_round: int | None, wanted: dict[str, int]) -> str:
+def _rounds_text(at_round: int | None, wanted: dict[str, int], last: str = "each dataset's last round") -> str:
     if at_round is not None:
         return f"round {at_round}"
-    return "each dataset's last round (" + ", ".join(f"{d}: {r}" for d, r in sorted(wanted.items())) + ")"
+    return f"{last} (" + ", ".join(f"{d}: {r}" for d, r in sorted(wanted.items())) + ")"
 
 
 def _with_average(mean: pd.DataFrame, datasets: list[str], average: bool) -> pd.DataFrame:
@@ -789,8 +789,7 @@ def reach_table(
     if target is not None:
         goal_text = f"{METRIC_LABELS.get(metric, metric)} {100 * target:.2f}"
     else:
-        where = f"round {at_round}" if at_round is not None else "its last round (" + ", ".join(
-            f"{d}: {r}" for d, r in sorted(wanted.items())) + ")"
+        where = _rounds_text(at_round, wanted, last="its last round")
         goal_text = f"{baseline}'s mean {METRIC_LABELS.get(metric, metric)} at {where}"
     title = (
         f"Labeled images and oracle queries to reach {goal_text}: the first round whose mean over seeds reaches "
