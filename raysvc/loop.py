@@ -50,8 +50,13 @@ class LoopState:
 
     @classmethod
     def start(cls, plan: RunPlan, experiment: Experiment) -> LoopState:
-        """The state before a run's first round (round 0 when it starts with k labels per class)."""
-        return cls.fresh(len(experiment.pool), 0 if plan.spec.initial_per_class else 1)
+        """The state before the run's :func:`first_round`."""
+        return cls.fresh(len(experiment.pool), first_round(plan))
+
+
+def first_round(plan: RunPlan) -> int:
+    """0 when the run starts with k labels per class (round 0, the k-shot start), else 1."""
+    return 0 if plan.spec.initial_per_class else 1
 
 
 def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -190,7 +195,7 @@ def run_loop(
     spec = plan.spec
     strategy: Strategy = plan.strategy.cls(plan.strategy.options)
     learner: Learner = plan.learner.cls(experiment, plan.learner.options)
-    first_round = 0 if spec.initial_per_class else 1
+    first = first_round(plan)
     state = state or LoopState.start(plan, experiment)
     if state.learner_state:
         learner.set_state(state.learner_state)
@@ -211,7 +216,7 @@ def run_loop(
         learner.fit(positions, state.labels[positions], seed=spec.seed * 1000 + round_, runner=runner)
         train_seconds = time.perf_counter() - start
 
-        encode_seconds = experiment.encoded.encode_seconds if round_ == first_round else 0.0
+        encode_seconds = experiment.encoded.encode_seconds if round_ == first else 0.0
         row = record(fields, round_, state, experiment, learner, zeroshot_acc, select_seconds, train_seconds,
                      encode_seconds)
         state.rows.append(row)
